@@ -1,0 +1,184 @@
+"""The ``tinkerplug`` command. Imports nothing heavy at start-up: each command imports what it
+needs, so ``tinkerplug --help`` and ``tinkerplug plugins`` stay fast."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tinkerplug.errors import TinkerplugError
+
+
+def _split_plugin_options(options: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """``-p ./file.py`` loads a file; ``-p no:NAME`` disables a plugin."""
+    files, disabled = [], []
+    for option in options:
+        if option.startswith("no:"):
+            disabled.append(option[3:])
+        else:
+            files.append(option)
+    return files, disabled
+
+
+def load_run_config(config_path: str, overrides: tuple[str, ...], plugin_options: tuple[str, ...]):
+    """Config + plugins: the config names plugin files, the plugins add config tables."""
+    import tomllib
+
+    from tinkerplug.config import apply_override, load_config, parse_override
+    from tinkerplug.plugins import load_plugins
+
+    path = Path(config_path)
+    raw: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError:
+            raw = {}  # load_config reports it with the file name
+        for override in overrides:
+            apply_override(raw, *parse_override(override))
+    files, disabled = _split_plugin_options(plugin_options)
+    config_files = raw.get("plugins", []) if isinstance(raw.get("plugins", []), list) else []
+    config_disabled = raw.get("disable_plugins", []) if isinstance(raw.get("disable_plugins", []), list) else []
+    plugins = load_plugins(
+        files=[str(f) for f in config_files],
+        disabled=[*config_disabled, *disabled],
+        base_dir=path.parent.resolve(),
+        cli_files=files,
+    )
+    sections: dict[str, Any] = {}
+    owners: dict[str, str] = {}
+    _register_sections(plugins, sections, owners)
+    config = load_config(path, list(overrides), {k: (v, owners[k]) for k, v in sections.items()})
+    return config, plugins
+
+
+def _register_sections(plugins: Any, sections: dict[str, Any], owners: dict[str, str]) -> None:
+    """Collect plugin config tables; two plugins may not claim the same table."""
+    from tinkerplug.errors import PluginError
+
+    for impl in plugins.impls("register_config_sections"):
+
+        def register(name: str, model: Any, _owner: str = impl.plugin_name) -> None:
+            if name in sections:
+                raise PluginError(
+                    f"plugins {owners[name]!r} and {_owner!r} both register config table [{name}]",
+                    hint=f"disable one with -p no:{_owner}",
+                )
+            sections[name] = model
+            owners[name] = _owner
+
+        impl.function(register=register)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tinkerplug")
+def cli() -> None:
+    """LoRA fine-tuning with evaluation on the Tinker API, built from plugins."""
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path())
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. --set lora_rank=8 --set heldout.limit=20.")
+@click.option("--resume", is_flag=True, help="Continue the run in run_dir from its last checkpoint.")
+@click.option("-p", "plugin_options", multiple=True, metavar="FILE|no:NAME", help="Load a plugin file, or disable a plugin with no:NAME.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes.")
+def run(config_path: str, overrides: tuple[str, ...], resume: bool, plugin_options: tuple[str, ...], quiet: bool) -> None:
+    """Train (and evaluate) as CONFIG says."""
+    import asyncio
+
+    from tinkerplug.progress import Reporter
+    from tinkerplug.training import train
+
+    if resume:
+        overrides = (*overrides, "resume=true")
+    config, plugins = load_run_config(config_path, overrides, plugin_options)
+    summary = asyncio.run(train(config, plugins, Reporter(quiet=quiet)))
+    if summary.get("interrupted"):
+        sys.exit(130)
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--hook", "hook", default=None, help="Only plugins implementing this hook, in call order.")
+@click.option("-p", "plugin_options", multiple=True, metavar="FILE|no:NAME")
+def plugins_cmd(as_json: bool, hook: str | None, plugin_options: tuple[str, ...]) -> None:
+    """List the registered plugins, their distributions and hooks."""
+    import json
+
+    from tinkerplug.plugins import load_plugins
+
+    files, disabled = _split_plugin_options(plugin_options)
+    plugins = load_plugins(disabled=disabled, cli_files=files)
+    if hook is not None:
+        if not hasattr(plugins.pm.hook, hook):
+            raise TinkerplugError(f"no hook named {hook!r}", hint="`tinkerplug hooks` lists them")
+        names = [impl.plugin_name for impl in plugins.impls(hook)]
+    else:
+        names = list(plugins.info)
+    rows = [
+        {
+            "name": name,
+            "kind": plugins.info[name].kind,
+            "distribution": plugins.info[name].distribution,
+            "version": plugins.info[name].version,
+            "source": plugins.info[name].source,
+            "hooks": plugins.hooks_of(name),
+        }
+        for name in names
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        dist = f"{row['distribution']} {row['version']}" if row["distribution"] else row["source"]
+        click.echo(f"{row['name']:<12} {row['kind']:<12} {dist}")
+        click.echo(f"{'':<12} hooks: {', '.join(row['hooks'])}")
+
+
+@cli.command("hooks")
+@click.argument("name", required=False)
+def hooks_cmd(name: str | None) -> None:
+    """Print every hookspec with its signature and documentation."""
+    import inspect
+
+    from tinkerplug import hookspecs
+
+    specs = [
+        (n, f) for n, f in vars(hookspecs).items()
+        if callable(f) and hasattr(f, "tinkerplug_spec")
+    ]
+    if name:
+        specs = [(n, f) for n, f in specs if n == name]
+        if not specs:
+            raise TinkerplugError(f"no hook named {name!r}", hint="`tinkerplug hooks` lists them")
+    for hook_name, func in specs:
+        first = " (firstresult)" if func.tinkerplug_spec.get("firstresult") else ""
+        click.echo(f"{hook_name}{inspect.signature(func)}{first}")
+        click.echo("    " + inspect.getdoc(func).replace("\n", "\n    ") + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    # Before torch loads: spinning OpenMP threads collapse throughput on shared cores.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except TinkerplugError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""The run config: one TOML file, validated by pydantic, with ``--set key.sub=value`` overrides.
+
+Paths inside the file (data, plugin files) are relative to the file; ``run_dir`` is relative
+to the current directory. Plugins add their own ``[tables]`` with the
+``register_config_sections`` hook.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from tinkerplug.errors import ConfigError
+
+TRAIN_ON_WHAT = (
+    "last_assistant_message",
+    "last_assistant_turn",
+    "all_assistant_messages",
+    "all_messages",
+    "all_tokens",
+    "all_user_and_system_messages",
+    "customized",
+)
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    train: Path = Field(description="JSONL file of chat records: one {\"messages\": [...]} per line.")
+    heldout: Path | None = Field(None, description="JSONL of held-out records for evaluators.")
+
+
+class RunConfig(BaseModel):
+    """Top-level keys of the config file."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    base_model: str = Field(description="HF model dir, hub name, or a shipped model (tiny-chat).")
+    backend: Literal["local", "tinker"] | None = Field(
+        None, description="local (in-process) or tinker (remote); default: tinker when TINKER_API_KEY is set."
+    )
+    renderer: str | None = Field(None, description="Cookbook renderer name; default: from the model name.")
+    lora_rank: int = Field(16, gt=0)
+    train_mlp: bool = True
+    train_attn: bool = True
+    train_unembed: bool = True
+
+    learning_rate: float = Field(1e-4, gt=0)
+    use_recommended_lr: bool = Field(False, description="Use Tinker's LR formula for the model.")
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int | None = Field(None, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    min_lr: float = Field(0.0, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.95, ge=0, lt=1)
+    adam_eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip_norm: float = Field(0.0, ge=0, description="0 disables clipping.")
+
+    batch_size: int = Field(8, gt=0)
+    num_steps: int | None = Field(None, gt=0)
+    num_epochs: int | None = Field(None, gt=0, description="Used when num_steps is not set (default 1).")
+    max_length: int = Field(2048, gt=1)
+    overlong: Literal["drop", "truncate"] = "drop"
+    train_on_what: str = "last_assistant_message"
+    loss_reduction: Literal["mean", "none"] = Field(
+        "mean", description="mean: each example's weights sum to 1; none: token-sum loss."
+    )
+    seed: int = 0
+
+    run_dir: Path = Path("runs/default")
+    resume: bool = False
+    data: DataConfig
+    eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: only at start and end).")
+    eval_errors: Literal["warn", "raise"] = "warn"
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    executor: str = "pipelined"
+    submit_ahead: int = Field(2, ge=0, le=64)
+
+    plugins: list[str] = Field(default_factory=list, description="Project plugin files.")
+    disable_plugins: list[str] = Field(default_factory=list)
+
+    _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+    _source: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        if self.train_on_what not in TRAIN_ON_WHAT:
+            raise ValueError(f"train_on_what must be one of {', '.join(TRAIN_ON_WHAT)}")
+        if self.min_lr > self.learning_rate and not self.use_recommended_lr:
+            raise ValueError(f"min_lr ({self.min_lr}) is above learning_rate ({self.learning_rate})")
+        if self.num_steps is not None and self.num_epochs is not None:
+            raise ValueError("set num_steps or num_epochs, not both")
+        return self
+
+    @property
+    def resolved_backend(self) -> str:
+        if self.backend:
+            return self.backend
+        return "tinker" if os.environ.get("TINKER_API_KEY") else "local"
+
+    @property
+    def source(self) -> Path | None:
+        """The config file this came from (None when built in code)."""
+        return self._source
+
+    def section(self, name: str) -> Any:
+        """The validated ``[name]`` table of a plugin (its defaults when absent)."""
+        return self._sections[name]
+
+    def to_json(self) -> dict[str, Any]:
+        """The resolved config as written to ``RUN_DIR/config.json`` (no secrets: keys come
+        only from the environment and are never part of the config)."""
+        data = self.model_dump(mode="json")
+        data["backend"] = self.resolved_backend
+        for name, section in sorted(self._sections.items()):
+            data[name] = section.model_dump(mode="json")
+        return data
+
+
+SECRET_KEYS = re.compile(r"(api[_-]?key|token|secret|password)", re.I)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value); the value is read as TOML, else as a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set learning_rate=1e-4")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
+        raise ConfigError(f"--set {text!r}: {key!r} is not a config key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {part!r} is not a table")
+        node = nxt
+    node[path[-1]] = value
+
+
+def find_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort line of a dotted key in TOML text (tomllib keeps no positions): the line
+    that names the longest prefix of the key."""
+    keys = [str(p) for p in loc if not isinstance(p, int)]
+    best, best_len, table = None, 0, []
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if header := re.match(r"^\[+([^\[\]]+)\]+", stripped):
+            table = [k.strip().strip('"') for k in header.group(1).split(".")]
+            full = table
+        elif assign := re.match(r'^([\w."-]+)\s*=', stripped):
+            full = table + [k.strip().strip('"') for k in assign.group(1).split(".")]
+        else:
+            continue
+        if full == keys[: len(full)] and len(full) > best_len:
+            best, best_len = number, len(full)
+    return best
+
+
+def _where(file: Path, text: str, loc: tuple[Any, ...]) -> str:
+    line = find_line(text, loc)
+    return f"{file}:{line}" if line else str(file)
+
+
+def load_config(
+    path: str | Path,
+    overrides: list[str] = (),  # type: ignore[assignment]
+    sections: dict[str, tuple[type[BaseModel], str]] | None = None,
+) -> RunConfig:
+    """Read, override and validate a config file.
+
+    ``sections`` maps a table name to (pydantic model, plugin name), from the
+    ``register_config_sections`` hook.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(
+            f"config file {file} not found",
+            hint="pass the path of a TOML file, e.g. `tinkerplug run examples/quickstart/config.toml`",
+        )
+    text = file.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}", hint="check the line named above") from exc
+    for override in overrides:
+        key, value = parse_override(override)
+        apply_override(data, key, value)
+    return build_config(data, file, text, sections or {})
+
+
+def build_config(
+    data: dict[str, Any],
+    file: Path,
+    text: str,
+    sections: dict[str, tuple[type[BaseModel], str]],
+) -> RunConfig:
+    base = file.parent.resolve()
+    core_fields = set(RunConfig.model_fields)
+    core = {k: v for k, v in data.items() if k in core_fields}
+    plugin_tables = {k: v for k, v in data.items() if k not in core_fields}
+    _reject_secrets(data, file, text)
+    for name in plugin_tables:
+        if name not in sections:
+            known = sorted(core_fields | set(sections))
+            raise ConfigError(
+                f"{_where(file, text, (name,))}: unknown key {name!r}",
+                hint=f"known keys and tables: {', '.join(known)}",
+            )
+
+    try:
+        config = RunConfig.model_validate(core)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, file, text, prefix=())) from None
+
+    parsed: dict[str, BaseModel] = {}
+    for name, (model, plugin) in sections.items():
+        raw = plugin_tables.get(name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{_where(file, text, (name,))}: {name!r} must be a table ([{name}])")
+        try:
+            parsed[name] = model.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(
+                _format_validation(exc, file, text, prefix=(name,), plugin=plugin)
+            ) from None
+
+    # Paths in the file are relative to it; run_dir to the current directory.
+    config.data.train = _rel(config.data.train, base)
+    if config.data.heldout is not None:
+        config.data.heldout = _rel(config.data.heldout, base)
+    config._sections = parsed
+    config._source = file.resolve()
+    return config
+
+
+def _rel(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def _reject_secrets(data: Any, file: Path, text: str, loc: tuple[str, ...] = ()) -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if SECRET_KEYS.search(key) and isinstance(value, str) and value:
+                raise ConfigError(
+                    f"{_where(file, text, loc + (key,))}: {'.'.join(loc + (key,))} looks like a secret",
+                    hint="never put keys in config files; set TINKER_API_KEY in the environment",
+                )
+            _reject_secrets(value, file, text, loc + (key,))
+
+
+def _format_validation(
+    exc: ValidationError, file: Path, text: str, prefix: tuple[str, ...], plugin: str | None = None
+) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = prefix + tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        got = ""
+        if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
+            got = f" (got {err['input']!r})"
+        owner = f" [plugin {plugin}]" if plugin else ""
+        lines.append(f"{_where(file, text, loc)}: {key}: {msg}{got}{owner}")
+    return "invalid config:\n  " + "\n  ".join(lines)

@@ -1,0 +1,45 @@
+"""Turning a finished step's outputs into metrics. Shared by every step executor."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tinkerplug.context import StepResult
+
+
+def step_result(
+    step: int,
+    data: list[Any],
+    fwd_bwd_output: Any,
+    optim_output: Any,
+    learning_rate: float,
+    submitted_at: float,
+) -> StepResult:
+    """Train NLL computed client-side, as the service defines it: sum(-logprob * weight)."""
+    loss_sum = 0.0
+    weight_sum = 0.0
+    trained_tokens = 0
+    for datum, output in zip(data, fwd_bwd_output.loss_fn_outputs, strict=True):
+        logprobs = output["logprobs"].to_numpy()
+        weights = datum.loss_fn_inputs["weights"].to_numpy()
+        loss_sum += float(-(logprobs * weights).sum())
+        weight_sum += float(weights.sum())
+        trained_tokens += int((weights > 0).sum())
+    metrics = {
+        "train/trained_tokens": float(trained_tokens),
+        "train/input_tokens": float(sum(d.model_input.length for d in data)),
+    }
+    for key, value in (getattr(optim_output, "metrics", None) or {}).items():
+        metrics[f"optim/{key}"] = float(value)
+    return StepResult(
+        step=step,
+        loss_sum=loss_sum,
+        weight_sum=weight_sum,
+        num_tokens=trained_tokens,
+        num_examples=len(data),
+        learning_rate=learning_rate,
+        submitted_at=submitted_at,
+        finished_at=time.perf_counter(),
+        metrics=metrics,
+    )

@@ -1,0 +1,104 @@
+"""What the user sees while a run goes: notes, a progress bar, eval lines, the summary table."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class Reporter:
+    def __init__(self, console: Console | None = None, quiet: bool = False):
+        self.console = console or Console(stderr=True)
+        self.quiet = quiet
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[dim]tinkerplug:[/dim] {text}", highlight=False)
+
+    def warn(self, text: str) -> None:
+        self.console.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
+
+    def render_stats(self, stats: Any, config: Any) -> None:
+        parts = [f"{stats.kept}/{stats.total} examples"]
+        if stats.dropped_overlong:
+            parts.append(f"{stats.dropped_overlong} dropped as longer than max_length={config.max_length}")
+        if stats.truncated:
+            parts.append(f"{stats.truncated} truncated to max_length={config.max_length}")
+        if stats.dropped_untrained:
+            parts.append(f"{stats.dropped_untrained} dropped with no trained token")
+        self.note("data: " + ", ".join(parts))
+        if stats.dropped_overlong or stats.truncated:
+            self.warn("; ".join(parts[1:]))
+
+    @contextlib.contextmanager
+    def progress(self, total: int, start: int) -> Iterator[None]:
+        progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=self.quiet,
+        )
+        self._progress = progress
+        self._task = progress.add_task("train", total=total, completed=start, info="")
+        with progress:
+            yield
+        self._progress = None
+
+    def step(self, row: dict[str, Any]) -> None:
+        if self._progress is not None:
+            self._progress.update(
+                self._task,
+                completed=row["step"] + 1,
+                info=f"loss {row['train/loss']:.4f}  lr {row['lr']:.2e}",
+            )
+
+    def evals(self, step: int, metrics: dict[str, float]) -> None:
+        if metrics and not self.quiet:
+            shown = "  ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in sorted(metrics.items()))
+            self.console.print(f"[cyan]eval @ step {step}:[/cyan] {shown}", highlight=False)
+
+    def checkpoint(self, record: Any) -> None:
+        self.note(f"checkpoint @ step {record.step}: {record.state_path}")
+
+    def stopped(self, step: int, command: str) -> None:
+        self.console.print(f"[yellow]stopped after step {step}; checkpoint saved.[/yellow] Resume with:\n  {command}")
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        table = Table(title="tinkerplug run summary", show_lines=False)
+        table.add_column("metric")
+        table.add_column("start", justify="right")
+        table.add_column("end", justify="right")
+        if "train/loss_first" in summary:
+            table.add_row("train/loss (mean of first/last steps)", _fmt(summary["train/loss_first"]), _fmt(summary["train/loss_last"]))
+        for key, values in summary.get("eval", {}).items():
+            if key.startswith("eval/") and not key.endswith("/n"):
+                table.add_row(
+                    f"{key} (step {values['first_step']} → {values['last_step']})",
+                    _fmt(values["first"]),
+                    _fmt(values["last"]),
+                )
+        self.console.print(table)
+        sps = summary.get("s_per_step")
+        self.console.print(
+            f"{summary['steps_run']} steps in {summary['elapsed_s']:.1f}s"
+            + (f" ({sps:.3f} s/step)" if sps else "")
+            + f"; run dir: {summary['run_dir']}",
+            highlight=False,
+        )
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

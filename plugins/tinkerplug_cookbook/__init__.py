@@ -1,0 +1,1 @@
+"""Chat rendering with tinker-cookbook renderers: ``resolve_renderer``, ``render_example``."""

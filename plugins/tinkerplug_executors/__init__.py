@@ -1,0 +1,1 @@
+"""Step executors: ``sync`` (await each request) and ``pipelined`` (keep steps in flight)."""

@@ -1,0 +1,69 @@
+"""Step executors. ``sync`` awaits each request before sending the next (three service cycles
+a step); ``pipelined`` sends ``forward_backward`` and ``optim_step`` together and keeps up to
+``submit_ahead`` more steps in flight, so the service never waits for the client."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import tinkerplug
+from tinkerplug.context import StepResult
+from tinkerplug.metrics import step_result
+
+LOSS_FN = "cross_entropy"
+
+
+class SyncExecutor:
+    def __init__(self, training_client: Any):
+        self.client = training_client
+
+    async def submit(self, step: int, data: list[Any], adam_params: Any) -> list[StepResult]:
+        started = time.perf_counter()
+        fwd_bwd = await self.client.forward_backward(data, LOSS_FN).result_async()
+        optim = await self.client.optim_step(adam_params).result_async()
+        return [step_result(step, data, fwd_bwd, optim, adam_params.learning_rate, started)]
+
+    async def drain(self) -> list[StepResult]:
+        return []
+
+
+class PipelinedExecutor:
+    def __init__(self, training_client: Any, submit_ahead: int):
+        self.client = training_client
+        self.submit_ahead = submit_ahead
+        self.in_flight: deque[tuple[int, list[Any], float, Any, Any, float]] = deque()
+
+    async def submit(self, step: int, data: list[Any], adam_params: Any) -> list[StepResult]:
+        started = time.perf_counter()
+        # Both requests go out before anything is awaited: they share one service cycle.
+        fwd_bwd = self.client.forward_backward(data, LOSS_FN)
+        optim = self.client.optim_step(adam_params)
+        self.in_flight.append((step, data, adam_params.learning_rate, fwd_bwd, optim, started))
+        finished = []
+        while len(self.in_flight) > self.submit_ahead:
+            finished.append(await self._finish(self.in_flight.popleft()))
+        return finished
+
+    async def drain(self) -> list[StepResult]:
+        finished = []
+        while self.in_flight:
+            finished.append(await self._finish(self.in_flight.popleft()))
+        return finished
+
+    @staticmethod
+    async def _finish(item: tuple[int, list[Any], float, Any, Any, float]) -> StepResult:
+        step, data, lr, fwd_bwd, optim, started = item
+        fwd_bwd_out = await fwd_bwd.result_async()
+        optim_out = await optim.result_async()
+        return step_result(step, data, fwd_bwd_out, optim_out, lr, started)
+
+
+@tinkerplug.hookimpl
+def make_step_executor(config: Any, training_client: Any) -> Any:
+    if config.executor == "sync":
+        return SyncExecutor(training_client)
+    if config.executor == "pipelined":
+        return PipelinedExecutor(training_client, config.submit_ahead)
+    return None

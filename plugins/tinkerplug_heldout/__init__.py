@@ -1,0 +1,1 @@
+"""A held-out exact-match evaluator on sampler weights: ``evaluate``."""

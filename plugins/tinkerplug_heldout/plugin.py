@@ -1,0 +1,71 @@
+"""Exact match on the held-out set: the reply to each record's last user turn, sampled from the
+sampler weights, parsed by the renderer, compared with the record's last assistant message."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import tinkerplug
+from tinkerplug.data import read_chat_jsonl
+from tinkerplug.errors import DataError
+
+
+class HeldoutSettings(BaseModel):
+    """The ``[heldout]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    limit: int | None = Field(None, gt=0, description="Evaluate only the first N records.")
+    max_tokens: int = Field(64, gt=0)
+    temperature: float = Field(0.0, ge=0)
+
+
+@tinkerplug.hookimpl
+def register_config_sections(register: Any) -> None:
+    register("heldout", HeldoutSettings)
+
+
+@lru_cache(maxsize=4)
+def _load(path: Path, mtime: float) -> list[tuple[list[dict[str, Any]], str]]:
+    cases = []
+    for index, record in enumerate(read_chat_jsonl(path, "held-out data")):
+        messages = record["messages"]
+        if messages[-1]["role"] != "assistant":
+            raise DataError(f"{path} record {index + 1}: the last message must be the assistant's expected reply")
+        cases.append((messages[:-1], str(messages[-1]["content"]).strip()))
+    return cases
+
+
+@tinkerplug.hookimpl
+async def evaluate(context: Any) -> dict[str, float] | None:
+    settings: HeldoutSettings = context.config.section("heldout")
+    path = context.config.data.heldout
+    if not settings.enabled or path is None:
+        return None
+    from tinker import types
+    from tinker_cookbook.renderers import get_text_content
+
+    cases = _load(Path(path), Path(path).stat().st_mtime)[: settings.limit]
+    renderer = context.renderer
+    params = types.SamplingParams(
+        max_tokens=settings.max_tokens, temperature=settings.temperature, stop=renderer.get_stop_sequences(), seed=0
+    )
+    # Submit every prompt before awaiting any: the backend batches them.
+    futures = [
+        context.sampling_client.sample(renderer.build_generation_prompt(prompt), 1, params)
+        for prompt, _ in cases
+    ]
+    responses = await asyncio.gather(*(f.result_async() for f in futures))
+    exact = parsed = 0
+    for (_, expected), response in zip(cases, responses):
+        message, ok = renderer.parse_response(response.sequences[0].tokens)
+        parsed += bool(ok)
+        exact += get_text_content(message).strip() == expected
+    n = len(cases)
+    return {"heldout/exact_match": exact / n, "heldout/format_ok": parsed / n, "heldout/n": float(n)}

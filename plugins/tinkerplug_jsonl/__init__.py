@@ -1,0 +1,1 @@
+"""Metrics as JSON lines in ``RUN_DIR/metrics.jsonl``: ``log_metrics``."""

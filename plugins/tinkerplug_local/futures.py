@@ -1,0 +1,63 @@
+"""Futures with the SDK's interface: ``result()``, ``await f``, ``await f.result_async()``."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, TypeVar
+
+from tinker.lib.public_interfaces.api_future import AwaitableConcurrentFuture
+
+T = TypeVar("T")
+
+
+class ClientFuture(AwaitableConcurrentFuture[T]):
+    """A future of a client that, like the SDK's back-compat futures, also forwards attribute
+    access to the client (``create_lora_training_client(...).forward_backward(...)``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.result(), name)
+
+
+class Worker:
+    """One thread that runs jobs in submission order, like the service runs a client's requests.
+
+    Ordering is what makes pipelining correct: ``forward_backward`` for step n+1 may be submitted
+    before step n's ``optim_step`` has run, and a ``save_state`` captures exactly the updates
+    submitted before it.
+    """
+
+    def __init__(self, name: str = "tinkerplug-local"):
+        self._jobs: queue.SimpleQueue[tuple[Future, Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T], wrapper: type[AwaitableConcurrentFuture] = AwaitableConcurrentFuture) -> AwaitableConcurrentFuture[T]:
+        future: Future[T] = Future()
+        self._jobs.put((future, fn))
+        return wrapper(future)
+
+    def _run(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            future, fn = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - delivered to the caller's future
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+
+def completed(value: T) -> AwaitableConcurrentFuture[T]:
+    future: Future[T] = Future()
+    future.set_result(value)
+    return AwaitableConcurrentFuture(future)

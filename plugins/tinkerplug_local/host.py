@@ -1,0 +1,142 @@
+"""One loaded base model with its LoRA adapters: a training adapter per training client and a
+frozen adapter per sampler snapshot. Every method runs on the host's worker thread."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import warnings
+from concurrent.futures import Future
+from typing import Any
+
+from tinker.lib.public_interfaces.api_future import AwaitableConcurrentFuture
+
+from tinkerplug_local.futures import Worker
+from tinkerplug_local.loading import ModelSource, load_model_and_tokenizer
+
+LORA_ALPHA = 32  # fixed, as on the service: with alpha/r scaling the best LR barely depends on rank
+
+
+class ModelHost:
+    def __init__(self, source: ModelSource, device: str, dtype: Any):
+        self.source = source
+        self.device = device
+        self.worker = Worker(f"tinkerplug-local:{source.name}")
+        self.model, self.tokenizer = self.worker.submit(
+            lambda: load_model_and_tokenizer(source, device, dtype)
+        ).result()
+        self._linear_groups = self._classify_linears()
+        self.peft: Any = None  # the PeftModel, once the first adapter exists
+        self._names = itertools.count()
+        self._pending_samples: list[tuple[Any, Future]] = []
+        self._lock = threading.Lock()
+
+    # -- adapters (worker thread) ------------------------------------------------------------
+
+    def target_modules(self, train_mlp: bool, train_attn: bool, train_unembed: bool) -> list[str]:
+        groups = {"mlp": train_mlp, "attn": train_attn, "unembed": train_unembed}
+        targets = [name for name, group in self._linear_groups if groups[group]]
+        if not targets:
+            raise ValueError("no LoRA target modules: enable at least one of train_mlp, train_attn, train_unembed")
+        return targets
+
+    def _classify_linears(self) -> list[tuple[str, str]]:
+        """(module name, group) of every LoRA-able linear layer, read before PEFT wraps them."""
+        import torch
+
+        unembed = self.model.get_output_embeddings()
+        groups = []
+        for name, module in self.model.named_modules():
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            if module is unembed:
+                groups.append((name, "unembed"))
+            elif any(p in name for p in ("attn", "attention")):
+                groups.append((name, "attn"))
+            elif any(p in name for p in ("mlp", "feed_forward", "ffn", "experts")):
+                groups.append((name, "mlp"))
+        return groups
+
+    def new_adapter(self, rank: int, targets: list[str], seed: int | None) -> str:
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        name = f"adapter{next(self._names)}"
+        config = LoraConfig(r=rank, lora_alpha=LORA_ALPHA, target_modules=targets, lora_dropout=0.0)
+        with torch.random.fork_rng(devices=[]):  # a seeded init must not disturb the global RNG
+            if seed is not None:
+                torch.manual_seed(seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if self.peft is None:
+                    self.peft = get_peft_model(self.model, config, adapter_name=name)
+                else:
+                    self.peft.add_adapter(name, config)
+        self.activate(name)
+        return name
+
+    def load_frozen_adapter(self, path: str) -> str:
+        from peft import PeftModel
+
+        name = f"sampler{next(self._names)}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False)
+            else:
+                self.peft.load_adapter(path, adapter_name=name, is_trainable=False)
+        return name
+
+    def activate(self, name: str) -> None:
+        if self.peft.active_adapter != name:
+            self.peft.set_adapter(name)
+
+    def delete_adapter(self, name: str) -> None:
+        if self.peft is not None and name in self.peft.peft_config and len(self.peft.peft_config) > 1:
+            with warnings.catch_warnings():  # "adapter was active": every call activates its own
+                warnings.simplefilter("ignore")
+                self.peft.delete_adapter(name)
+
+    def adapter_params(self, name: str) -> list[tuple[str, Any]]:
+        """The trainable tensors of adapter ``name``, in a fixed order (optimizer state relies on it)."""
+        return sorted(
+            (n, p) for n, p in self.peft.named_parameters() if f".{name}." in n and "lora_" in n
+        )
+
+    def model_for(self, adapter: str | None) -> Any:
+        """The module to run: the adapter's, or the plain base model for ``adapter=None``."""
+        if adapter is None:
+            return _BaseOnly(self)
+        self.activate(adapter)
+        return self.peft
+
+    # -- batched sampling --------------------------------------------------------------------
+
+    def submit_sample(self, request: Any) -> AwaitableConcurrentFuture:
+        """Queue a request; requests that arrive while the worker is busy run as one batch."""
+        future: Future = Future()
+        with self._lock:
+            self._pending_samples.append((request, future))
+        self.worker.submit(self._run_pending_samples)
+        return AwaitableConcurrentFuture(future)
+
+    def _run_pending_samples(self) -> None:
+        from tinkerplug_local.sampling import run_sample_batch
+
+        with self._lock:
+            batch, self._pending_samples = self._pending_samples, []
+        if batch:
+            run_sample_batch(self, batch)
+
+
+class _BaseOnly:
+    """Calls the base model with every adapter disabled."""
+
+    def __init__(self, host: ModelHost):
+        self.host = host
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if self.host.peft is None:
+            return self.host.model(**kwargs)
+        with self.host.peft.disable_adapter():
+            return self.host.peft(**kwargs)

@@ -1,0 +1,239 @@
+"""The local ``TrainingClient``: the SDK's methods and types, run in order on the host's worker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from tinker import types
+
+from tinkerplug_local.losses import check_loss_fn, cross_entropy
+from tinkerplug_local.store import OPTIMIZER_FILE, STATE_META, to_path, write_adapter
+
+MAX_TOKENS_PER_MICROBATCH = 16384  # bounds activation memory; results do not depend on it per run
+
+
+class TrainingClient:
+    def __init__(self, service: Any, host: Any, adapter: str, model_id: str, meta: dict[str, Any]):
+        self._service = service
+        self._host = host
+        self._adapter = adapter
+        self.model_id = model_id
+        self._meta = meta  # base_model, rank, seed, train_* flags
+        self._optimizer: Any = None
+
+    # -- training ----------------------------------------------------------------------------
+
+    def forward(self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None) -> Any:
+        check_loss_fn(loss_fn)
+        _check_data(data)
+        return self._host.worker.submit(lambda: self._run_forward(data, backward=False))
+
+    def forward_backward(
+        self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None
+    ) -> Any:
+        check_loss_fn(loss_fn)
+        _check_data(data)
+        return self._host.worker.submit(lambda: self._run_forward(data, backward=True))
+
+    def optim_step(self, optim_params: types.AdamParams | None = None, *, adam_params: types.AdamParams | None = None) -> Any:
+        params = optim_params or adam_params or types.AdamParams()
+        if not isinstance(params, types.AdamParams):
+            raise NotImplementedError("the local backend implements the Adam optimizer only")
+        return self._host.worker.submit(lambda: self._run_optim(params))
+
+    def _run_forward(self, data: list[types.Datum], backward: bool) -> types.ForwardBackwardOutput:
+        import torch
+
+        model = self._host.model_for(self._adapter)
+        device = self._host.device
+        pad = self._host.tokenizer.pad_token_id or 0
+        lengths = [d.model_input.length for d in data]
+        outputs: list[Any] = [None] * len(data)
+        total = 0.0
+        for chunk in _microbatches(lengths, MAX_TOKENS_PER_MICROBATCH):
+            width = max(lengths[i] for i in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            targets = torch.zeros((len(chunk), width), dtype=torch.long)
+            weights = torch.zeros((len(chunk), width), dtype=torch.float32)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):  # right padding; padded positions have weight 0
+                n = lengths[i]
+                ids[row, :n] = torch.tensor(data[i].model_input.to_ints())
+                targets[row, :n] = data[i].loss_fn_inputs["target_tokens"].to_torch()
+                weights[row, :n] = data[i].loss_fn_inputs["weights"].to_torch()
+                mask[row, :n] = 1
+            ids, targets, weights, mask = (t.to(device) for t in (ids, targets, weights, mask))
+            with torch.set_grad_enabled(backward):
+                logits = model(input_ids=ids, attention_mask=mask).logits.float()
+                logprobs = -torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+                ).reshape(targets.shape)
+                loss = cross_entropy(logprobs, weights)
+                if backward:
+                    loss.backward()  # gradients accumulate until optim_step, as on the service
+            total += float(loss.detach())
+            for row, i in enumerate(chunk):
+                outputs[i] = {"logprobs": types.TensorData.from_torch(logprobs[row, : lengths[i]].detach().cpu())}
+        return types.ForwardBackwardOutput(
+            loss_fn_output_type="TensorData", loss_fn_outputs=outputs, metrics={"loss:sum": total}
+        )
+
+    def _params(self) -> list[Any]:
+        return [p for _, p in self._host.adapter_params(self._adapter)]
+
+    def _make_optimizer(self) -> Any:
+        import torch
+
+        return torch.optim.AdamW(self._params(), lr=1e-4, foreach=False)
+
+    def _run_optim(self, adam: types.AdamParams) -> types.OptimStepResponse:
+        import torch
+
+        self._host.activate(self._adapter)
+        if self._optimizer is None:
+            self._optimizer = self._make_optimizer()
+        for group in self._optimizer.param_groups:
+            group.update(lr=adam.learning_rate, betas=(adam.beta1, adam.beta2), eps=adam.eps, weight_decay=adam.weight_decay)
+        params = self._params()
+        max_norm = adam.grad_clip_norm if adam.grad_clip_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=False)
+        self._optimizer.step()
+        self._optimizer.zero_grad(set_to_none=True)
+        return types.OptimStepResponse(metrics={"grad_norm": float(grad_norm)})
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def save_state(self, name: str, ttl_seconds: int | None = None, overwrite: bool = False, user_metadata: Any = None) -> Any:
+        def run() -> types.SaveWeightsResponse:
+            import torch
+
+            def fill(tmp: Path) -> None:
+                write_adapter(tmp, self._host.peft, self._adapter, self._host.source.location)
+                optimizer = self._optimizer.state_dict() if self._optimizer is not None else None
+                torch.save(optimizer, tmp / OPTIMIZER_FILE)
+                (tmp / STATE_META).write_text(json.dumps(self._meta, indent=2) + "\n")
+
+            path = self._service.store.write(self.model_id, "weights", name, fill)
+            return types.SaveWeightsResponse(path=path)
+
+        return self._host.worker.submit(run)
+
+    def save_weights_for_sampler(self, name: str, ttl_seconds: int | None = None, user_metadata: Any = None) -> Any:
+        def run() -> types.SaveWeightsForSamplerResponse:
+            def fill(tmp: Path) -> None:
+                write_adapter(tmp, self._host.peft, self._adapter, self._host.source.location)
+
+            path = self._service.store.write(self.model_id, "sampler_weights", name, fill)
+            return types.SaveWeightsForSamplerResponse(path=path)
+
+        return self._host.worker.submit(run)
+
+    def load_state(self, path: str) -> Any:
+        return self._host.worker.submit(lambda: self._load(path, with_optimizer=False))
+
+    def load_state_with_optimizer(self, path: str) -> Any:
+        return self._host.worker.submit(lambda: self._load(path, with_optimizer=True))
+
+    def _load(self, path: str, with_optimizer: bool) -> types.LoadWeightsResponse:
+        """Read adapter weights (and optimizer state) from a ``save_state`` dir, exactly."""
+        import torch
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        directory = to_path(path)
+        weights = load_file(str(directory / "adapter_model.safetensors"), device=self._host.device)
+        self._host.activate(self._adapter)
+        result = set_peft_model_state_dict(self._host.peft, weights, adapter_name=self._adapter)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"{path}: weights do not fit this model ({result.unexpected_keys[:3]} ...)")
+        self._optimizer = None
+        if with_optimizer:
+            state = torch.load(directory / OPTIMIZER_FILE, map_location=self._host.device, weights_only=True)
+            if state is not None:
+                self._optimizer = self._make_optimizer()
+                self._optimizer.load_state_dict(state)
+        return types.LoadWeightsResponse(path=path)
+
+    # -- sampling and info ------------------------------------------------------------------
+
+    def save_weights_and_get_sampling_client(self, name: str | None = None, retry_config: Any = None, **kwargs: Any) -> Any:
+        import uuid
+
+        from tinkerplug_local.futures import ClientFuture
+
+        saved = self.save_weights_for_sampler(name or f"sampler-{uuid.uuid4().hex[:8]}")
+        # Jobs run in order: by the time this one runs, the save above has finished.
+        return self._host.worker.submit(
+            lambda: self._service._sampler_on_worker(self._host, saved.result().path), wrapper=ClientFuture
+        )
+
+    def create_sampling_client(self, model_path: str, retry_config: Any = None, **kwargs: Any) -> Any:
+        return self._service.create_sampling_client(model_path=model_path)
+
+    def get_tokenizer(self) -> Any:
+        return self._host.tokenizer
+
+    def get_info(self) -> types.GetInfoResponse:
+        config = self._host.model.config
+        return types.GetInfoResponse(
+            model_data=types.ModelData(
+                arch=(config.architectures or [config.model_type])[0],
+                model_name=self._meta["base_model"],
+                tokenizer_id=self._meta["base_model"],
+            ),
+            model_id=self.model_id,
+            is_lora=True,
+            lora_rank=self._meta["rank"],
+            model_name=self._meta["base_model"],
+        )
+
+    # Deprecated SDK variants the cookbook still calls: they return the future, awaitable.
+    async def forward_backward_async(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward_backward(*args, **kwargs)
+
+    async def forward_async(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    async def optim_step_async(self, *args: Any, **kwargs: Any) -> Any:
+        return self.optim_step(*args, **kwargs)
+
+    async def save_state_async(self, *args: Any, **kwargs: Any) -> Any:
+        return self.save_state(*args, **kwargs)
+
+    async def save_weights_for_sampler_async(self, *args: Any, **kwargs: Any) -> Any:
+        return self.save_weights_for_sampler(*args, **kwargs)
+
+    async def save_weights_and_get_sampling_client_async(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.save_weights_and_get_sampling_client(*args, **kwargs).result_async()
+
+    async def create_sampling_client_async(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.create_sampling_client(*args, **kwargs).result_async()
+
+    async def get_info_async(self) -> types.GetInfoResponse:
+        return self.get_info()
+
+
+def _check_data(data: list[types.Datum]) -> None:
+    for index, datum in enumerate(data):
+        n = datum.model_input.length
+        for key in ("target_tokens", "weights"):
+            if key not in datum.loss_fn_inputs:
+                raise ValueError(f"datum {index}: cross_entropy needs loss_fn_inputs[{key!r}]")
+            got = datum.loss_fn_inputs[key].to_numpy().size
+            if got != n:
+                raise ValueError(f"datum {index}: {key} has {got} entries, model_input has {n} tokens")
+
+
+def _microbatches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    chunks: list[list[int]] = [[]]
+    width = 0
+    for i, n in enumerate(lengths):
+        new_width = max(width, n)
+        if chunks[-1] and new_width * (len(chunks[-1]) + 1) > max_tokens:
+            chunks.append([])
+            new_width = n
+        chunks[-1].append(i)
+        width = new_width
+    return chunks

@@ -1,0 +1,1 @@
+"""The remote backend: the official Tinker SDK (``backend = "tinker"``)."""

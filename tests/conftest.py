@@ -1,0 +1,69 @@
+"""Shared fixtures. Everything runs offline on the shipped tiny-chat model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.pop("TINKER_API_KEY", None)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+
+
+def write_config(directory: Path, text: str = "", **overrides: object) -> Path:
+    """A short real run on the fast task; ``overrides`` replace top-level keys."""
+    values: dict[str, object] = {
+        "base_model": "tiny-chat",
+        "learning_rate": 3e-3,
+        "batch_size": 8,
+        "num_steps": 12,
+        "max_length": 64,
+        "seed": 0,
+        "eval_every": 0,
+        "save_every": 0,
+        "run_dir": str(directory / "run"),
+    }
+    values.update(overrides)
+    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None]
+    lines += [
+        "[data]",
+        f"train = {json.dumps(str(DATA / 'fast_train.jsonl'))}",
+        f"heldout = {json.dumps(str(DATA / 'fast_heldout.jsonl'))}",
+        "[heldout]",
+        "limit = 16",
+        "max_tokens = 16",
+    ]
+    path = directory / "config.toml"
+    path.write_text("\n".join(lines) + "\n" + text)
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real ``tinkerplug`` command."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "tinkerplug.cli", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory):
+    from tinkerplug_local import ServiceClient
+
+    client = ServiceClient(checkpoint_dir=tmp_path_factory.mktemp("local"))
+    yield client
+    client.close()
