@@ -161,6 +161,15 @@ def hooks_cmd(name: str | None) -> None:
         click.echo("    " + inspect.getdoc(func).replace("\n", "\n    ") + "\n")
 
 
+def _add_extra_commands() -> None:
+    from tinkerplug.commands import add_commands
+
+    add_commands(cli)
+
+
+_add_extra_commands()
+
+
 def main(argv: list[str] | None = None) -> None:
     # Before torch loads: spinning OpenMP threads collapse throughput on shared cores.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

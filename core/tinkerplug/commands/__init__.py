@@ -1,0 +1,18 @@
+"""Extra ``tinkerplug`` subcommands, one module each. Modules stay light: heavy imports go
+inside the command functions. Register a command by adding one line to ``COMMANDS``."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# "module:attribute" of each click command
+COMMANDS: list[str] = [
+]
+
+
+def add_commands(group: click.Group) -> None:
+    for spec in COMMANDS:
+        module, attr = spec.split(":")
+        group.add_command(getattr(importlib.import_module(module), attr))
