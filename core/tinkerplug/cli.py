@@ -24,35 +24,50 @@ def _split_plugin_options(options: tuple[str, ...]) -> tuple[list[str], list[str
     return files, disabled
 
 
-def load_run_config(config_path: str, overrides: tuple[str, ...], plugin_options: tuple[str, ...]):
-    """Config + plugins: the config names plugin files, the plugins add config tables."""
+def load_plugins_for(config_path: str | None, overrides: tuple[str, ...], plugin_options: tuple[str, ...]):
+    """The plugins a run of CONFIG would use: entry points, the config's ``plugins`` files and
+    ``-p`` files, minus ``disable_plugins`` and ``-p no:NAME``. Returns (plugins, raw config)."""
     import tomllib
 
-    from tinkerplug.config import apply_override, load_config, parse_override
+    from tinkerplug.config import apply_override, parse_override
+    from tinkerplug.errors import ConfigError
     from tinkerplug.plugins import load_plugins
 
-    path = Path(config_path)
     raw: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError:
-            raw = {}  # load_config reports it with the file name
-        for override in overrides:
-            apply_override(raw, *parse_override(override))
+    base_dir = None
+    if config_path is not None:
+        path = Path(config_path)
+        base_dir = path.parent.resolve()
+        if path.is_file():
+            try:
+                raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError:
+                raw = {}  # load_config reports it with the file name
+            for override in overrides:
+                apply_override(raw, *parse_override(override))
+    for key in ("plugins", "disable_plugins"):
+        if not isinstance(raw.get(key, []), list) or not all(isinstance(v, str) for v in raw.get(key, [])):
+            raise ConfigError(f"{config_path}: {key} must be a list of strings, e.g. {key} = [\"...\"]")
     files, disabled = _split_plugin_options(plugin_options)
-    config_files = raw.get("plugins", []) if isinstance(raw.get("plugins", []), list) else []
-    config_disabled = raw.get("disable_plugins", []) if isinstance(raw.get("disable_plugins", []), list) else []
     plugins = load_plugins(
-        files=[str(f) for f in config_files],
-        disabled=[*config_disabled, *disabled],
-        base_dir=path.parent.resolve(),
+        files=raw.get("plugins", []),
+        disabled=[*raw.get("disable_plugins", []), *disabled],
+        base_dir=base_dir,
         cli_files=files,
     )
+    return plugins, raw
+
+
+def load_run_config(config_path: str, overrides: tuple[str, ...], plugin_options: tuple[str, ...]):
+    """Config + plugins: the config names plugin files, the plugins add config tables."""
+    from tinkerplug.config import load_config
+
+    plugins, _ = load_plugins_for(config_path, overrides, plugin_options)
+    plugins.check_required()
     sections: dict[str, Any] = {}
     owners: dict[str, str] = {}
     _register_sections(plugins, sections, owners)
-    config = load_config(path, list(overrides), {k: (v, owners[k]) for k, v in sections.items()})
+    config = load_config(Path(config_path), list(overrides), {k: (v, owners[k]) for k, v in sections.items()})
     return config, plugins
 
 
@@ -103,22 +118,26 @@ def run(config_path: str, overrides: tuple[str, ...], resume: bool, plugin_optio
 
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--hook", "hook", default=None, help="Only plugins implementing this hook, in call order.")
-@click.option("-p", "plugin_options", multiple=True, metavar="FILE|no:NAME")
-def plugins_cmd(as_json: bool, hook: str | None, plugin_options: tuple[str, ...]) -> None:
-    """List the registered plugins, their distributions and hooks."""
+@click.option("--hook", "hook", default=None, metavar="NAME", help="Only plugins implementing hook NAME, in the order they are called.")
+@click.option("-c", "--config", "config_path", default=None, type=click.Path(dir_okay=False), help="Also load the plugin files and disables of this run config.")
+@click.option("-p", "plugin_options", multiple=True, metavar="FILE|no:NAME", help="Load a plugin file, or disable a plugin with no:NAME (as for `run`).")
+def plugins_cmd(as_json: bool, hook: str | None, config_path: str | None, plugin_options: tuple[str, ...]) -> None:
+    """List the registered plugins in call order: distribution, version and hooks.
+
+    Plugins are called last-registered first: project files, then installed third-party
+    plugins, then first-party ones. For a firstresult hook the first non-None answer wins.
+    """
     import json
 
-    from tinkerplug.plugins import load_plugins
+    from tinkerplug.plugins import hook_names
 
-    files, disabled = _split_plugin_options(plugin_options)
-    plugins = load_plugins(disabled=disabled, cli_files=files)
+    plugins, _ = load_plugins_for(config_path, (), plugin_options)
     if hook is not None:
-        if not hasattr(plugins.pm.hook, hook):
+        if hook not in hook_names():
             raise TinkerplugError(f"no hook named {hook!r}", hint="`tinkerplug hooks` lists them")
         names = [impl.plugin_name for impl in plugins.impls(hook)]
     else:
-        names = list(plugins.info)
+        names = plugins.call_order()
     rows = [
         {
             "name": name,
@@ -133,32 +152,37 @@ def plugins_cmd(as_json: bool, hook: str | None, plugin_options: tuple[str, ...]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    for row in rows:
-        dist = f"{row['distribution']} {row['version']}" if row["distribution"] else row["source"]
-        click.echo(f"{row['name']:<12} {row['kind']:<12} {dist}")
-        click.echo(f"{'':<12} hooks: {', '.join(row['hooks'])}")
+    wide = max([len(r["name"]) for r in rows] + [4])
+    origins = [f"{r['distribution']} {r['version']}" if r["distribution"] else r["source"] for r in rows]
+    origin_wide = max([len(o) for o in origins] + [12])
+    click.echo(f"{'NAME':<{wide}}  {'KIND':<11}  {'DISTRIBUTION':<{origin_wide}}  HOOKS")
+    for row, origin in zip(rows, origins):
+        click.echo(f"{row['name']:<{wide}}  {row['kind']:<11}  {origin:<{origin_wide}}  {', '.join(row['hooks'])}")
+    if plugins.disabled:
+        click.echo(f"disabled: {', '.join(sorted(plugins.disabled))}")
 
 
 @cli.command("hooks")
 @click.argument("name", required=False)
-def hooks_cmd(name: str | None) -> None:
-    """Print every hookspec with its signature and documentation."""
+@click.option("--markdown", is_flag=True, help="Print the README hook reference.")
+def hooks_cmd(name: str | None, markdown: bool) -> None:
+    """Print every hookspec (or hook NAME) with its signature and documentation."""
     import inspect
 
-    from tinkerplug import hookspecs
+    from tinkerplug.plugins import hook_reference_markdown, hook_signature, hookspec_functions, is_firstresult
 
-    specs = [
-        (n, f) for n, f in vars(hookspecs).items()
-        if callable(f) and hasattr(f, "tinkerplug_spec")
-    ]
+    if markdown:
+        click.echo(hook_reference_markdown(), nl=False)
+        return
+    specs = hookspec_functions()
     if name:
         specs = [(n, f) for n, f in specs if n == name]
         if not specs:
             raise TinkerplugError(f"no hook named {name!r}", hint="`tinkerplug hooks` lists them")
     for hook_name, func in specs:
-        first = " (firstresult)" if func.tinkerplug_spec.get("firstresult") else ""
-        click.echo(f"{hook_name}{inspect.signature(func)}{first}")
-        click.echo("    " + inspect.getdoc(func).replace("\n", "\n    ") + "\n")
+        first = "  [firstresult]" if is_firstresult(func) else ""
+        click.echo(f"{hook_signature(hook_name, func)}{first}")
+        click.echo("    " + (inspect.getdoc(func) or "").replace("\n", "\n    ").replace("\n    \n", "\n\n") + "\n")
 
 
 def _add_extra_commands() -> None:

@@ -66,7 +66,7 @@ async def train(config: RunConfig, plugins: Plugins, reporter: Reporter) -> dict
     service = plugins.first("create_service_client", config=config, run_dir=str(run_dir))
     if service is None:
         raise BackendError(
-            f"no plugin provides backend {config.resolved_backend!r}",
+            f"no plugin provides backend {config.resolved_backend!r}{plugins.disabled_note()}",
             hint="backends: local, tinker; check `tinkerplug plugins --hook create_service_client`",
         )
     reporter.note(f"backend {config.resolved_backend}, base model {config.base_model}")
@@ -92,7 +92,7 @@ async def train(config: RunConfig, plugins: Plugins, reporter: Reporter) -> dict
     tokenizer = training_client.get_tokenizer()
     renderer = plugins.first("resolve_renderer", config=config, tokenizer=tokenizer)
     if renderer is None:
-        raise PluginError("no plugin resolved a renderer", hint="is the cookbook plugin disabled?")
+        raise PluginError(f"no plugin resolved a renderer{plugins.disabled_note()}", hint="is the cookbook plugin disabled?")
     data, stats = render_all(records, renderer, config, plugins)
     reporter.render_stats(stats, config)
 
@@ -101,7 +101,7 @@ async def train(config: RunConfig, plugins: Plugins, reporter: Reporter) -> dict
     executor = plugins.first("make_step_executor", config=config, training_client=training_client)
     if executor is None:
         raise PluginError(
-            f"no plugin provides executor {config.executor!r}",
+            f"no plugin provides executor {config.executor!r}{plugins.disabled_note()}",
             hint="executors: sync, pipelined; check `tinkerplug plugins --hook make_step_executor`",
         )
     run = RunContext(

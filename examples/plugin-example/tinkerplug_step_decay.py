@@ -1,0 +1,65 @@
+"""Step-decay learning rate for tinkerplug: ``lr = learning_rate * gamma ** k`` after the k-th
+milestone, with the config's linear warmup. Off unless the config says::
+
+    [step_decay]
+    enabled = true
+    milestones = [0.5, 0.75]   # fractions of the run
+    gamma = 0.1
+
+It overrides the first-party ``schedule`` plugin through ``lr_for_step``, a firstresult hook:
+installed plugins are called before first-party ones, and returning ``None`` (when disabled)
+hands the question on to the next plugin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+import tinkerplug
+from tinkerplug.errors import ConfigError
+
+
+class StepDecaySettings(BaseModel):
+    """The ``[step_decay]`` table of the run config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions_in_order(cls, value: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in value) or value != sorted(value):
+            raise ValueError("milestones must be increasing fractions of the run, each between 0 and 1")
+        return value
+
+
+def step_decay(step: int, num_steps: int, base: float, warmup: int, milestones: list[float], gamma: float) -> float:
+    """The learning rate of step ``step`` (0-based) of ``num_steps``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    passed = sum(step >= round(m * num_steps) for m in milestones)
+    return base * gamma**passed
+
+
+@tinkerplug.hookimpl
+def register_config_sections(register: Any) -> None:
+    register("step_decay", StepDecaySettings)
+
+
+@tinkerplug.hookimpl
+def lr_for_step(step: int, num_steps: int, config: Any) -> float | None:
+    settings: StepDecaySettings = config.section("step_decay")
+    if not settings.enabled:
+        return None  # let the next plugin (the first-party schedule) answer
+    if config.use_recommended_lr:
+        raise ConfigError(
+            "[step_decay] uses learning_rate as its base; use_recommended_lr is not supported",
+            hint="set use_recommended_lr = false and learning_rate",
+        )
+    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_ratio * num_steps)
+    return step_decay(step, num_steps, config.learning_rate, min(warmup, num_steps), settings.milestones, settings.gamma)

@@ -1,0 +1,85 @@
+"""TensorBoard logging, off unless ``[tensorboard] enabled = true``.
+
+Every numeric metric of a step becomes a scalar with the metric's name as tag
+(``train/loss``, ``eval/heldout/exact_match``: TensorBoard groups by the prefix). On resume the
+writer purges events from the checkpoint step on, so replayed steps replace the old ones.
+``tensorboardX`` is imported only when a run enables the plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import tinkerplug
+from tinkerplug.errors import PluginError
+
+DEFAULT_DIR = "tensorboard"
+
+_writers: dict[str, Any] = {}
+
+
+class TensorBoardSettings(BaseModel):
+    """The ``[tensorboard]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    log_dir: Path | None = Field(None, description="Default: RUN_DIR/tensorboard; relative paths are under RUN_DIR.")
+    flush_secs: int = Field(10, gt=0, description="How often pending events are written to disk.")
+
+
+@tinkerplug.hookimpl
+def register_config_sections(register: Any) -> None:
+    register("tensorboard", TensorBoardSettings)
+
+
+def log_dir(run: Any) -> Path:
+    settings: TensorBoardSettings = run.config.section("tensorboard")
+    return run.run_dir / (settings.log_dir or DEFAULT_DIR)
+
+
+@tinkerplug.hookimpl
+def on_run_start(run: Any) -> None:
+    settings: TensorBoardSettings = run.config.section("tensorboard")
+    if not settings.enabled:
+        return
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise PluginError(
+            "[tensorboard] enabled = true, but tensorboardX is not installed",
+            hint="pip install 'tinkerplug[tensorboard]'  (or set [tensorboard] enabled = false)",
+        ) from None
+    writer = SummaryWriter(
+        str(log_dir(run)),
+        flush_secs=settings.flush_secs,
+        # Resuming at step n: hide events at steps >= n from the earlier attempt.
+        purge_step=run.start_step if run.start_step > 0 else None,
+    )
+    if run.start_step == 0:
+        writer.add_text("config", "```\n" + json.dumps(run.config.to_json(), indent=2) + "\n```", 0)
+    _writers[str(run.run_dir)] = writer
+
+
+@tinkerplug.hookimpl
+def log_metrics(step: int, metrics: Mapping[str, Any], run: Any) -> None:
+    writer = _writers.get(str(run.run_dir))
+    if writer is None:
+        return
+    for key, value in metrics.items():
+        if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(value):
+            writer.add_scalar(key, value, step)
+
+
+@tinkerplug.hookimpl
+def on_run_end(run: Any, summary: Mapping[str, Any]) -> None:
+    writer = _writers.pop(str(run.run_dir), None)
+    if writer is not None:
+        writer.close()

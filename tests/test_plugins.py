@@ -1,0 +1,330 @@
+"""Plugins as users meet them: list, install, override, disable, and the two metrics loggers.
+
+Everything goes through the real ``tinkerplug`` command. The third-party example package is
+built and installed into a temporary ``--target`` directory put on ``PYTHONPATH``, so the
+test venv is never modified.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, read_jsonl, run_cli, write_config
+
+EXAMPLE_PACKAGE = ROOT / "examples" / "plugin-example"
+OVERRIDE_EXAMPLE = ROOT / "examples" / "project-override"
+HEAVY = ("torch", "transformers", "tinker", "tinker_cookbook", "peft", "inspect_ai", "tensorboardX")
+QUICK = ("--set", "heldout.enabled=false", "-q")  # runs that check no evaluator skip the held-out eval
+
+
+def plugins_json(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> list[dict]:
+    result = run_cli("plugins", "--json", *args, env=env, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def first_party_names() -> set[str]:
+    return {
+        ep.name
+        for ep in importlib.metadata.entry_points(group="tinkerplug")
+        if ep.dist is not None and ep.dist.name == "tinkerplug"
+    }
+
+
+def write_plugin(directory: Path, name: str, body: str) -> Path:
+    path = directory / f"{name}.py"
+    path.write_text("import tinkerplug\n\n" + body)
+    return path
+
+
+CONSTANT_LR = """
+@tinkerplug.hookimpl
+def lr_for_step(step, num_steps, config):
+    return 0.0421
+"""
+
+
+@pytest.fixture(scope="module")
+def with_example_installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Build and install ``examples/plugin-example`` (from a copy: the build leaves files
+    behind) into a temporary target dir; return the environment that puts it on the path."""
+    tmp = tmp_path_factory.mktemp("plugin-example")
+    source, target = tmp / "source", tmp / "site"
+    shutil.copytree(EXAMPLE_PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--no-compile", "--disable-pip-version-check", "--target", str(target), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    path = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path}
+
+
+# -- listing ---------------------------------------------------------------------------------
+
+
+def test_plugins_lists_project_then_third_party_then_first_party(with_example_installed, tmp_path):
+    project = write_plugin(tmp_path, "my_lr", CONSTANT_LR)
+    rows = plugins_json("-p", str(project), env=with_example_installed)
+    by_name = {row["name"]: row for row in rows}
+
+    assert by_name["project:my_lr"] == {
+        "name": "project:my_lr", "kind": "project", "distribution": None, "version": None,
+        "source": str(project.resolve()), "hooks": ["lr_for_step"],
+    }
+    assert by_name["step_decay"]["kind"] == "third-party"
+    assert (by_name["step_decay"]["distribution"], by_name["step_decay"]["version"]) == ("tinkerplug-step-decay", "0.1.0")
+    assert by_name["step_decay"]["hooks"] == ["lr_for_step", "register_config_sections"]
+    assert {r["name"] for r in rows if r["kind"] == "first-party"} == first_party_names()
+    assert all(r["distribution"] == "tinkerplug" and r["hooks"] for r in rows if r["kind"] == "first-party")
+    # call order: project files first, then third-party, then first-party
+    rank = {"project": 0, "third-party": 1, "first-party": 2}
+    assert [rank[r["kind"]] for r in rows] == sorted(rank[r["kind"]] for r in rows)
+
+    order = [r["name"] for r in plugins_json("--hook", "lr_for_step", "-p", str(project), env=with_example_installed)]
+    assert order == ["project:my_lr", "step_decay", "schedule"]
+
+    text = run_cli("plugins", "-p", str(project), env=with_example_installed)
+    assert text.returncode == 0, text.stderr
+    assert "tinkerplug-step-decay 0.1.0" in text.stdout and "project:my_lr" in text.stdout
+
+
+def test_firstresult_precedence_project_over_installed_over_first_party(with_example_installed, tmp_path):
+    """The same ``lr_for_step`` question, answered by whichever plugin is called first."""
+    project = write_plugin(tmp_path, "my_lr", CONSTANT_LR)
+    step_decay = "[step_decay]\nenabled = true\nmilestones = [0.5]\ngamma = 0.1\n"
+    values = dict(learning_rate=1e-3, warmup_steps=0, num_steps=10)
+    (tmp_path / "with_table").mkdir()
+    (tmp_path / "plain").mkdir()
+    with_table = write_config(tmp_path / "with_table", step_decay, **values)
+    plain = write_config(tmp_path / "plain", **values)
+    setups = {  # label: (config, --set overrides, -p options)
+        "project file": (str(with_table), [], [str(project)]),
+        "installed": (str(with_table), [], []),
+        "installed, off": (str(with_table), ["step_decay.enabled=false"], []),  # returns None: passes on
+        "installed, disabled": (str(plain), [], ["no:step_decay"]),
+    }
+    script = (
+        "import json, sys\n"
+        "from tinkerplug.cli import load_run_config\n"
+        "answers = {}\n"
+        "for label, (path, overrides, options) in json.loads(sys.argv[1]).items():\n"
+        "    config, plugins = load_run_config(path, tuple(overrides), tuple(options))\n"
+        "    answers[label] = plugins.first('lr_for_step', step=7, num_steps=10, config=config)\n"
+        "print(json.dumps(answers))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(setups)],
+        capture_output=True, text=True, env={**os.environ, **with_example_installed}, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)
+    from tinkerplug_schedule.plugin import schedule
+
+    cosine = schedule(7, 10, 1e-3, 0.0, 0, "cosine")
+    assert answers == pytest.approx(
+        {"project file": 0.0421, "installed": 1e-4, "installed, off": cosine, "installed, disabled": cosine}
+    )
+    assert cosine != pytest.approx(1e-4)
+
+
+def test_plugins_with_config_shows_its_project_files_relative_to_the_config(tmp_path):
+    rows = plugins_json("--hook", "lr_for_step", "-c", str(OVERRIDE_EXAMPLE / "config.toml"), cwd=tmp_path)
+    assert [r["name"] for r in rows] == ["project:my_hooks", "schedule"]
+    assert rows[0]["source"] == str((OVERRIDE_EXAMPLE / "my_hooks.py").resolve())
+    # the same file with -p, relative to the current directory
+    rows = plugins_json("--hook", "lr_for_step", "-p", "my_hooks.py", cwd=OVERRIDE_EXAMPLE)
+    assert [r["name"] for r in rows] == ["project:my_hooks", "schedule"]
+
+
+def test_hooks_command_prints_every_hookspec():
+    from tinkerplug.plugins import hook_signature, hookspec_functions
+
+    result = run_cli("hooks")
+    assert result.returncode == 0, result.stderr
+    for name, func in hookspec_functions():
+        assert hook_signature(name, func) in result.stdout
+    one = run_cli("hooks", "lr_for_step")
+    assert one.stdout.startswith("lr_for_step(step: int, num_steps: int, config: RunConfig) -> float | None  [firstresult]")
+    assert "Stops at first non-None result" in one.stdout and "evaluate(" not in one.stdout
+    missing = run_cli("hooks", "lr_for_stpe")
+    assert missing.returncode != 0 and "no hook named 'lr_for_stpe'" in missing.stderr
+
+
+# -- a third-party package and a project file, in real runs ----------------------------------
+
+
+def test_installed_plugin_takes_effect_in_a_run(with_example_installed, tmp_path):
+    config = write_config(tmp_path, "[step_decay]\nenabled = true\nmilestones = [0.5, 0.75]\ngamma = 0.1\n",
+                          num_steps=8, batch_size=4, learning_rate=1e-3, warmup_steps=0)
+    result = run_cli("run", str(config), *QUICK, env=with_example_installed)
+    assert result.returncode == 0, result.stderr
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3] * 4 + [1e-4] * 2 + [1e-5] * 2)
+    assert rows[-1]["train/loss"] < rows[0]["train/loss"]
+    assert not (tmp_path / "run" / "tensorboard").exists()  # the TensorBoard logger is opt-in
+
+
+@pytest.fixture(scope="module")
+def override_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/project-override as shipped (its config names ./my_hooks.py), shortened, with
+    the TensorBoard logger on."""
+    run_dir = tmp_path_factory.mktemp("override") / "run"
+    result = run_cli(
+        "run", str(OVERRIDE_EXAMPLE / "config.toml"), *QUICK,
+        "--set", f"run_dir={run_dir}", "--set", "num_steps=8", "--set", "warmup_steps=2",
+        "--set", "batch_size=4", "--set", "eval_every=0", "--set", "tensorboard.enabled=true",
+    )
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def test_project_file_overrides_one_hook_in_a_run(override_run):
+    rows = [r for r in read_jsonl(override_run / "metrics.jsonl") if "train/loss" in r]
+    # warmup-stable-decay from my_hooks.py: 2 warmup steps, decay over the last quarter to min_lr
+    assert [r["lr"] for r in rows] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 5.5e-4, 1e-4])
+    config = json.loads((override_run / "config.json").read_text())
+    assert config["plugins"] == ["./my_hooks.py"]
+
+
+def read_tensorboard_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
+    """Parse the event files (TFRecord framing: length, crc, Event proto, crc)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, dict[int, float]] = {}
+    for file in sorted(log_dir.glob("events.out.tfevents.*")):
+        data = file.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars
+
+
+def test_tensorboard_logger_records_what_the_jsonl_logger_records(override_run):
+    rows = read_jsonl(override_run / "metrics.jsonl")
+    scalars = read_tensorboard_scalars(override_run / "tensorboard")
+    for key in ("train/loss", "lr", "train/trained_tokens"):
+        expected = {r["step"]: r[key] for r in rows if r.get(key) is not None}
+        assert sorted(scalars[key]) == list(range(8))
+        assert scalars[key] == pytest.approx(expected, rel=1e-6), key
+
+
+def test_tensorboard_enabled_without_tensorboardx_says_how_to_install(tmp_path, monkeypatch):
+    from tinkerplug.cli import load_run_config
+    from tinkerplug.context import RunContext
+    from tinkerplug.errors import PluginError
+
+    config, plugins = load_run_config(str(write_config(tmp_path)), ("tensorboard.enabled=true",), ())
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # makes `import tensorboardX` fail
+    run = RunContext(config=config, run_dir=tmp_path, plugins=plugins)
+    with pytest.raises(PluginError, match="tensorboardX is not installed") as caught:
+        plugins.pm.get_plugin("tensorboard").on_run_start(run=run)
+    assert "tinkerplug[tensorboard]" in str(caught.value)
+
+
+# -- disabling ---------------------------------------------------------------------------------
+
+
+def test_disabling_the_renderer_plugin_fails_before_loading_anything(tmp_path):
+    config = write_config(tmp_path)
+    result = run_cli("run", str(config), "-p", "no:cookbook")
+    assert result.returncode == 3
+    assert "no plugin resolves the chat renderer (hook resolve_renderer) (disabled: cookbook)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+    # the same from the config file
+    config = write_config(tmp_path, disable_plugins=["cookbook"])
+    result = run_cli("run", str(config))
+    assert result.returncode == 3 and "(disabled: cookbook)" in result.stderr
+
+
+def test_disabling_the_backend_in_use_names_it(tmp_path):
+    config = write_config(tmp_path, backend="local")
+    result = run_cli("run", str(config), "-p", "no:local")
+    assert result.returncode != 0
+    assert "no plugin provides backend 'local' (disabled: local)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_disabling_an_unknown_plugin_suggests_the_name(tmp_path):
+    result = run_cli("plugins", "-p", "no:cokbook")
+    assert result.returncode == 3
+    assert "cannot disable unknown plugin(s): cokbook (did you mean no:cookbook?)" in result.stderr
+    rows = plugins_json("-p", "no:heldout", "-p", "no:tensorboard")
+    assert {r["name"] for r in rows} == first_party_names() - {"heldout", "tensorboard"}
+
+
+# -- rejected plugins ---------------------------------------------------------------------------
+
+
+def test_unknown_hook_name_is_rejected_at_load_naming_the_plugin(tmp_path):
+    typo = write_plugin(tmp_path, "typo", "@tinkerplug.hookimpl\ndef lr_for_stpe(step):\n    return 1.0\n")
+    for args in (("plugins", "-p", str(typo)), ("run", str(write_config(tmp_path)), "-p", str(typo))):
+        result = run_cli(*args)
+        assert result.returncode == 3, result.stderr
+        assert "plugin 'project:typo'" in result.stderr
+        assert "unknown hook 'lr_for_stpe'; did you mean 'lr_for_step'?" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_hookimpl_with_an_argument_the_spec_lacks_is_rejected(tmp_path):
+    bad = write_plugin(tmp_path, "bad_args", "@tinkerplug.hookimpl\ndef lr_for_step(step, total_steps):\n    return 1.0\n")
+    result = run_cli("plugins", "-p", str(bad))
+    assert result.returncode == 3
+    assert "plugin 'project:bad_args'" in result.stderr and "total_steps" in result.stderr
+
+
+def test_wrapper_on_a_fan_out_hook_is_rejected(tmp_path):
+    wrapper = write_plugin(
+        tmp_path, "wrap", "@tinkerplug.hookimpl(wrapper=True)\ndef log_metrics(step, metrics, run):\n    return (yield)\n"
+    )
+    result = run_cli("plugins", "-p", str(wrapper))
+    assert result.returncode == 3 and "plugin 'project:wrap'" in result.stderr and "log_metrics" in result.stderr
+
+
+def test_a_raising_hook_is_reported_by_plugin_name(tmp_path):
+    from tinkerplug.cli import load_run_config
+    from tinkerplug.errors import PluginError
+
+    broken = write_plugin(tmp_path, "broken", "@tinkerplug.hookimpl\ndef lr_for_step(step, num_steps):\n    return 1 / 0\n")
+    config, plugins = load_run_config(str(write_config(tmp_path)), (), (str(broken),))
+    with pytest.raises(PluginError, match=r"plugin 'project:broken' raised in hook 'lr_for_step': ZeroDivisionError"):
+        plugins.first("lr_for_step", step=0, num_steps=10, config=config)
+
+
+# -- start-up ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["plugins", "--hook", "evaluate"], ["hooks"]])
+def test_light_commands_import_no_heavy_package(args, with_example_installed):
+    """Every plugin module is imported at start-up, so each must keep heavy imports lazy."""
+    script = (
+        "import json, sys\n"
+        "from tinkerplug.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+        env={**os.environ, **with_example_installed},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
