@@ -81,6 +81,9 @@ class RunConfig(BaseModel):
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     executor: str = "pipelined"
     submit_ahead: int = Field(2, ge=0, le=64)
+    stall_minutes: float = Field(
+        10.0, ge=0, description="Warn (with the resume command) when no step finished for this long; 0: off."
+    )
 
     plugins: list[str] = Field(default_factory=list, description="Project plugin files.")
     disable_plugins: list[str] = Field(default_factory=list)

@@ -151,6 +151,19 @@ def on_checkpoint(record: CheckpointRecord, run: RunContext) -> None:
     """
 
 
+@hookspec(firstresult=True)
+def fetch_sampler_weights(record: CheckpointRecord, config: RunConfig, dest: str) -> bool | None:
+    """Copy the weights of checkpoint ``record`` into the empty directory ``dest`` as a PEFT
+    adapter (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+    Called by ``tinkerplug export`` for checkpoints whose paths are not local directories.
+    Return ``True`` when done, ``None`` when the paths are not this backend's. Stops at first
+    non-None result.
+
+    First-party: ``tinker`` (the SDK's external-weights export and signed download URLs).
+    """
+
+
 @hookspec
 def on_run_start(run: RunContext) -> None:
     """Called once the run directory, training client and data are ready, before step

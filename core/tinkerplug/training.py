@@ -24,6 +24,7 @@ from tinkerplug.data import read_chat_jsonl
 from tinkerplug.errors import BackendError, DataError, PluginError, TinkerplugError
 from tinkerplug.plugins import Plugins, hook_error
 from tinkerplug.progress import Reporter
+from tinkerplug.watchdog import watch_for_stalls
 
 
 @dataclass
@@ -128,7 +129,8 @@ async def train(config: RunConfig, plugins: Plugins, reporter: Reporter) -> dict
         for result in results:
             _log_step(run, state, plan, result, reporter)
 
-    with reporter.progress(num_steps, start_step), _stop_on_sigint(state, reporter):
+    stalls = watch_for_stalls(config, state, reporter, resume_command(config))
+    with reporter.progress(num_steps, start_step), _stop_on_sigint(state, reporter), stalls:
         for step in range(start_step, num_steps):
             if _due(step, config.eval_every) or step == 0:
                 await run_evals(run, state, step, reporter)

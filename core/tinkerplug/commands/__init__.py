@@ -9,6 +9,10 @@ import click
 
 # "module:attribute" of each click command
 COMMANDS: list[str] = [
+    "tinkerplug.commands.export:export",
+    "tinkerplug.commands.plot:plot",
+    "tinkerplug.commands.runs:runs",
+    "tinkerplug.commands.runs:show",
 ]
 
 

@@ -1,0 +1,173 @@
+"""``tinkerplug export RUN_DIR --out DIR``: a checkpoint's LoRA adapter as a standard PEFT adapter
+dir, or with ``--merge`` the base model with the adapter merged in (a plain HF model dir).
+
+The weights exported are the sampler weights of the checkpoint, which are what the run's
+evaluations sampled from. Local checkpoints are directories and are copied; a backend whose
+checkpoints live elsewhere fetches them (``fetch_sampler_weights`` hook; ``tinker``
+downloads through the SDK). The output is written next to ``--out`` and renamed into place:
+an interrupted export leaves no half-written directory, and an existing one is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tinkerplug.errors import TinkerplugError
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+EXPORT_INFO = "tinkerplug_export.json"
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="New directory to write (must not exist, or be empty).")
+@click.option("--step", type=int, default=None, help="Checkpoint step (default: the last checkpoint).")
+@click.option("--merge", is_flag=True, help="Write the base model with the adapter merged in, plus its tokenizer.")
+def export(run_dir: Path, out: Path, step: int | None, merge: bool) -> None:
+    """Export a checkpoint of RUN_DIR as a PEFT adapter (or, with --merge, a merged HF model)."""
+    from tinkerplug.commands.runs import read_run
+
+    info = read_run(run_dir)
+    record = pick_checkpoint(info.checkpoints, step, info.path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TinkerplugError(
+            f"--out {out} already exists and is not empty; nothing was written",
+            hint="choose a new directory, or remove that one first",
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir()
+    try:
+        adapter = tmp / "adapter" if merge else tmp
+        adapter.mkdir(exist_ok=True)
+        fetch_adapter(record, info.path, adapter)
+        base = json.loads((adapter / ADAPTER_FILES[0]).read_text())["base_model_name_or_path"]
+        if merge:
+            merge_adapter(base, adapter, tmp)
+            shutil.rmtree(adapter)
+        (tmp / EXPORT_INFO).write_text(
+            json.dumps(
+                {"run_dir": str(info.path), "step": record["step"], "sampler_path": record["sampler_path"],
+                 "state_path": record["state_path"], "base_model": base, "merged": merge},
+                indent=2,
+            ) + "\n"
+        )
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if merge:
+        click.echo(f"wrote the step-{record['step']} model (base {base} + LoRA, merged) to {out}")
+        click.echo(f"  load with: AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    else:
+        click.echo(f"wrote the step-{record['step']} LoRA adapter to {out}")
+        click.echo(f"  load with: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {str(out)!r})")
+
+
+def pick_checkpoint(checkpoints: list[dict[str, Any]], step: int | None, run_dir: Path) -> dict[str, Any]:
+    if not checkpoints:
+        raise TinkerplugError(
+            f"{run_dir} has no checkpoint yet",
+            hint="checkpoints are saved every save_every steps and at the end of a run",
+        )
+    if step is None:
+        return checkpoints[-1]
+    for record in reversed(checkpoints):
+        if record["step"] == step:
+            return record
+    steps = ", ".join(str(r["step"]) for r in checkpoints)
+    raise TinkerplugError(f"{run_dir} has no checkpoint at step {step}", hint=f"checkpoint steps: {steps}")
+
+
+def fetch_adapter(record: dict[str, Any], run_dir: Path, dest: Path) -> None:
+    """Sampler weights into ``dest``: copied when they are a local dir, else fetched by the
+    backend's plugin."""
+    local = Path(str(record["sampler_path"]).removeprefix("local://")).expanduser()
+    if local.is_dir():
+        missing = [f for f in ADAPTER_FILES if not (local / f).is_file()]
+        if missing:
+            raise TinkerplugError(f"sampler weights {local} lack {', '.join(missing)}: not a PEFT adapter dir")
+        for name in ADAPTER_FILES:
+            shutil.copy2(local / name, dest / name)
+        return
+    if "://" not in str(record["sampler_path"]):
+        raise TinkerplugError(
+            f"the step-{record['step']} sampler weights {local} are gone",
+            hint=f"{run_dir / 'checkpoints.jsonl'} lists the checkpoints; export another with --step",
+        )
+    from tinkerplug.context import CheckpointRecord
+
+    config, plugins = run_config(run_dir)
+    done = plugins.first("fetch_sampler_weights", record=CheckpointRecord(**record), config=config, dest=str(dest))
+    if not done:
+        raise TinkerplugError(
+            f"no plugin can fetch the weights at {record['sampler_path']}",
+            hint="`tinkerplug plugins --hook fetch_sampler_weights` lists the plugins that can",
+        )
+    missing = [f for f in ADAPTER_FILES if not (dest / f).is_file()]
+    if missing:
+        raise TinkerplugError(f"the fetched weights lack {', '.join(missing)}: not a PEFT adapter")
+
+
+def run_config(run_dir: Path) -> tuple[Any, Any]:
+    """The run's ``RunConfig`` (from ``config.json``) and the installed plugins."""
+    from tinkerplug.cli import _register_sections
+    from tinkerplug.config import build_config
+    from tinkerplug.plugins import load_plugins
+
+    file = run_dir / "config.json"
+    if not file.is_file():
+        raise TinkerplugError(f"{run_dir} has no config.json: cannot tell which backend wrote its checkpoints")
+    data = json.loads(file.read_text(encoding="utf-8"))
+    plugins = load_plugins(disabled=data.get("disable_plugins", []))
+    sections: dict[str, Any] = {}
+    owners: dict[str, str] = {}
+    _register_sections(plugins, sections, owners)
+    # Project plugin files and tables of plugins no longer installed are not needed here.
+    data = {k: v for k, v in data.items() if not isinstance(v, dict) or k in sections or k == "data"}
+    data["plugins"] = []
+    config = build_config(data, file, file.read_text(encoding="utf-8"), {k: (v, owners[k]) for k, v in sections.items()})
+    return config, plugins
+
+
+def merge_adapter(base: str, adapter: Path, dest: Path) -> None:
+    """Base model + adapter -> one HF model dir (weights, config, tokenizer) in ``dest``."""
+    import os
+    import warnings
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    except OSError as exc:
+        raise TinkerplugError(f"--merge: could not load the base model {base!r}: {exc}") from None
+    if getattr(model.config, "tie_word_embeddings", False):
+        # LoRA on the unembedding merges into lm_head.weight; when it is tied to the input
+        # embeddings the merge would change them too. Give lm_head its own copy first.
+        output = model.get_output_embeddings()
+        output.weight = type(output.weight)(output.weight.detach().clone(), requires_grad=False)
+        model.config.tie_word_embeddings = False
+        if hasattr(model.config, "get_text_config"):
+            model.config.get_text_config().tie_word_embeddings = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.save_pretrained(str(dest))
+    tokenizer.save_pretrained(str(dest))
+    meta = Path(base) / "tinkerplug.json"  # the renderer a shipped model was trained with
+    if meta.is_file():
+        shutil.copy2(meta, dest / meta.name)
