@@ -108,12 +108,25 @@ def run(config_path: str, overrides: tuple[str, ...], resume: bool, plugin_optio
     from tinkerplug.progress import Reporter
     from tinkerplug.training import train
 
+    command = _resume_command(config_path, overrides, plugin_options)
     if resume:
         overrides = (*overrides, "resume=true")
     config, plugins = load_run_config(config_path, overrides, plugin_options)
-    summary = asyncio.run(train(config, plugins, Reporter(quiet=quiet)))
+    summary = asyncio.run(train(config, plugins, Reporter(quiet=quiet), resume_command=command))
     if summary.get("interrupted"):
         sys.exit(130)
+
+
+def _resume_command(config_path: str, overrides: tuple[str, ...], plugin_options: tuple[str, ...]) -> str:
+    """The user's own command line plus ``--resume``: the same config, overrides and plugins."""
+    import shlex
+
+    args = ["tinkerplug", "run", config_path, "--resume"]
+    for override in overrides:
+        args += ["--set", override]
+    for option in plugin_options:
+        args += ["-p", option]
+    return shlex.join(args)
 
 
 @cli.command("plugins")
@@ -194,12 +207,23 @@ def _add_extra_commands() -> None:
 _add_extra_commands()
 
 
+DEBUG_ENV = "TINKERPLUG_DEBUG"
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run the CLI. Errors the user can fix print one message and exit non-zero; anything else
+    prints one line and how to see the traceback (``TINKERPLUG_DEBUG=1``, which shows every
+    traceback)."""
     # Before torch loads: spinning OpenMP threads collapse throughput on shared cores.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         cli.main(args=argv, standalone_mode=False)
     except TinkerplugError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
@@ -211,6 +235,16 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a bug (ours or a plugin's), not bad input
+        if debug:
+            raise
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        click.echo(
+            f"error: unexpected {type(exc).__name__}: {first_line}\n"
+            f"  rerun with {DEBUG_ENV}=1 for the traceback (and please report it)",
+            err=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

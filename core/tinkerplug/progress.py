@@ -7,23 +7,25 @@ import math
 from typing import Any, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 
 class Reporter:
     def __init__(self, console: Console | None = None, quiet: bool = False):
-        self.console = console or Console(stderr=True)
+        # soft_wrap: never break a path or a command the user may copy into two lines
+        self.console = console or Console(stderr=True, soft_wrap=True)
         self.quiet = quiet
         self._progress: Progress | None = None
         self._task: Any = None
 
     def note(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(f"[dim]tinkerplug:[/dim] {text}", highlight=False)
+            self.console.print(f"[dim]tinkerplug:[/dim] {escape(text)}", highlight=False)
 
     def warn(self, text: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
+        self.console.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False)
 
     def render_stats(self, stats: Any, config: Any) -> None:
         parts = [f"{stats.kept}/{stats.total} examples"]
@@ -72,7 +74,10 @@ class Reporter:
         self.note(f"checkpoint @ step {record.step}: {record.state_path}")
 
     def stopped(self, step: int, command: str) -> None:
-        self.console.print(f"[yellow]stopped after step {step}; checkpoint saved.[/yellow] Resume with:\n  {command}")
+        self.console.print(
+            f"[yellow]stopped after step {step}; checkpoint saved.[/yellow] Resume with:\n  {escape(command)}",
+            highlight=False,
+        )
 
     def summary(self, summary: dict[str, Any]) -> None:
         table = Table(title="tinkerplug run summary", show_lines=False)

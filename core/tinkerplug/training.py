@@ -21,7 +21,7 @@ from tinkerplug.batches import BatchPlan
 from tinkerplug.config import RunConfig
 from tinkerplug.context import CheckpointRecord, EvalContext, RunContext, StepResult
 from tinkerplug.data import read_chat_jsonl
-from tinkerplug.errors import BackendError, DataError, PluginError, TinkerplugError
+from tinkerplug.errors import BackendError, ConfigError, DataError, PluginError, TinkerplugError
 from tinkerplug.plugins import Plugins, hook_error
 from tinkerplug.progress import Reporter
 from tinkerplug.watchdog import watch_for_stalls
@@ -48,19 +48,56 @@ class LoopState:
     checkpointed_steps: set[int] = field(default_factory=set)
 
 
-def resume_command(config: RunConfig) -> str:
+def default_resume_command(config: RunConfig) -> str:
+    """The command that resumes ``config``'s run (the CLI passes a better one: the user's own
+    command line, with its ``--set`` and ``-p`` options)."""
+    import shlex
+
     src = config.source or Path("CONFIG")
-    return f"tinkerplug run {src} --resume --set run_dir={config.run_dir}"
+    return shlex.join(["tinkerplug", "run", str(src), "--resume", "--set", f"run_dir={config.run_dir}"])
 
 
-async def train(config: RunConfig, plugins: Plugins, reporter: Reporter) -> dict[str, Any]:
+async def train(
+    config: RunConfig, plugins: Plugins, reporter: Reporter, resume_command: str | None = None
+) -> dict[str, Any]:
+    """Run (or resume) the training ``config`` describes; return the summary.
+
+    Every input is checked (data read, backend and training client created, examples
+    rendered) before the run dir is created, so a bad input leaves nothing behind.
+    """
     run_dir = Path(config.run_dir).resolve()
-    rundir.prepare_run_dir(run_dir, config.resume, resume_command(config))
-    checkpoint = rundir.last_checkpoint(run_dir) if config.resume else None
-    if config.resume and checkpoint is None:
-        reporter.note("no complete checkpoint in the run dir yet: starting from step 0")
-    if not (run_dir / rundir.CONFIG_JSON).exists():
-        rundir.atomic_write_text(run_dir / rundir.CONFIG_JSON, json.dumps(config.to_json(), indent=2) + "\n")
+    command = resume_command or default_resume_command(config)
+    rundir.check_run_dir(run_dir, config.resume, command)
+    resuming = config.resume and (run_dir / rundir.CONFIG_JSON).is_file()
+    if resuming:  # before the lock, which rewrites .lock: a refused resume touches nothing
+        rundir.check_resume_config(run_dir, config.to_json(), command)
+    lock = rundir.RunDirLock(run_dir).acquire() if resuming else None
+    try:
+        return await _train(config, plugins, reporter, run_dir, resuming, command, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+async def _train(
+    config: RunConfig,
+    plugins: Plugins,
+    reporter: Reporter,
+    run_dir: Path,
+    resuming: bool,
+    command: str,
+    lock: rundir.RunDirLock | None,
+) -> dict[str, Any]:
+    checkpoint = None
+    if resuming:
+        checkpoint = rundir.last_checkpoint(run_dir)
+        if checkpoint is None:
+            reporter.note("no complete checkpoint in the run dir yet: starting from step 0")
+        elif checkpoint.final:
+            reporter.note(f"{run_dir} already finished (final checkpoint at step {checkpoint.step}): nothing to do")
+            return {"run_dir": str(run_dir), "steps_run": 0, "num_steps": checkpoint.step, "interrupted": False}
+    elif config.resume:
+        reporter.note(f"nothing to resume in {run_dir} yet: starting a new run")
 
     records = read_chat_jsonl(config.data.train, "training data")
 
@@ -72,21 +109,25 @@ async def train(config: RunConfig, plugins: Plugins, reporter: Reporter) -> dict
         )
     reporter.note(f"backend {config.resolved_backend}, base model {config.base_model}")
     if checkpoint is not None:
-        training_client = await _result(
-            service.create_training_client_from_state_with_optimizer(checkpoint.state_path)
+        training_client = await _backend_call(
+            lambda: service.create_training_client_from_state_with_optimizer(checkpoint.state_path),
+            f"could not load the step-{checkpoint.step} checkpoint {checkpoint.state_path}",
+            hint=f"{run_dir / rundir.CHECKPOINTS_JSONL} lists the checkpoints; remove its last row "
+            "to resume from the one before",
         )
         start_step = checkpoint.step
         reporter.note(f"resuming from step {start_step} ({checkpoint.state_path})")
     else:
-        training_client = await _result(
-            service.create_lora_training_client(
+        training_client = await _backend_call(
+            lambda: service.create_lora_training_client(
                 base_model=config.base_model,
                 rank=config.lora_rank,
                 seed=config.seed,
                 train_mlp=config.train_mlp,
                 train_attn=config.train_attn,
                 train_unembed=config.train_unembed,
-            )
+            ),
+            f"could not create a LoRA training client for base_model {config.base_model!r}",
         )
         start_step = 0
 
@@ -99,24 +140,62 @@ async def train(config: RunConfig, plugins: Plugins, reporter: Reporter) -> dict
 
     plan = BatchPlan(len(data), config.batch_size, config.seed)
     num_steps = config.num_steps or (config.num_epochs or 1) * plan.steps_per_epoch
+    if start_step > num_steps:
+        raise ConfigError(f"--resume: the last checkpoint is at step {start_step}, past num_steps={num_steps}")
     executor = plugins.first("make_step_executor", config=config, training_client=training_client)
     if executor is None:
         raise PluginError(
             f"no plugin provides executor {config.executor!r}{plugins.disabled_note()}",
             hint="executors: sync, pipelined; check `tinkerplug plugins --hook make_step_executor`",
         )
-    run = RunContext(
-        config=config,
-        run_dir=run_dir,
-        plugins=plugins,
-        num_steps=num_steps,
-        start_step=start_step,
-        service_client=service,
-        training_client=training_client,
-        tokenizer=tokenizer,
-        renderer=renderer,
-        steps_per_epoch=plan.steps_per_epoch,
-    )
+
+    # Inputs are good: only now does the run dir come into being.
+    own_lock = rundir.create_run_dir(run_dir, config.resume, command) if lock is None else None
+    if not (run_dir / rundir.CONFIG_JSON).exists():
+        rundir.atomic_write_text(run_dir / rundir.CONFIG_JSON, json.dumps(config.to_json(), indent=2) + "\n")
+    try:
+        run = RunContext(
+            config=config,
+            run_dir=run_dir,
+            plugins=plugins,
+            num_steps=num_steps,
+            start_step=start_step,
+            service_client=service,
+            training_client=training_client,
+            tokenizer=tokenizer,
+            renderer=renderer,
+            steps_per_epoch=plan.steps_per_epoch,
+        )
+        return await _loop(run, plan, data, executor, reporter, checkpoint, command)
+    except BaseException as exc:
+        _tell_how_to_resume(exc, run_dir, command, reporter)
+        raise
+    finally:
+        if own_lock is not None:
+            own_lock.release()
+
+
+def _tell_how_to_resume(exc: BaseException, run_dir: Path, command: str, reporter: Reporter) -> None:
+    """A run that dies mid-way has lost nothing: say where it can pick up again."""
+    last = rundir.last_checkpoint(run_dir)
+    where = f"from its step-{last.step} checkpoint" if last else "from step 0 (no checkpoint yet)"
+    text = f"the run stopped before its end; {where} it resumes with: {command}"
+    if isinstance(exc, TinkerplugError):
+        exc.hint = f"{exc.hint}\n  {text}" if exc.hint else text
+    else:
+        reporter.warn(text)
+
+
+async def _loop(
+    run: RunContext,
+    plan: BatchPlan,
+    data: list[Any],
+    executor: Any,
+    reporter: Reporter,
+    checkpoint: CheckpointRecord | None,
+    command: str,
+) -> dict[str, Any]:
+    config, plugins, num_steps, start_step = run.config, run.plugins, run.num_steps, run.start_step
     state = LoopState(started=time.perf_counter())
     state.last_finished = state.started
     if checkpoint is not None:
@@ -129,7 +208,7 @@ async def train(config: RunConfig, plugins: Plugins, reporter: Reporter) -> dict
         for result in results:
             _log_step(run, state, plan, result, reporter)
 
-    stalls = watch_for_stalls(config, state, reporter, resume_command(config))
+    stalls = watch_for_stalls(config, state, reporter, command)
     with reporter.progress(num_steps, start_step), _stop_on_sigint(state, reporter), stalls:
         for step in range(start_step, num_steps):
             if _due(step, config.eval_every) or step == 0:
@@ -150,8 +229,9 @@ async def train(config: RunConfig, plugins: Plugins, reporter: Reporter) -> dict
             done = step + 1
             if state.stop_requested and done < num_steps:
                 finish(await _call_executor(executor.drain()))
-                await save_checkpoint(run, state, plan, done, executor, reporter)
-                reporter.stopped(done, resume_command(config))
+                if done not in state.checkpointed_steps:
+                    await save_checkpoint(run, state, plan, done, executor, reporter)
+                reporter.stopped(done, command)
                 summary = _summary(run, state, interrupted=True)
                 plugins.each("on_run_end", run=run, summary=summary)
                 return summary
@@ -170,6 +250,16 @@ async def train(config: RunConfig, plugins: Plugins, reporter: Reporter) -> dict
     reporter.summary(summary)
     plugins.each("on_run_end", run=run, summary=summary)
     return summary
+
+
+async def _backend_call(make: Any, what: str, hint: str | None = None) -> Any:
+    """Call the backend and await the result; its failures become one ``BackendError``."""
+    try:
+        return await _result(make())
+    except TinkerplugError:
+        raise
+    except Exception as exc:
+        raise BackendError(f"{what}: {type(exc).__name__}: {exc}", hint=hint) from exc
 
 
 def _due(step: int, every: int) -> bool:
