@@ -29,13 +29,14 @@ def load_plugins_for(config_path: str | None, overrides: tuple[str, ...], plugin
     ``-p`` files, minus ``disable_plugins`` and ``-p no:NAME``. Returns (plugins, raw config)."""
     import tomllib
 
-    from tinkerplug.config import apply_override, parse_override
     from tinkerplug.errors import ConfigError
     from tinkerplug.plugins import load_plugins
 
     raw: dict[str, Any] = {}
     base_dir = None
     if config_path is not None:
+        from tinkerplug.config import apply_override, parse_override  # pydantic: only when needed
+
         path = Path(config_path)
         base_dir = path.parent.resolve()
         if path.is_file():

@@ -3,31 +3,22 @@ sampler weights, parsed by the renderer, compared with the record's last assista
 
 from __future__ import annotations
 
-import asyncio
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Any
 
 import tinkerplug
 from tinkerplug.data import read_chat_jsonl
 from tinkerplug.errors import DataError
 
-
-class HeldoutSettings(BaseModel):
-    """The ``[heldout]`` table."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    limit: int | None = Field(None, gt=0, description="Evaluate only the first N records.")
-    max_tokens: int = Field(64, gt=0)
-    temperature: float = Field(0.0, ge=0)
+if TYPE_CHECKING:
+    from tinkerplug_heldout.settings import HeldoutSettings
 
 
 @tinkerplug.hookimpl
 def register_config_sections(register: Any) -> None:
+    from tinkerplug_heldout.settings import HeldoutSettings
+
     register("heldout", HeldoutSettings)
 
 
@@ -48,6 +39,8 @@ async def evaluate(context: Any) -> dict[str, float] | None:
     path = context.config.data.heldout
     if not settings.enabled or path is None:
         return None
+    import asyncio
+
     from tinker import types
     from tinker_cookbook.renderers import get_text_content
 

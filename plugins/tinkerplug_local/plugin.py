@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict
+from typing import TYPE_CHECKING, Any
 
 import tinkerplug
 
-
-class LocalSettings(BaseModel):
-    """The ``[local]`` table."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+if TYPE_CHECKING:
+    from tinkerplug_local.settings import LocalSettings
 
 
 @tinkerplug.hookimpl
 def register_config_sections(register: Any) -> None:
+    from tinkerplug_local.settings import LocalSettings
+
     register("local", LocalSettings)
 
 

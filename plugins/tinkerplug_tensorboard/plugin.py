@@ -11,30 +11,23 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Any, Mapping
 
 import tinkerplug
 from tinkerplug.errors import PluginError
+
+if TYPE_CHECKING:
+    from tinkerplug_tensorboard.settings import TensorBoardSettings
 
 DEFAULT_DIR = "tensorboard"
 
 _writers: dict[str, Any] = {}
 
 
-class TensorBoardSettings(BaseModel):
-    """The ``[tensorboard]`` table."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    log_dir: Path | None = Field(None, description="Default: RUN_DIR/tensorboard; relative paths are under RUN_DIR.")
-    flush_secs: int = Field(10, gt=0, description="How often pending events are written to disk.")
-
-
 @tinkerplug.hookimpl
 def register_config_sections(register: Any) -> None:
+    from tinkerplug_tensorboard.settings import TensorBoardSettings
+
     register("tensorboard", TensorBoardSettings)
 
 
