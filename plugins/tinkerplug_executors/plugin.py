@@ -1,6 +1,14 @@
-"""Step executors. ``sync`` awaits each request before sending the next (three service cycles
-a step); ``pipelined`` sends ``forward_backward`` and ``optim_step`` together and keeps up to
-``submit_ahead`` more steps in flight, so the service never waits for the client."""
+"""Step executors (``executor = "sync" | "pipelined"``).
+
+The Tinker service trains in clock cycles, one step a cycle at best, and a request that is not
+queued when a cycle starts waits for the next one. ``sync`` awaits each request before sending
+the next, so every request misses a cycle (``benchmarks/pipelining.py`` measures four cycles a
+step). ``pipelined`` sends a step's ``forward_backward`` and ``optim_step`` together and keeps
+up to ``submit_ahead`` more steps queued, so a step is waiting whenever a cycle starts.
+
+Both give the same updates: requests run in submission order, and ``optim_step`` of step n
+is submitted before ``forward_backward`` of step n+1.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,155 @@
+"""Steps/s of the synchronous vs the pipelined step executor on a clocked service.
+
+The local backend is wrapped in ``clocked_backend.ClockedTrainingClient``, which answers on
+the Tinker service's clock (one training step per cycle, results at the end of a cycle; see
+that module). The executors are the real ones, made by the ``make_step_executor`` hook from
+a real ``RunConfig`` (``executor``, ``submit_ahead``), and each step's learning rate comes
+from the ``lr_for_step`` hook, as in the training loop.
+
+Steady-state throughput is measured from the first to the last finished step of a round;
+rounds alternate between the variants and the script prints medians, cycles per step, the
+fraction of the one-step-per-cycle limit and the speed-up over ``sync``. Targets: pipelined
+(default ``submit_ahead``) >= 1.9x sync and >= 0.95 of the limit.
+
+``--joins next`` (default) is the documented rule: a request must be queued when a cycle
+starts, or it waits for the next one. ``--joins current`` lets a request join the cycle
+running when it is submitted (completing at that cycle's end), a kinder service.
+
+    python benchmarks/pipelining.py [--cycle-ms 100] [--steps 20] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+
+from clocked_backend import ClockedTrainingClient, ServiceClock
+from common import machine_line, median, model_dir, offline_env
+
+SEED = 0
+
+
+def synthetic_data(vocab: int, batch: int, seq_len: int) -> list:
+    import random
+
+    from tinker import types
+
+    rng = random.Random(SEED)
+    data = []
+    for _ in range(batch):
+        row = [rng.randrange(10, vocab) for _ in range(seq_len + 1)]
+        weights = [0.0] * (seq_len // 2) + [1.0] * (seq_len - seq_len // 2)
+        data.append(
+            types.Datum(
+                model_input=types.ModelInput.from_ints(row[:-1]),
+                loss_fn_inputs={"target_tokens": row[1:], "weights": weights},
+            )
+        )
+    return data
+
+
+def run_config(model: str, executor: str, submit_ahead: int, num_steps: int):
+    from tinkerplug.config import RunConfig
+
+    return RunConfig.model_validate(
+        {
+            "base_model": model,
+            "data": {"train": "unused.jsonl"},
+            "executor": executor,
+            "submit_ahead": submit_ahead,
+            "learning_rate": 1e-3,
+            "num_steps": num_steps,
+        }
+    )
+
+
+async def one_round(plugins, config, client, data, num_steps: int) -> tuple[float, list[float]]:
+    """Train ``num_steps`` steps as the loop does; return steady-state steps/s and losses."""
+    from tinker import types
+
+    executor = plugins.first("make_step_executor", config=config, training_client=client)
+    finished = []
+    for step in range(num_steps):
+        lr = plugins.first("lr_for_step", step=step, num_steps=num_steps, config=config)
+        adam = types.AdamParams(learning_rate=float(lr), beta1=0.9, beta2=0.95, eps=1e-8)
+        finished += await executor.submit(step, data, adam)
+    finished += await executor.drain()
+    assert [r.step for r in finished] == list(range(num_steps)), "steps finished out of order"
+    span = finished[-1].finished_at - finished[0].finished_at
+    return (num_steps - 1) / span, [r.mean_nll for r in finished]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny-chat")
+    parser.add_argument("--cycle-ms", type=float, default=100.0, help="clock cycle length")
+    parser.add_argument("--joins", choices=("next", "current"), default="next")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20, help="steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--submit-ahead", type=int, nargs="+", default=[0, 1, 2],
+                        help="pipelined variants to time (2 is the config default)")
+    args = parser.parse_args()
+    offline_env()
+
+    import json
+    import time
+    from pathlib import Path
+
+    from tinkerplug.plugins import load_plugins
+    from tinkerplug_local import ServiceClient
+
+    model = model_dir(args.model)
+    vocab = json.loads((Path(model) / "config.json").read_text())["vocab_size"]
+    data = synthetic_data(vocab, args.batch, args.seq_len)
+    plugins = load_plugins()
+    variants = [("sync", 0)] + [("pipelined", k) for k in args.submit_ahead]
+    default_ahead = run_config(model, "pipelined", 2, 1).model_fields["submit_ahead"].default
+
+    with tempfile.TemporaryDirectory() as tmp, ServiceClient(checkpoint_dir=tmp, device="cpu") as service:
+        local = service.create_lora_training_client(model, rank=16, seed=SEED).result()
+        # Unclocked compute time of one step, for the reader to compare with the cycle.
+        compute = []
+        for _ in range(5):
+            started = time.perf_counter()
+            local.forward_backward(data, "cross_entropy").result()
+            local.optim_step().result()
+            compute.append(time.perf_counter() - started)
+
+        clock = ServiceClock(args.cycle_ms / 1000, joins=args.joins)
+        client = ClockedTrainingClient(local, clock)
+        rates: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
+        for round_index in range(args.rounds):
+            order = variants if round_index % 2 == 0 else variants[::-1]
+            for executor, ahead in order:
+                config = run_config(model, executor, ahead, args.steps)
+                rate, _ = asyncio.run(one_round(plugins, config, client, data, args.steps))
+                rates[(executor, ahead)].append(rate)
+
+    limit = 1000 / args.cycle_ms
+    sync_rate = median(rates[("sync", 0)])
+    print(f"pipelining on a clocked service: cycle {args.cycle_ms:g} ms (limit {limit:.2f} steps/s), "
+          f"requests join the {args.joins} cycle; model {args.model}, batch {args.batch} x {args.seq_len} tokens; "
+          f"{args.rounds} rounds x {args.steps} steps, interleaved")
+    print(f"  local compute per step (unclocked): median {1000 * median(compute):.1f} ms")
+    print(f"  {'executor':<26}{'steps/s':>9}{'cycles/step':>13}{'of limit':>10}{'vs sync':>9}")
+    for executor, ahead in variants:
+        rate = median(rates[(executor, ahead)])
+        label = executor if executor == "sync" else f"pipelined submit_ahead={ahead}"
+        if executor == "pipelined" and ahead == default_ahead:
+            label += " *"
+        print(f"  {label:<26}{rate:9.2f}{limit / rate:13.2f}{rate / limit:10.3f}{rate / sync_rate:8.2f}x")
+    if ("pipelined", default_ahead) in rates:
+        rate = median(rates[("pipelined", default_ahead)])
+        met = rate / sync_rate >= 1.9 and rate / limit >= 0.95
+        print(f"  * the default: {rate / sync_rate:.2f}x sync, {rate / limit:.3f} of the limit; "
+              f"targets >= 1.9x and >= 0.95: {'met' if met else 'NOT met'}")
+    print(f"  results later than their cycle's end (local compute overran): {clock.overruns}"
+          + (f", median {1000 * median(clock.late_s):.1f} ms late" if clock.late_s else ""))
+    print("  " + machine_line())
+
+
+if __name__ == "__main__":
+    main()
