@@ -26,9 +26,12 @@ def step_result(
         loss_sum += float(-(logprobs * weights).sum())
         weight_sum += float(weights.sum())
         trained_tokens += int((weights > 0).sum())
+    finished_at = time.perf_counter()
     metrics = {
         "train/trained_tokens": float(trained_tokens),
         "train/input_tokens": float(sum(d.model_input.length for d in data)),
+        # Submission to result: with a pipelined executor, longer than the time between steps.
+        "time/latency_s": finished_at - submitted_at,
     }
     for key, value in (getattr(optim_output, "metrics", None) or {}).items():
         metrics[f"optim/{key}"] = float(value)
@@ -40,6 +43,6 @@ def step_result(
         num_examples=len(data),
         learning_rate=learning_rate,
         submitted_at=submitted_at,
-        finished_at=time.perf_counter(),
+        finished_at=finished_at,
         metrics=metrics,
     )
