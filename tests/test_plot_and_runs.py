@@ -1,0 +1,97 @@
+"""``tinkerplug plot``, ``runs`` and ``show`` on a short real run with evals and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import read_jsonl, run_cli, write_config
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("runs")
+    config = write_config(directory, num_steps=6, eval_every=3, save_every=3, run_dir=str(directory / "runs" / "first"))
+    result = run_cli("run", str(config), "-q")
+    assert result.returncode == 0, result.stderr
+    return directory / "runs"
+
+
+def test_plot_writes_curves_with_every_eval_metric(runs_dir):
+    run = runs_dir / "first"
+    result = run_cli("plot", str(run))
+    assert result.returncode == 0, result.stderr
+    png = run / "curves.png"
+    header = png.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", header[16:24])
+    assert width >= 1000 and height >= 600
+    logged = {k for row in read_jsonl(run / "metrics.jsonl") for k in row if k.startswith("eval/") and not k.endswith("/n")}
+    assert logged, "the run logged no eval metric"
+    for key in ["train/loss", "lr", *logged]:
+        assert key in result.stdout  # one panel per metric
+
+
+def test_plot_without_matplotlib_says_what_to_install(runs_dir, tmp_path):
+    # A real interpreter in which `import matplotlib` fails, as when the extra is not installed.
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['matplotlib'] = None\n")
+    result = run_cli("plot", str(runs_dir / "first"), "--out", str(tmp_path / "c.png"), env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode != 0
+    assert "needs matplotlib" in result.stderr and "tinkerplug[plot]" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "c.png").exists()
+
+
+def test_runs_lists_steps_loss_eval_and_checkpoint(runs_dir, tmp_path):
+    (runs_dir / "empty-dir").mkdir(exist_ok=True)  # not a run: not listed
+    result = run_cli("runs", str(runs_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["run"] for r in rows] == ["first"]
+    row = rows[0]
+    metrics = read_jsonl(runs_dir / "first" / "metrics.jsonl")
+    last_train = [m for m in metrics if "train/loss" in m][-1]
+    assert (row["steps_done"], row["total_steps"]) == (6, "6")
+    assert row["last_loss"] == pytest.approx(last_train["train/loss"])
+    assert row["last_eval_step"] == 6 and "eval/heldout/exact_match" in row["last_eval"]
+    assert row["last_checkpoint_step"] == 6
+
+    table = run_cli("runs", str(runs_dir))
+    assert table.returncode == 0 and "first" in table.stdout and "6/6" in table.stdout
+    default = run_cli("runs", cwd=runs_dir.parent)  # ./runs by default
+    assert default.returncode == 0 and "first" in default.stdout
+    nothing = run_cli("runs", str(tmp_path))
+    assert nothing.returncode == 0 and "no runs under" in nothing.stdout
+
+
+def test_show_prints_config_last_metrics_and_checkpoints(runs_dir, tmp_path):
+    run = runs_dir / "first"
+    result = run_cli("show", str(run))
+    assert result.returncode == 0, result.stderr
+    for text in ("base_model = tiny-chat", "batch_size = 8", "steps: 6/6", "last step (5):", "train/loss =",
+                 "last eval (step 6):", "heldout/exact_match =", "checkpoints (2):", "step 3:", "(final)"):
+        assert text in result.stdout, text
+    data = json.loads(run_cli("show", str(run), "--json").stdout)
+    assert [c["step"] for c in data["checkpoints"]] == [3, 6]
+    assert data["config"]["num_steps"] == 6 and data["last_step"]["step"] == 5
+
+    missing = run_cli("show", str(tmp_path / "nope"))
+    assert missing.returncode != 0 and "is not a run directory" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_commands_start_without_heavy_imports():
+    """`runs`, `show`, `plot` and `export` are registered without importing torch & co."""
+    code = (
+        "import sys; from tinkerplug.cli import cli; "
+        "assert {'export', 'plot', 'runs', 'show'} <= set(cli.commands); "
+        "heavy = {'torch', 'transformers', 'peft', 'tinker', 'matplotlib'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
