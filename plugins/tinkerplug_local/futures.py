@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 from concurrent.futures import Future
@@ -32,8 +33,13 @@ class Worker:
 
     def __init__(self, name: str = "tinkerplug-local"):
         self._jobs: queue.SimpleQueue[tuple[Future, Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._exiting = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        # A daemon thread still inside torch when the interpreter finalizes aborts the process
+        # ("terminate called without an active exception"): at exit, let the job that is
+        # running finish, drop the queued ones, and wait for the thread.
+        atexit.register(self._stop_at_exit)
 
     def submit(self, fn: Callable[[], T], wrapper: type[AwaitableConcurrentFuture] = AwaitableConcurrentFuture) -> AwaitableConcurrentFuture[T]:
         future: Future[T] = Future()
@@ -46,6 +52,8 @@ class Worker:
             if item is None:
                 return
             future, fn = item
+            if self._exiting:
+                future.cancel()
             if not future.set_running_or_notify_cancel():
                 continue
             try:
@@ -54,7 +62,14 @@ class Worker:
                 future.set_exception(exc)
 
     def close(self) -> None:
+        """Stop after the jobs already submitted."""
         self._jobs.put(None)
+
+    def _stop_at_exit(self) -> None:
+        self._exiting = True
+        self._jobs.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=60)
 
 
 def completed(value: T) -> AwaitableConcurrentFuture[T]:

@@ -32,7 +32,8 @@ class SamplingClient:
         self._base_model = base_model
         self.model_path = model_path
         if adapter is not None:  # free the adapter when the client goes away
-            weakref.finalize(self, _release, host, adapter)
+            # ... but not at interpreter exit: torch work on a daemon thread then aborts Python.
+            weakref.finalize(self, _release, host, adapter).atexit = False
 
     def sample(
         self,
@@ -41,11 +42,20 @@ class SamplingClient:
         sampling_params: types.SamplingParams,
         include_prompt_logprobs: bool = False,
         topk_prompt_logprobs: int = 0,
-        **unsupported: Any,
+        topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: types.TensorData | None = None,
+        prompt_alt_tokens_k: int = 0,
+        prompt_logprobs_last_n: int | None = None,
     ) -> Any:
-        if topk_prompt_logprobs or any(unsupported.values()):
-            names = ["topk_prompt_logprobs"] if topk_prompt_logprobs else []
-            names += [k for k, v in unsupported.items() if v]
+        unsupported = dict(
+            topk_prompt_logprobs=topk_prompt_logprobs,
+            topk_sample_logprobs=topk_sample_logprobs,
+            target_prompt_logprobs=target_prompt_logprobs,
+            prompt_alt_tokens_k=prompt_alt_tokens_k,
+            prompt_logprobs_last_n=prompt_logprobs_last_n,
+        )
+        names = [name for name, value in unsupported.items() if value]
+        if names:
             raise NotImplementedError(f"the local backend does not support {', '.join(names)}")
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
@@ -54,8 +64,22 @@ class SamplingClient:
         )
         return self._host.submit_sample(request)
 
-    async def sample_async(self, *args: Any, **kwargs: Any) -> types.SampleResponse:
-        return await self.sample(*args, **kwargs).result_async()
+    async def sample_async(
+        self,
+        prompt: types.ModelInput,
+        num_samples: int,
+        sampling_params: types.SamplingParams,
+        include_prompt_logprobs: bool = False,
+        topk_prompt_logprobs: int = 0,
+        topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: types.TensorData | None = None,
+        prompt_alt_tokens_k: int = 0,
+        prompt_logprobs_last_n: int | None = None,
+    ) -> types.SampleResponse:
+        return await self.sample(
+            prompt, num_samples, sampling_params, include_prompt_logprobs, topk_prompt_logprobs,
+            topk_sample_logprobs, target_prompt_logprobs, prompt_alt_tokens_k, prompt_logprobs_last_n,
+        ).result_async()
 
     def compute_logprobs(self, prompt: types.ModelInput, prompt_logprobs_last_n: int | None = None) -> Any:
         host, adapter, tokens = self._host, self._adapter, prompt.to_ints()
@@ -70,8 +94,8 @@ class SamplingClient:
 
         return host.worker.submit(run)
 
-    async def compute_logprobs_async(self, *args: Any, **kwargs: Any) -> list[float | None]:
-        return await self.compute_logprobs(*args, **kwargs).result_async()
+    async def compute_logprobs_async(self, prompt: types.ModelInput, prompt_logprobs_last_n: int | None = None) -> list[float | None]:
+        return await self.compute_logprobs(prompt, prompt_logprobs_last_n).result_async()
 
     def get_tokenizer(self) -> Any:
         return self._host.tokenizer

@@ -15,6 +15,7 @@ from tinkerplug_local.loading import pick_device, pick_dtype, resolve_model
 from tinkerplug_local.store import CheckpointStore, read_state_meta, to_path
 
 DEFAULT_ROOT_ENV = "TINKERPLUG_LOCAL_DIR"
+DEVICE_ENV = "TINKERPLUG_LOCAL_DEVICE"
 
 
 class ServiceClient:
@@ -22,8 +23,10 @@ class ServiceClient:
 
     ``checkpoint_dir`` holds every ``save_state`` / ``save_weights_for_sampler`` (default
     ``$TINKERPLUG_LOCAL_DIR`` or ``~/.cache/tinkerplug/local``); returned paths are plain
-    directories that this client accepts back. ``base_url``, ``api_key`` and other SDK
-    arguments are accepted and ignored, so scripts written for the service run unchanged.
+    directories that this client accepts back (``local://`` in front is accepted too).
+    ``device`` defaults to ``$TINKERPLUG_LOCAL_DEVICE`` or ``auto``. ``base_url``, ``api_key``
+    and the SDK's other arguments are accepted and ignored, so scripts written for the
+    service run unchanged; no API key is needed.
     """
 
     def __init__(
@@ -32,13 +35,13 @@ class ServiceClient:
         api_key: str | None = None,
         *,
         checkpoint_dir: str | Path | None = None,
-        device: str = "auto",
+        device: str | None = None,
         dtype: str = "auto",
         **sdk_kwargs: Any,
     ):
         root = checkpoint_dir or os.environ.get(DEFAULT_ROOT_ENV) or Path.home() / ".cache" / "tinkerplug" / "local"
         self.store = CheckpointStore(Path(root).expanduser().resolve())
-        self.device = pick_device(device)
+        self.device = pick_device(device or os.environ.get(DEVICE_ENV) or "auto")
         self.dtype = pick_dtype(dtype, self.device)
         self._hosts: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -49,9 +52,11 @@ class ServiceClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def close(self) -> None:
+    def close(self, status: str = "success", detail: str | None = None) -> Any:
+        """Stop the workers (after the jobs already submitted). A finished future, as in the SDK."""
         for host in self._hosts.values():
             host.worker.close()
+        return completed(None)
 
     def _host(self, base_model: str) -> Any:
         from tinkerplug_local.host import ModelHost
@@ -77,8 +82,13 @@ class ServiceClient:
     ) -> ClientFuture:
         if rank <= 0:
             raise ValueError(f"rank must be positive, got {rank}")
+        if optimizer is not None and not isinstance(optimizer, types.AdamOptimizerConfig):
+            raise NotImplementedError(f"the local backend implements Adam only, not {type(optimizer).__name__}")
         host = self._host(base_model)
-        meta = dict(base_model=base_model, rank=rank, seed=seed, train_mlp=train_mlp, train_attn=train_attn, train_unembed=train_unembed)
+        meta = dict(
+            base_model=base_model, rank=rank, seed=seed, train_mlp=train_mlp, train_attn=train_attn,
+            train_unembed=train_unembed, user_metadata=dict(user_metadata or {}),
+        )
         return host.worker.submit(lambda: self._new_training_client(host, meta), wrapper=ClientFuture)
 
     def _new_training_client(self, host: Any, meta: dict[str, Any]) -> Any:
@@ -89,16 +99,35 @@ class ServiceClient:
         adapter = host.new_adapter(meta["rank"], targets, meta["seed"])
         return TrainingClient(self, host, adapter, self.store.new_model_id(), meta)
 
-    def create_training_client_from_state(self, path: str, base_model: str | None = None, **kwargs: Any) -> ClientFuture:
-        return self._from_state(path, with_optimizer=False, base_model=base_model)
+    def create_training_client_from_state(
+        self,
+        path: str,
+        base_model: str | None = None,
+        user_metadata: dict[str, str] | None = None,
+        weights_access_token: str | None = None,
+        optimizer: Any = None,
+    ) -> ClientFuture:
+        """A new training client with the weights of ``save_state`` checkpoint ``path`` and a
+        fresh optimizer."""
+        return self._from_state(path, with_optimizer=False, base_model=base_model, user_metadata=user_metadata)
 
-    def create_training_client_from_state_with_optimizer(self, path: str, base_model: str | None = None, **kwargs: Any) -> ClientFuture:
-        return self._from_state(path, with_optimizer=True, base_model=base_model)
+    def create_training_client_from_state_with_optimizer(
+        self,
+        path: str,
+        base_model: str | None = None,
+        user_metadata: dict[str, str] | None = None,
+        weights_access_token: str | None = None,
+    ) -> ClientFuture:
+        """Like ``create_training_client_from_state``, and Adam's moments restored too: the
+        run continues exactly where the checkpoint left it."""
+        return self._from_state(path, with_optimizer=True, base_model=base_model, user_metadata=user_metadata)
 
-    def _from_state(self, path: str, with_optimizer: bool, base_model: str | None) -> ClientFuture:
-        meta = read_state_meta(path)
+    def _from_state(self, path: str, with_optimizer: bool, base_model: str | None, user_metadata: dict[str, str] | None) -> ClientFuture:
+        meta = read_state_meta(_local_path(path))
         if base_model:
             meta["base_model"] = base_model
+        if user_metadata is not None:
+            meta["user_metadata"] = dict(user_metadata)
         host = self._host(meta["base_model"])
 
         def create() -> Any:
@@ -110,7 +139,15 @@ class ServiceClient:
 
     # -- sampling ----------------------------------------------------------------------------
 
-    def create_sampling_client(self, model_path: str | None = None, base_model: str | None = None, retry_config: Any = None, **kwargs: Any) -> ClientFuture:
+    def create_sampling_client(
+        self,
+        model_path: str | None = None,
+        base_model: str | None = None,
+        retry_config: Any = None,
+        record_stability_info: bool = False,
+    ) -> ClientFuture:
+        """A sampling client of ``save_weights_for_sampler`` weights (``model_path``) or of the
+        plain ``base_model``."""
         from tinkerplug_local.sampling import SamplingClient
 
         if model_path is None:
@@ -118,7 +155,7 @@ class ServiceClient:
                 raise ValueError("create_sampling_client needs model_path or base_model")
             host = self._host(base_model)
             return ClientFuture(completed(SamplingClient(host, None, base_model, None)).future())
-        directory = to_path(str(model_path))
+        directory = to_path(_local_path(str(model_path)))
         config_file = directory / "adapter_config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"{model_path} is not sampler weights (no adapter_config.json)")
@@ -135,6 +172,7 @@ class ServiceClient:
     # -- info --------------------------------------------------------------------------------
 
     def get_server_capabilities(self) -> types.GetServerCapabilitiesResponse:
+        """The shipped models (``tiny-chat``); any local Hugging Face model dir works too."""
         from tinkerplug.models import shipped_models
 
         return types.GetServerCapabilitiesResponse(
@@ -147,15 +185,64 @@ class ServiceClient:
     async def get_server_capabilities_async(self) -> types.GetServerCapabilitiesResponse:
         return self.get_server_capabilities()
 
-    # Deprecated SDK variants.
-    async def create_lora_training_client_async(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.create_lora_training_client(*args, **kwargs).result_async()
+    def create_rest_client(self) -> Any:
+        """Run lookups and checkpoint deletion for this client's checkpoints (see ``rest.py``)."""
+        from tinkerplug_local.rest import RestClient
 
-    async def create_training_client_from_state_async(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.create_training_client_from_state(*args, **kwargs).result_async()
+        return RestClient(self.store.root)
 
-    async def create_training_client_from_state_with_optimizer_async(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.create_training_client_from_state_with_optimizer(*args, **kwargs).result_async()
+    def get_telemetry(self) -> None:
+        return None  # nothing leaves this machine
 
-    async def create_sampling_client_async(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.create_sampling_client(*args, **kwargs).result_async()
+    # Deprecated SDK variants: they return the client itself.
+    async def create_lora_training_client_async(
+        self,
+        base_model: str,
+        rank: int = 32,
+        seed: int | None = None,
+        train_mlp: bool = True,
+        train_attn: bool = True,
+        train_unembed: bool = True,
+        user_metadata: dict[str, str] | None = None,
+        optimizer: Any = None,
+    ) -> Any:
+        return await self.create_lora_training_client(
+            base_model, rank, seed, train_mlp, train_attn, train_unembed, user_metadata, optimizer
+        ).result_async()
+
+    async def create_training_client_from_state_async(
+        self,
+        path: str,
+        base_model: str | None = None,
+        user_metadata: dict[str, str] | None = None,
+        weights_access_token: str | None = None,
+        optimizer: Any = None,
+    ) -> Any:
+        return await self.create_training_client_from_state(path, base_model, user_metadata).result_async()
+
+    async def create_training_client_from_state_with_optimizer_async(
+        self,
+        path: str,
+        base_model: str | None = None,
+        user_metadata: dict[str, str] | None = None,
+        weights_access_token: str | None = None,
+    ) -> Any:
+        return await self.create_training_client_from_state_with_optimizer(path, base_model, user_metadata).result_async()
+
+    async def create_sampling_client_async(
+        self,
+        model_path: str | None = None,
+        base_model: str | None = None,
+        retry_config: Any = None,
+        record_stability_info: bool = False,
+    ) -> Any:
+        return await self.create_sampling_client(model_path, base_model).result_async()
+
+
+def _local_path(path: str) -> str:
+    if path.startswith("tinker://"):
+        raise ValueError(
+            f"{path} is a checkpoint on the Tinker service; the local backend reads local checkpoints "
+            "(the directories its save_state / save_weights_for_sampler return, or local://DIR)"
+        )
+    return path

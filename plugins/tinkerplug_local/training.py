@@ -135,10 +135,10 @@ class TrainingClient:
 
         return self._host.worker.submit(run)
 
-    def load_state(self, path: str) -> Any:
+    def load_state(self, path: str, weights_access_token: str | None = None) -> Any:
         return self._host.worker.submit(lambda: self._load(path, with_optimizer=False))
 
-    def load_state_with_optimizer(self, path: str) -> Any:
+    def load_state_with_optimizer(self, path: str, weights_access_token: str | None = None) -> Any:
         return self._host.worker.submit(lambda: self._load(path, with_optimizer=True))
 
     def _load(self, path: str, with_optimizer: bool) -> types.LoadWeightsResponse:
@@ -163,18 +163,22 @@ class TrainingClient:
 
     # -- sampling and info ------------------------------------------------------------------
 
-    def save_weights_and_get_sampling_client(self, name: str | None = None, retry_config: Any = None, **kwargs: Any) -> Any:
+    def save_weights_and_get_sampling_client(
+        self, name: str | None = None, retry_config: Any = None, record_stability_info: bool = False, kind: str = "snapshot"
+    ) -> Any:
         import uuid
 
         from tinkerplug_local.futures import ClientFuture
 
+        if kind != "snapshot":
+            raise NotImplementedError(f"the local backend supports kind='snapshot' only, not {kind!r}")
         saved = self.save_weights_for_sampler(name or f"sampler-{uuid.uuid4().hex[:8]}")
         # Jobs run in order: by the time this one runs, the save above has finished.
         return self._host.worker.submit(
             lambda: self._service._sampler_on_worker(self._host, saved.result().path), wrapper=ClientFuture
         )
 
-    def create_sampling_client(self, model_path: str, retry_config: Any = None, **kwargs: Any) -> Any:
+    def create_sampling_client(self, model_path: str, retry_config: Any = None, record_stability_info: bool = False) -> Any:
         return self._service.create_sampling_client(model_path=model_path)
 
     def get_tokenizer(self) -> Any:
@@ -195,26 +199,40 @@ class TrainingClient:
         )
 
     # Deprecated SDK variants the cookbook still calls: they return the future, awaitable.
-    async def forward_backward_async(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward_backward(*args, **kwargs)
+    async def forward_async(self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None) -> Any:
+        return self.forward(data, loss_fn, loss_fn_config)
 
-    async def forward_async(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+    async def forward_backward_async(
+        self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None
+    ) -> Any:
+        return self.forward_backward(data, loss_fn, loss_fn_config)
 
-    async def optim_step_async(self, *args: Any, **kwargs: Any) -> Any:
-        return self.optim_step(*args, **kwargs)
+    async def optim_step_async(
+        self, optim_params: types.AdamParams | None = None, *, adam_params: types.AdamParams | None = None
+    ) -> Any:
+        return self.optim_step(optim_params, adam_params=adam_params)
 
-    async def save_state_async(self, *args: Any, **kwargs: Any) -> Any:
-        return self.save_state(*args, **kwargs)
+    async def save_state_async(
+        self, name: str, ttl_seconds: int | None = None, overwrite: bool = False, user_metadata: Any = None
+    ) -> Any:
+        return self.save_state(name, ttl_seconds, overwrite, user_metadata)
 
-    async def save_weights_for_sampler_async(self, *args: Any, **kwargs: Any) -> Any:
-        return self.save_weights_for_sampler(*args, **kwargs)
+    async def load_state_async(self, path: str, weights_access_token: str | None = None) -> Any:
+        return self.load_state(path)
 
-    async def save_weights_and_get_sampling_client_async(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.save_weights_and_get_sampling_client(*args, **kwargs).result_async()
+    async def load_state_with_optimizer_async(self, path: str, weights_access_token: str | None = None) -> Any:
+        return self.load_state_with_optimizer(path)
 
-    async def create_sampling_client_async(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.create_sampling_client(*args, **kwargs).result_async()
+    async def save_weights_for_sampler_async(self, name: str, ttl_seconds: int | None = None, user_metadata: Any = None) -> Any:
+        return self.save_weights_for_sampler(name, ttl_seconds, user_metadata)
+
+    async def save_weights_and_get_sampling_client_async(
+        self, name: str | None = None, retry_config: Any = None, record_stability_info: bool = False, kind: str = "snapshot"
+    ) -> Any:
+        return await self.save_weights_and_get_sampling_client(name, retry_config, record_stability_info, kind).result_async()
+
+    async def create_sampling_client_async(self, model_path: str, retry_config: Any = None, record_stability_info: bool = False) -> Any:
+        return await self.create_sampling_client(model_path, retry_config, record_stability_info).result_async()
 
     async def get_info_async(self) -> types.GetInfoResponse:
         return self.get_info()

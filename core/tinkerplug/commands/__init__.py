@@ -13,6 +13,7 @@ COMMANDS: list[str] = [
     "tinkerplug.commands.plot:plot",
     "tinkerplug.commands.runs:runs",
     "tinkerplug.commands.runs:show",
+    "tinkerplug.commands.local:local",
 ]
 
 
