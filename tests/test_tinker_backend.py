@@ -211,6 +211,39 @@ def test_a_server_that_is_not_tinker_and_an_unserved_model(tinker_env):
         other.close()
 
 
+def test_a_server_with_session_tokens_gets_the_key_exchanged_first(tinker_env):
+    import base64
+
+    from tinkerplug_tinker.connect import check_service
+
+    claims = base64.urlsafe_b64encode(json.dumps({"exp": time.time() + 3600}).encode()).decode().rstrip("=")
+    token = f"eyJhbGciOiJub25lIn0.{claims}.sig"
+    seen: list[tuple[str, str | None]] = []
+
+    def respond(path, headers):
+        seen.append((path, headers.get("X-API-Key")))
+        if path.endswith("/client/config"):
+            return 200, {"pjwt_auth_enabled": True}
+        if path.endswith("/auth/token"):
+            return 200, {"jwt": token}
+        if path.endswith("/get_server_capabilities"):
+            if headers.get("X-API-Key") != token:
+                return 401, {"detail": "expected the session token"}
+            return 200, {"supported_models": [{"model_name": "Qwen/Qwen3-8B"}]}
+        return 404, {"detail": "Not Found"}
+
+    server = _Server(respond)
+    try:
+        assert check_service(server.url, FAKE_KEY, timeout_s=5).supported_models == ["Qwen/Qwen3-8B"]
+    finally:
+        server.close()
+    assert seen == [
+        ("/api/v1/client/config", FAKE_KEY),
+        ("/api/v1/auth/token", FAKE_KEY),
+        ("/api/v1/get_server_capabilities", token),
+    ]
+
+
 def test_a_service_that_never_answers_times_out(tinker_env):
     from tinkerplug_tinker.connect import check_service
 
