@@ -328,3 +328,19 @@ def test_light_commands_import_no_heavy_package(args, with_example_installed):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_async_hook_other_than_evaluate_is_refused_not_silently_skipped(tmp_path):
+    from tinkerplug.errors import PluginError
+    from tinkerplug.plugins import load_plugins
+
+    async_logger = write_plugin(tmp_path, "async_logger", "@tinkerplug.hookimpl\nasync def log_metrics(step, metrics):\n    pass\n")
+    plugins = load_plugins(cli_files=[str(async_logger)], disabled=["jsonl", "tensorboard"])
+    with pytest.raises(PluginError, match=r"plugin 'project:async_logger': hook 'log_metrics' returned an awaitable"):
+        plugins.each("log_metrics", step=0, metrics={}, run=None)
+
+
+def test_a_project_file_named_in_the_config_can_be_disabled_by_name(tmp_path):
+    config = OVERRIDE_EXAMPLE / "config.toml"
+    rows = plugins_json("--hook", "lr_for_step", "-c", str(config), "-p", "no:project:my_hooks")
+    assert [r["name"] for r in rows] == ["schedule"]

@@ -5,12 +5,22 @@ it returns. Implement a hook in a plugin with ``@tinkerplug.hookimpl`` and a fun
 same name that takes any subset of the arguments listed here.
 
 ``firstresult`` hooks pick one answer: they stop at the first plugin that returns something
-other than ``None``. Plugins are called last-registered first, so a project file
-(``plugins = ["./my_hooks.py"]`` or ``-p ./my_hooks.py``) overrides an installed plugin, which
-overrides a first-party one. The other hooks fan out: every plugin is called.
+other than ``None`` (return ``None`` to pass the question on). The other hooks fan out: every
+plugin is called, one at a time, and an error names the plugin that raised.
 
-Hooks may return a value or an awaitable; the loop awaits awaitables (``evaluate`` and
-``log_metrics`` are the hooks where that is most useful).
+Plugins are called last-registered first, so precedence is: project files (``plugins =
+["./my_hooks.py"]`` in the config, then ``-p ./my_hooks.py``) > installed third-party plugins
+(by entry-point name) > first-party plugins. ``@tinkerplug.hookimpl(tryfirst=True)`` or
+``trylast=True`` moves one implementation to the front or the back; ``tinkerplug plugins
+--hook NAME`` prints the order. Wrappers (``wrapper=True``) work on ``firstresult`` hooks only.
+
+A run needs one implementation each of ``create_service_client``, ``resolve_renderer``,
+``render_example``, ``lr_for_step`` and ``make_step_executor``; disabling the plugin that
+provides one (``-p no:NAME``) fails when the plugins load, naming what was disabled.
+
+Only ``evaluate`` may be ``async`` (or return an awaitable); the other hooks are called
+synchronously and must return plain values. Plugin modules are imported at start-up of every
+command: import heavy packages (torch, tinker, the cookbook, pydantic models) inside hooks.
 """
 
 from __future__ import annotations
@@ -39,8 +49,10 @@ def register_config_sections(register: Callable[[str, type[BaseModel]], None]) -
     file is validated against it together with the rest of the config, and errors name the
     table and the plugin. The validated section is ``config.section(name)``.
 
-    Called once, when the config is loaded. Use it for a plugin's own settings (the
-    ``[heldout]`` evaluator and ``[local]`` backend tables are registered this way).
+    Called once, when a run's config is loaded (not by ``tinkerplug plugins``). Use it for a
+    plugin's own settings (the ``[heldout]`` evaluator and ``[local]`` backend tables are
+    registered this way); import the model inside the hook, since building pydantic models
+    at import time slows every command. Two plugins may not register the same table.
     """
 
 
@@ -57,7 +69,9 @@ def create_service_client(config: RunConfig, run_dir: str) -> Any | None:
     ``None`` when ``config.backend`` names another backend.
 
     ``run_dir`` is where the run keeps its files; a backend that stores checkpoints locally
-    keeps them under ``run_dir/checkpoints``. Stops at first non-None result.
+    keeps them under ``run_dir/checkpoints``. Called once per run, before anything else
+    touches the backend. Stops at first non-None result; a run fails when every plugin
+    returns ``None``.
 
     First-party: ``local`` (in-process torch + peft) and ``tinker`` (the remote service).
     """
@@ -102,7 +116,8 @@ def lr_for_step(step: int, num_steps: int, config: RunConfig) -> float | None:
 
     The value is sent in that step's ``AdamParams`` and logged as ``lr`` in
     ``metrics.jsonl``. Must depend only on its arguments, so a resumed run gets the same
-    schedule. Stops at first non-None result.
+    schedule. Called once per step, before the step is submitted. Stops at first non-None
+    result.
 
     First-party: ``schedule`` (base LR from the config or Tinker's recommended formula;
     linear warmup, then cosine, linear or constant decay to ``min_lr``).
@@ -135,7 +150,8 @@ def evaluate(context: EvalContext) -> Mapping[str, float] | Awaitable[Mapping[st
     Return metrics as ``{"<name>/<metric>": value}`` (for example
     ``{"heldout/exact_match": 0.9}``); they are logged as ``eval/<name>/<metric>``. Each
     evaluator runs on its own: one that raises is reported by plugin name and, unless
-    ``eval_errors = "raise"``, training goes on. May return an awaitable.
+    ``eval_errors = "raise"``, training goes on. May be ``async``: evaluators run one after
+    another, each awaited before the next. Return ``None`` to skip (e.g. when disabled).
 
     First-party: ``heldout`` (exact match on the held-out set).
     """
@@ -146,8 +162,9 @@ def on_checkpoint(record: CheckpointRecord, run: RunContext) -> None:
     """Called after a checkpoint is complete and recorded in ``checkpoints.jsonl``.
 
     ``record`` holds the step, epoch, batch, ``state_path`` (``save_state``) and
-    ``sampler_path`` (``save_weights_for_sampler``). Use it to copy, upload or prune
-    checkpoints.
+    ``sampler_path`` (``save_weights_for_sampler``): local directories on the local
+    backend, ``tinker://`` paths on Tinker. Use it to copy, upload or prune checkpoints;
+    never remove the latest one, which ``--resume`` starts from.
     """
 
 
@@ -167,7 +184,11 @@ def fetch_sampler_weights(record: CheckpointRecord, config: RunConfig, dest: str
 @hookspec
 def on_run_start(run: RunContext) -> None:
     """Called once the run directory, training client and data are ready, before step
-    ``run.start_step`` (0, or the checkpoint step when resuming)."""
+    ``run.start_step`` (0, or the checkpoint step when resuming).
+
+    Open files and writers here (``log_metrics`` follows); ``run.run_dir`` is the run's
+    directory and ``run.config`` its validated config.
+    """
 
 
 @hookspec
@@ -178,12 +199,15 @@ def log_metrics(step: int, metrics: Mapping[str, float], run: RunContext) -> Non
     token), ``lr``, token counts, timing and, when evals ran at that step, ``eval/...``
     metrics. After the last step one more row carries the final evals. On resume, rows from
     the checkpoint step on are logged again: loggers replace, never duplicate, them.
+    Values are floats (``NaN`` possible); ``step`` and ``epoch`` are ints.
 
-    First-party: ``jsonl`` (``RUN_DIR/metrics.jsonl``).
+    First-party: ``jsonl`` (``RUN_DIR/metrics.jsonl``, always on) and ``tensorboard``
+    (``RUN_DIR/tensorboard``, with ``[tensorboard] enabled = true``).
     """
 
 
 @hookspec
 def on_run_end(run: RunContext, summary: Mapping[str, Any]) -> None:
-    """Called once after the last step (or after a clean stop), with the final summary.
-    Close files and flush writers here."""
+    """Called once after the last step (or after a clean stop on Ctrl-C), with the final
+    summary (``steps_run``, ``interrupted``, first/last train loss and evals). Close files and
+    flush writers here."""

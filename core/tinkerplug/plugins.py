@@ -192,11 +192,14 @@ class Plugins:
         """Call a ``firstresult`` hook; a raising plugin is named in the error."""
         caller = getattr(self.pm.hook, hook)
         try:
-            return caller(**kwargs)
+            value = caller(**kwargs)
         except PluginError:
             raise
         except Exception as exc:
             raise self._attribute(hook, exc) from exc
+        if inspect.isawaitable(value):
+            _reject_awaitable(self._async_impl_of(hook), hook, value)
+        return value
 
     def each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation of a fan-out hook, in call order, one at a time.
@@ -207,11 +210,13 @@ class Plugins:
         for impl in self.impls(hook):
             args = {k: kwargs[k] for k in impl.argnames}
             try:
-                results.append((impl.plugin_name, impl.function(**args)))
+                value = impl.function(**args)
             except PluginError:
                 raise
             except Exception as exc:
                 raise hook_error(impl.plugin_name, hook, exc) from exc
+            _reject_awaitable(impl.plugin_name, hook, value)
+            results.append((impl.plugin_name, value))
         return results
 
     async def each_async(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
@@ -239,6 +244,12 @@ class Plugins:
         """Plugin names, the one whose implementations are called first, first."""
         return list(reversed(self.info))
 
+    def _async_impl_of(self, hook: str) -> str:
+        """The plugin whose ``async def`` answered a firstresult hook (for the error only)."""
+        return next(
+            (impl.plugin_name for impl in self.impls(hook) if inspect.iscoroutinefunction(impl.function)), "?"
+        )
+
     def _attribute(self, hook: str, exc: BaseException) -> PluginError:
         codes = {impl.function.__code__: impl.plugin_name for impl in self.impls(hook)}
         tb = exc.__traceback__
@@ -264,6 +275,17 @@ def hook_error(plugin: str, hook: str, exc: BaseException) -> PluginError:
         f"plugin {plugin!r} raised in hook {hook!r}: {type(exc).__name__}: {exc}",
         hint=f"fix the plugin, or disable it with -p no:{plugin}",
     )
+
+
+def _reject_awaitable(plugin: str, hook: str, value: Any) -> None:
+    """Only ``evaluate`` is awaited; an ``async def`` elsewhere would silently never run."""
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()  # no "never awaited" warning on top of the error
+        raise PluginError(
+            f"plugin {plugin!r}: hook {hook!r} returned an awaitable, but it is called synchronously",
+            hint=f"define {hook} with `def`, not `async def` (only `evaluate` may be async)",
+        )
 
 
 def _validation_message(exc: pluggy.PluginValidationError) -> tuple[str, str | None]:
