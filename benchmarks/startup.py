@@ -95,12 +95,17 @@ def main() -> None:
           f"python {sys.version.split()[0]}, {args.rounds} interleaved rounds (medians)")
     base_wall, base_cpu = statistics.median(wall["python -c pass"]), statistics.median(cpu["python -c pass"])
     print(f"{'command':<22} {'wall s':>7} {'- python':>9} {'cpu s':>7} {'- python':>9}")
+    # On a machine busier than its cores, wall time measures the queue; CPU time is then the
+    # better estimate of an idle machine's wall time, and the verdict uses it.
+    loaded = load[0] > (os.cpu_count() or 1)
     failed = []
     for name in variants:
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
         print(f"{name:<22} {w:>7.3f} {w - base_wall:>+9.3f} {c:>7.3f} {c - base_cpu:>+9.3f}")
-        if name.startswith("tinkerplug") and w > args.target:
+        if name.startswith("tinkerplug") and (c if loaded else w) > args.target:
             failed.append(name)
+    if loaded:
+        print(f"(load {load[0]:.1f} > {os.cpu_count()} CPUs: judged on CPU time; rerun on a quiet machine for wall time)")
     print("\nslowest top-level imports of `tinkerplug plugins` (cumulative s, one run):")
     for seconds, name in slowest_imports(["plugins"], top=8):
         print(f"  {seconds:6.3f}  {name}")

@@ -13,29 +13,13 @@ hands the question on to the next plugin.
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import TYPE_CHECKING, Any
 
 import tinkerplug
 from tinkerplug.errors import ConfigError
 
-
-class StepDecaySettings(BaseModel):
-    """The ``[step_decay]`` table of the run config."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
-    gamma: float = Field(0.1, gt=0, le=1)
-
-    @field_validator("milestones")
-    @classmethod
-    def _fractions_in_order(cls, value: list[float]) -> list[float]:
-        if any(not 0 < m < 1 for m in value) or value != sorted(value):
-            raise ValueError("milestones must be increasing fractions of the run, each between 0 and 1")
-        return value
+if TYPE_CHECKING:
+    from tinkerplug_step_decay.settings import StepDecaySettings
 
 
 def step_decay(step: int, num_steps: int, base: float, warmup: int, milestones: list[float], gamma: float) -> float:
@@ -48,6 +32,10 @@ def step_decay(step: int, num_steps: int, base: float, warmup: int, milestones: 
 
 @tinkerplug.hookimpl
 def register_config_sections(register: Any) -> None:
+    # Imported here, not at the top: every tinkerplug command imports plugin modules at
+    # start-up, and building a pydantic model costs more than the rest of the plugin.
+    from tinkerplug_step_decay.settings import StepDecaySettings
+
     register("step_decay", StepDecaySettings)
 
 
