@@ -249,4 +249,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    # `python -m tinkerplug.cli` puts the current directory first on sys.path: a stray
+    # tinkerplug_*.py there would be imported in place of an installed plugin. Plugin files
+    # load only when named (-p, `plugins = [...]`), so the current directory goes.
+    if sys.path and not sys.flags.safe_path and Path(sys.path[0] or ".").resolve() == Path.cwd().resolve():
+        del sys.path[0]
     main()

@@ -9,6 +9,7 @@ from typing import Any
 from tinkerplug.errors import DataError
 
 ROLES = ("system", "user", "assistant", "tool")
+JSONL_HINT = 'JSONL is one JSON object per line: {"messages": [{"role": "user", "content": "..."}, ...]}'
 
 
 def read_chat_jsonl(path: Path, what: str = "data") -> list[dict[str, Any]]:
@@ -19,15 +20,19 @@ def read_chat_jsonl(path: Path, what: str = "data") -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"{what} file {path} not found", hint="paths in the config are relative to the config file")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with path.open("rb") as f:  # bytes: a line that is not UTF-8 is reported with its number
+        for number, raw in enumerate(f, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})", hint=JSONL_HINT) from None
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+                raise DataError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})", hint=JSONL_HINT) from None
             check_record(record, where)
             records.append(record)
     if not records:
@@ -39,7 +44,7 @@ def check_record(record: Any, where: str) -> None:
     if not isinstance(record, dict) or "messages" not in record:
         raise DataError(
             f'{where}: record has no "messages" list',
-            hint='each line must be {"messages": [{"role": "user", "content": "..."}, ...]}',
+            hint=JSONL_HINT,
         )
     messages = record["messages"]
     if not isinstance(messages, list) or not messages:
