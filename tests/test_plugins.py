@@ -147,6 +147,8 @@ def test_plugins_with_config_shows_its_project_files_relative_to_the_config(tmp_
     # the same file with -p, relative to the current directory
     rows = plugins_json("--hook", "lr_for_step", "-p", "my_hooks.py", cwd=OVERRIDE_EXAMPLE)
     assert [r["name"] for r in rows] == ["project:my_hooks", "schedule"]
+    missing = run_cli("plugins", "-c", "missing.toml", cwd=tmp_path)
+    assert missing.returncode == 2 and "config file missing.toml not found" in missing.stderr
 
 
 def test_hooks_command_prints_every_hookspec():

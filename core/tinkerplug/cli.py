@@ -143,8 +143,11 @@ def plugins_cmd(as_json: bool, hook: str | None, config_path: str | None, plugin
     """
     import json
 
+    from tinkerplug.errors import ConfigError
     from tinkerplug.plugins import hook_names
 
+    if config_path is not None and not Path(config_path).is_file():
+        raise ConfigError(f"config file {config_path} not found", hint="-c takes the run's TOML config file")
     plugins, _ = load_plugins_for(config_path, (), plugin_options)
     if hook is not None:
         if hook not in hook_names():
