@@ -83,7 +83,7 @@ CASES: dict[str, Case] = {
     "empty dataset": Case(["train.jsonl has no records", "add one"], data=["", "  "]),
     "every example too long": Case(["every example in", "longer than max_length=8", "overlong = \"truncate\""], keys={"max_length": 8}),
     "unknown renderer": Case(["unknown renderer 'nope'", "qwen3"], code=3, keys={"renderer": "nope"}),
-    "renderer does not fit the model": Case(["renderer 'llama3' does not fit base_model", "leave `renderer` unset"], code=3, keys={"renderer": "llama3"}),
+    "renderer does not fit the model": Case(["renderer 'llama3' does not fit base_model", "special tokens are not tokens of this model", "leave `renderer` unset"], code=3, keys={"renderer": "llama3"}),
     "unknown base_model": Case(["unknown base_model 'no-such-model'", "tiny-chat"], code=3, keys={"base_model": "no-such-model"}),
     "model dir without weights": Case(["has no weights", "config.json, weights and tokenizer"], code=3, keys={"base_model": "{tmp}/empty-model"}, setup=_model_without_weights),
     "tinker backend without key": Case(["TINKER_API_KEY"], code=3, keys={"backend": "tinker"}, env={"TINKER_API_KEY": None}),

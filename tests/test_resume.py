@@ -244,3 +244,52 @@ def test_resuming_a_finished_run_does_nothing(tmp_path, reference):
     assert result.returncode == 0, result.stderr
     assert "already finished" in result.stderr
     assert (reference / "metrics.jsonl").read_text() == before
+
+
+# -- the pieces, without a model -------------------------------------------------------------
+
+
+def test_every_epoch_sees_every_example_once_whatever_the_resume_step():
+    """The data order is a function of the step alone (#367: no skipped epoch; #935: no
+    replayed batch): each epoch is a fresh permutation, and a resume at any step continues it."""
+    plan = BatchPlan(EXAMPLES, BATCH, 7)
+    order = [plan.indices(step) for step in range(3 * plan.steps_per_epoch)]
+    for epoch in range(3):
+        seen = [i for batch in order[epoch * 12 : (epoch + 1) * 12] for i in batch]
+        assert sorted(seen) == list(range(EXAMPLES))
+    assert order[:12] != order[12:24]  # reshuffled each epoch
+    resumed = BatchPlan(EXAMPLES, BATCH, 7)  # a fresh process
+    assert [resumed.indices(step) for step in range(12, 36)] == order[12:36]
+
+
+def test_checkpoints_jsonl_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from tinkerplug import rundir
+    from tinkerplug.context import CheckpointRecord
+
+    record = CheckpointRecord(step=6, epoch=0, batch=6, state_path="s", sampler_path="w", time=1.0)
+    rundir.append_checkpoint(tmp_path, record)
+    before = (tmp_path / "checkpoints.jsonl").read_bytes()
+
+    def crash(*args):
+        raise OSError("crash between writing the temp file and renaming it")
+
+    monkeypatch.setattr(rundir.os, "replace", crash)
+    with pytest.raises(OSError):
+        rundir.append_checkpoint(tmp_path, CheckpointRecord(12, 1, 0, "s2", "w2", 2.0))
+    assert (tmp_path / "checkpoints.jsonl").read_bytes() == before
+    assert rundir.last_checkpoint(tmp_path) == record
+
+    # A file torn by some other writer still yields its complete rows.
+    (tmp_path / "checkpoints.jsonl").write_bytes(before + b'{"step": 12, "epo')
+    assert rundir.last_checkpoint(tmp_path) == record
+
+
+def test_a_run_dir_is_used_by_one_process_at_a_time(tmp_path):
+    from tinkerplug import rundir
+    from tinkerplug.errors import TinkerplugError
+
+    first = rundir.create_run_dir(tmp_path / "run", resume=False, resume_command="x")
+    with pytest.raises(TinkerplugError, match=f"in use by another tinkerplug process \\(pid {os.getpid()}\\)"):
+        rundir.RunDirLock(tmp_path / "run").acquire()
+    first.release()
+    rundir.RunDirLock(tmp_path / "run").acquire().release()

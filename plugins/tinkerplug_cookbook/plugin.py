@@ -61,7 +61,9 @@ def check_fit(renderer: Any, tokenizer: Any, name: str, base_model: str) -> None
         if problem is None and (not ok or "reply 34" not in get_text_content(message)):
             problem = "a probe reply does not parse back (the chat special tokens are missing from the tokenizer?)"
     except Exception as exc:  # noqa: BLE001
-        problem = f"{type(exc).__name__}: {exc}"
+        # The cookbook renderers fail deep inside (e.g. unpacking a special token that this
+        # tokenizer splits in several): say what that means, keep the detail for a bug report.
+        problem = f"it cannot render a probe conversation with this tokenizer (its special tokens are not tokens of this model?) [{type(exc).__name__}: {exc}]"
     if problem:
         raise ConfigError(
             f"renderer {name!r} does not fit base_model {base_model!r}: {problem}",
