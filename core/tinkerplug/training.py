@@ -100,6 +100,8 @@ async def _train(
         reporter.note(f"nothing to resume in {run_dir} yet: starting a new run")
 
     records = read_chat_jsonl(config.data.train, "training data")
+    if config.data.heldout is not None:  # evaluators read it later: a bad file must fail now, not at step 0
+        read_chat_jsonl(config.data.heldout, "held-out data")
 
     service = plugins.first("create_service_client", config=config, run_dir=str(run_dir))
     if service is None:
