@@ -45,6 +45,7 @@ class TrainingClient:
         return self._host.worker.submit(lambda: self._run_optim(params))
 
     def _run_forward(self, data: list[types.Datum], backward: bool) -> types.ForwardBackwardOutput:
+        import numpy as np
         import torch
 
         model = self._host.model_for(self._adapter)
@@ -55,17 +56,18 @@ class TrainingClient:
         total = 0.0
         for chunk in _microbatches(lengths, MAX_TOKENS_PER_MICROBATCH):
             width = max(lengths[i] for i in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            targets = torch.zeros((len(chunk), width), dtype=torch.long)
-            weights = torch.zeros((len(chunk), width), dtype=torch.float32)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            # Filled in numpy, one tensor each: ~6x cheaper than per-row tensor writes.
+            ids = np.full((len(chunk), width), pad, dtype=np.int64)
+            targets = np.zeros((len(chunk), width), dtype=np.int64)
+            weights = np.zeros((len(chunk), width), dtype=np.float32)
+            mask = np.zeros((len(chunk), width), dtype=np.int64)
             for row, i in enumerate(chunk):  # right padding; padded positions have weight 0
                 n = lengths[i]
-                ids[row, :n] = torch.tensor(data[i].model_input.to_ints())
-                targets[row, :n] = data[i].loss_fn_inputs["target_tokens"].to_torch()
-                weights[row, :n] = data[i].loss_fn_inputs["weights"].to_torch()
+                ids[row, :n] = data[i].model_input.to_ints()
+                targets[row, :n] = data[i].loss_fn_inputs["target_tokens"].to_numpy()
+                weights[row, :n] = data[i].loss_fn_inputs["weights"].to_numpy()
                 mask[row, :n] = 1
-            ids, targets, weights, mask = (t.to(device) for t in (ids, targets, weights, mask))
+            ids, targets, weights, mask = (torch.from_numpy(a).to(device) for a in (ids, targets, weights, mask))
             with torch.set_grad_enabled(backward):
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
                 logprobs = -torch.nn.functional.cross_entropy(
@@ -102,8 +104,11 @@ class TrainingClient:
         for group in self._optimizer.param_groups:
             group.update(lr=adam.learning_rate, betas=(adam.beta1, adam.beta2), eps=adam.eps, weight_decay=adam.weight_decay)
         params = self._params()
-        max_norm = adam.grad_clip_norm if adam.grad_clip_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=False)
+        # clip_grad_norm_ in two halves: without clipping its scale factor is exactly 1, so the
+        # multiply of every gradient is skipped (bit-identical, ~1 ms a step on tiny models).
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=False)
+        if adam.grad_clip_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, adam.grad_clip_norm, grad_norm, foreach=False)
         self._optimizer.step()
         self._optimizer.zero_grad(set_to_none=True)
         return types.OptimStepResponse(metrics={"grad_norm": float(grad_norm)})
