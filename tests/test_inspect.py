@@ -156,3 +156,24 @@ def test_metric_prefixes_are_short_and_distinct() -> None:
     from tinkerplug_inspect.tasks import metric_prefixes
 
     assert metric_prefixes(["inspect_evals/gsm8k", "a", "b/a", "a"]) == ["gsm8k", "a", "a_2", "a_3"]
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc: a directory nobody can create in")
+def test_inspect_data_dir_falls_back_when_home_is_unwritable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inspect creates trace files under ~/.local/share/inspect_ai and fails without it."""
+    import os
+
+    from tinkerplug_inspect.runner import ensure_inspect_data_dir
+
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ensure_inspect_data_dir(tmp_path / "fallback")
+    assert "XDG_DATA_HOME" not in os.environ  # a usable home is left alone
+    assert (tmp_path / "home" / ".local" / "share" / "inspect_ai" / "traces").is_dir()
+
+    monkeypatch.setenv("HOME", "/proc/no-home")
+    ensure_inspect_data_dir(tmp_path / "fallback")
+    assert os.environ["XDG_DATA_HOME"] == str(tmp_path / "fallback")
+    from platformdirs import user_data_path
+
+    assert user_data_path("inspect_ai") == tmp_path / "fallback" / "inspect_ai"

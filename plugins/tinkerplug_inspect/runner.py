@@ -48,6 +48,23 @@ def quiet_display() -> None:
         del os.environ["INSPECT_DISPLAY"]
 
 
+def ensure_inspect_data_dir(fallback: Path) -> None:
+    """Inspect writes trace files under its data dir (``~/.local/share/inspect_ai``) and fails
+    when that cannot be created (read-only or missing home in CI and sandboxes); then point
+    ``XDG_DATA_HOME``, which it honours, at ``fallback``."""
+    from platformdirs import user_data_path
+
+    try:
+        traces = user_data_path("inspect_ai") / "traces"
+        traces.mkdir(parents=True, exist_ok=True)
+        if os.access(traces, os.W_OK):
+            return
+    except OSError:
+        pass
+    fallback.mkdir(parents=True, exist_ok=True)
+    os.environ["XDG_DATA_HOME"] = str(fallback)
+
+
 async def run_tasks(
     specs: list[str],
     *,
@@ -74,6 +91,7 @@ async def run_tasks(
     )
     api = SamplingClientAPI(model_name, sampling_client, renderer, connections=max_connections, config=generate)
     quiet_display()
+    ensure_inspect_data_dir(log_dir / ".inspect_data")
     async with one_eval_at_a_time():
         logs = await eval_async(
             tasks=specs,
