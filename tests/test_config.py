@@ -57,3 +57,10 @@ def test_invalid_configs_name_file_line_and_key(tmp_path, text, expected):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_table_of_a_disabled_plugin_is_ignored(tmp_path):
+    text = BASE + "[inspect]\ntasks = []\n"
+    with pytest.raises(ConfigError, match="unknown key 'inspect'"):
+        load_config(_write(tmp_path, text))
+    assert load_config(_write(tmp_path, text), disabled={"inspect"}).data.train.name == "train.jsonl"

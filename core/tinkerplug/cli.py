@@ -68,7 +68,9 @@ def load_run_config(config_path: str, overrides: tuple[str, ...], plugin_options
     sections: dict[str, Any] = {}
     owners: dict[str, str] = {}
     _register_sections(plugins, sections, owners)
-    config = load_config(Path(config_path), list(overrides), {k: (v, owners[k]) for k, v in sections.items()})
+    config = load_config(
+        Path(config_path), list(overrides), {k: (v, owners[k]) for k, v in sections.items()}, plugins.disabled
+    )
     return config, plugins
 
 

@@ -182,11 +182,13 @@ def load_config(
     path: str | Path,
     overrides: list[str] = (),  # type: ignore[assignment]
     sections: dict[str, tuple[type[BaseModel], str]] | None = None,
+    disabled: frozenset[str] | set[str] = frozenset(),
 ) -> RunConfig:
     """Read, override and validate a config file.
 
     ``sections`` maps a table name to (pydantic model, plugin name), from the
-    ``register_config_sections`` hook.
+    ``register_config_sections`` hook. Tables named after a ``disabled`` plugin are ignored,
+    so ``-p no:inspect`` works on a config that has an ``[inspect]`` table.
     """
     file = Path(path)
     if not file.is_file():
@@ -202,7 +204,7 @@ def load_config(
     for override in overrides:
         key, value = parse_override(override)
         apply_override(data, key, value)
-    return build_config(data, file, text, sections or {})
+    return build_config(data, file, text, sections or {}, disabled)
 
 
 def build_config(
@@ -210,11 +212,14 @@ def build_config(
     file: Path,
     text: str,
     sections: dict[str, tuple[type[BaseModel], str]],
+    disabled: frozenset[str] | set[str] = frozenset(),
 ) -> RunConfig:
     base = file.parent.resolve()
     core_fields = set(RunConfig.model_fields)
     core = {k: v for k, v in data.items() if k in core_fields}
-    plugin_tables = {k: v for k, v in data.items() if k not in core_fields}
+    plugin_tables = {
+        k: v for k, v in data.items() if k not in core_fields and not (k in disabled and k not in sections)
+    }
     _reject_secrets(data, file, text)
     for name in plugin_tables:
         if name not in sections:
