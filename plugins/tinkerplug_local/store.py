@@ -12,6 +12,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from tinkerplug.rundir import fsync_dir
+
 STATE_META = "tinkerplug_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEME = "local://"
@@ -43,7 +45,7 @@ class CheckpointStore:
             fill(tmp)
             _fsync_dir_files(tmp)
             os.rename(tmp, final)
-            _fsync_dir(final.parent)  # the rename itself survives a power cut
+            fsync_dir(final.parent)  # the rename itself survives a power cut
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -75,16 +77,3 @@ def _fsync_dir_files(directory: Path) -> None:
     for file in directory.iterdir():
         with open(file, "rb") as f:
             os.fsync(f.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not supported on this platform
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
