@@ -15,7 +15,7 @@ fraction of the one-step-per-cycle limit and the speed-up over ``sync``. Targets
 starts, or it waits for the next one. ``--joins current`` lets a request join the cycle
 running when it is submitted (completing at that cycle's end), a kinder service.
 
-    python benchmarks/pipelining.py [--cycle-ms 100] [--steps 20] [--rounds 3]
+    python benchmarks/pipelining.py [--cycle-ms 100] [--joins next|current] [--steps 12] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -85,9 +85,9 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-chat")
     parser.add_argument("--cycle-ms", type=float, default=100.0, help="clock cycle length")
     parser.add_argument("--joins", choices=("next", "current"), default="next")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seq-len", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=20, help="steps per round")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--seq-len", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=12, help="steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--submit-ahead", type=int, nargs="+", default=[0, 1, 2],
                         help="pipelined variants to time (2 is the config default)")
@@ -106,7 +106,9 @@ def main() -> None:
     data = synthetic_data(vocab, args.batch, args.seq_len)
     plugins = load_plugins()
     variants = [("sync", 0)] + [("pipelined", k) for k in args.submit_ahead]
-    default_ahead = run_config(model, "pipelined", 2, 1).model_fields["submit_ahead"].default
+    from tinkerplug.config import RunConfig
+
+    default_ahead = RunConfig.model_fields["submit_ahead"].default
 
     with tempfile.TemporaryDirectory() as tmp, ServiceClient(checkpoint_dir=tmp, device="cpu") as service:
         local = service.create_lora_training_client(model, rank=16, seed=SEED).result()
@@ -146,8 +148,11 @@ def main() -> None:
         met = rate / sync_rate >= 1.9 and rate / limit >= 0.95
         print(f"  * the default: {rate / sync_rate:.2f}x sync, {rate / limit:.3f} of the limit; "
               f"targets >= 1.9x and >= 0.95: {'met' if met else 'NOT met'}")
-    print(f"  results later than their cycle's end (local compute overran): {clock.overruns}"
+    print(f"  results later than their cycle's end (local compute overran): {clock.overruns} of {clock.requests}"
           + (f", median {1000 * median(clock.late_s):.1f} ms late" if clock.late_s else ""))
+    if clock.overruns > 0.1 * clock.requests:
+        print("  WARNING: the local compute often outlasts a cycle, so the backend, not the clock, "
+              "limits the pipelined rates: use a longer --cycle-ms or a smaller --batch")
     print("  " + machine_line())
 
 

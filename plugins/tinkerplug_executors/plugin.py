@@ -24,6 +24,8 @@ LOSS_FN = "cross_entropy"
 
 
 class SyncExecutor:
+    """The simplest executor: one request at a time, each awaited before the next is sent."""
+
     def __init__(self, training_client: Any):
         self.client = training_client
 
@@ -38,6 +40,10 @@ class SyncExecutor:
 
 
 class PipelinedExecutor:
+    """Sends both requests of a step at once and keeps up to ``submit_ahead`` steps in flight
+    beyond the one being awaited; steps finish in order. ``submit_ahead = 0`` still puts a
+    step's two requests in one cycle but waits for it before sending the next."""
+
     def __init__(self, training_client: Any, submit_ahead: int):
         self.client = training_client
         self.submit_ahead = submit_ahead
