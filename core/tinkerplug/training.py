@@ -104,8 +104,8 @@ async def _train(
         read_chat_jsonl(config.data.heldout, "held-out data")
 
     service = plugins.first("create_service_client", config=config, run_dir=str(run_dir))
-    if service is None:
-        raise BackendError(
+    if service is None:  # a plugin problem (disabled or missing), like a missing renderer: exit 3
+        raise PluginError(
             f"no plugin provides backend {config.resolved_backend!r}{plugins.disabled_note()}",
             hint="backends: local, tinker; check `tinkerplug plugins --hook create_service_client`",
         )
