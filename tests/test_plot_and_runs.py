@@ -47,6 +47,8 @@ def test_plot_without_matplotlib_says_what_to_install(runs_dir, tmp_path):
 
 def test_runs_lists_steps_loss_eval_and_checkpoint(runs_dir, tmp_path):
     (runs_dir / "empty-dir").mkdir(exist_ok=True)  # not a run: not listed
+    (runs_dir / "merged").mkdir(exist_ok=True)  # an HF model dir (export --merge): not a run either
+    (runs_dir / "merged" / "config.json").write_text('{"model_type": "qwen3", "hidden_size": 128}')
     result = run_cli("runs", str(runs_dir), "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)

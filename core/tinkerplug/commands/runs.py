@@ -75,7 +75,18 @@ class RunInfo:
 
 
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / name).is_file() for name in ("config.json", "metrics.jsonl", "checkpoints.jsonl"))
+    if not path.is_dir():
+        return False
+    if any((path / name).is_file() for name in ("metrics.jsonl", "checkpoints.jsonl")):
+        return True
+    # A Hugging Face model dir (a `tinkerplug export --merge` output) has a config.json too.
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True  # read_run reports the broken file
+    return isinstance(config, dict) and "base_model" in config
 
 
 def read_run(path: Path) -> RunInfo:
@@ -84,7 +95,7 @@ def read_run(path: Path) -> RunInfo:
 
     path = Path(path)
     if not is_run_dir(path):
-        found = "does not exist" if not path.exists() else "has no config.json, metrics.jsonl or checkpoints.jsonl"
+        found = "does not exist" if not path.exists() else "has no run config.json, metrics.jsonl or checkpoints.jsonl"
         raise TinkerplugError(
             f"{path} is not a run directory: it {found}",
             hint="a run directory is the run_dir of `tinkerplug run`; `tinkerplug runs` lists those under ./runs",
