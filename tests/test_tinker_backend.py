@@ -162,7 +162,10 @@ class _Server:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def close(self) -> None:
+    def __enter__(self) -> "_Server":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
 
@@ -170,12 +173,9 @@ class _Server:
 def test_a_rejected_key_is_named_as_such(tinker_env):
     from tinkerplug_tinker.connect import check_service
 
-    server = _Server(lambda path, headers: (401, {"detail": "Invalid API key"}))
-    try:
+    with _Server(lambda path, headers: (401, {"detail": "Invalid API key"})) as server:
         with pytest.raises(BackendError, match=r"rejected the API key \(HTTP 401: Invalid API key\)"):
             check_service(server.url, FAKE_KEY, timeout_s=5)
-    finally:
-        server.close()
 
 
 def test_a_server_that_is_not_tinker_and_an_unserved_model(tinker_env):
@@ -191,8 +191,7 @@ def test_a_server_that_is_not_tinker_and_an_unserved_model(tinker_env):
             return 200, {"supported_models": [{"model_name": "Qwen/Qwen3-8B"}]}
         return 404, {"detail": "Not Found"}
 
-    server = _Server(respond)
-    try:
+    with _Server(respond) as server:
         check = check_service(server.url, FAKE_KEY, timeout_s=5)
         assert check.supported_models == ["Qwen/Qwen3-8B"]
         check_base_model("Qwen/Qwen3-8B", check)
@@ -201,14 +200,9 @@ def test_a_server_that_is_not_tinker_and_an_unserved_model(tinker_env):
         assert "Qwen/Qwen3-8B" in error.value.hint
         assert [p for p, _ in seen] == ["/api/v1/client/config", "/api/v1/get_server_capabilities"]
         assert all(key == FAKE_KEY for _, key in seen)  # sent as the SDK sends it, nowhere else
-    finally:
-        server.close()
-    other = _Server(lambda path, headers: (404, {"detail": "Not Found"}))
-    try:
+    with _Server(lambda path, headers: (404, {"detail": "Not Found"})) as other:
         with pytest.raises(BackendError, match=r"answered the client-config request with HTTP 404"):
             check_service(other.url, FAKE_KEY, timeout_s=5)
-    finally:
-        other.close()
 
 
 def test_a_server_with_session_tokens_gets_the_key_exchanged_first(tinker_env):
@@ -232,11 +226,8 @@ def test_a_server_with_session_tokens_gets_the_key_exchanged_first(tinker_env):
             return 200, {"supported_models": [{"model_name": "Qwen/Qwen3-8B"}]}
         return 404, {"detail": "Not Found"}
 
-    server = _Server(respond)
-    try:
+    with _Server(respond) as server:
         assert check_service(server.url, FAKE_KEY, timeout_s=5).supported_models == ["Qwen/Qwen3-8B"]
-    finally:
-        server.close()
     assert seen == [
         ("/api/v1/client/config", FAKE_KEY),
         ("/api/v1/auth/token", FAKE_KEY),
