@@ -208,31 +208,14 @@ class Plugins:
         """
         results = []
         for impl in self.impls(hook):
-            args = {k: kwargs[k] for k in impl.argnames}
             try:
-                value = impl.function(**args)
+                value = call_impl(impl, **kwargs)
             except PluginError:
                 raise
             except Exception as exc:
                 raise hook_error(impl.plugin_name, hook, exc) from exc
             _reject_awaitable(impl.plugin_name, hook, value)
             results.append((impl.plugin_name, value))
-        return results
-
-    async def each_async(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Like ``each`` but awaits results that are awaitable."""
-        results = []
-        for impl in self.impls(hook):
-            args = {k: kwargs[k] for k in impl.argnames}
-            try:
-                value = impl.function(**args)
-                if inspect.isawaitable(value):
-                    value = await value
-                results.append((impl.plugin_name, value))
-            except PluginError:
-                raise
-            except Exception as exc:
-                raise hook_error(impl.plugin_name, hook, exc) from exc
         return results
 
     def impls(self, hook: str) -> list[pluggy.HookImpl]:
@@ -262,6 +245,11 @@ class Plugins:
     def hooks_of(self, plugin_name: str) -> list[str]:
         plugin = self.pm.get_plugin(plugin_name)
         return sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+
+
+def call_impl(impl: pluggy.HookImpl, **kwargs: Any) -> Any:
+    """Call one hook implementation with the arguments it asks for (as pluggy does)."""
+    return impl.function(**{name: kwargs[name] for name in impl.argnames})
 
 
 def hook_error(plugin: str, hook: str, exc: BaseException) -> PluginError:

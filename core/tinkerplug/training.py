@@ -8,7 +8,7 @@ updates, evals at step n see those weights, and a checkpoint at step n resumes a
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import json
 import signal
 import time
@@ -22,7 +22,7 @@ from tinkerplug.config import RunConfig
 from tinkerplug.context import CheckpointRecord, EvalContext, RunContext, StepResult
 from tinkerplug.data import read_chat_jsonl
 from tinkerplug.errors import BackendError, ConfigError, DataError, PluginError, TinkerplugError
-from tinkerplug.plugins import Plugins, hook_error
+from tinkerplug.plugins import Plugins, call_impl, hook_error
 from tinkerplug.progress import Reporter
 from tinkerplug.watchdog import watch_for_stalls
 
@@ -272,7 +272,7 @@ async def _result(future: Any) -> Any:
     """Await an SDK future (``result_async``), or take a plain value as is."""
     if hasattr(future, "result_async"):
         return await future.result_async()
-    if asyncio.isfuture(future) or asyncio.iscoroutine(future):
+    if inspect.isawaitable(future):
         return await future
     return future
 
@@ -369,8 +369,8 @@ async def run_evals(run: RunContext, state: LoopState, step: int, reporter: Repo
     for impl in impls:
         started = time.perf_counter()
         try:
-            value = impl.function(**{k: {"context": context}[k] for k in impl.argnames})
-            if asyncio.iscoroutine(value) or asyncio.isfuture(value) or hasattr(value, "__await__"):
+            value = call_impl(impl, context=context)
+            if inspect.isawaitable(value):
                 value = await value
         except Exception as exc:  # noqa: BLE001 - reported by plugin name below
             error = hook_error(impl.plugin_name, "evaluate", exc)
