@@ -76,9 +76,20 @@ def test_a_project_file_adds_a_backend(tmp_path):
     assert "backends: local, mirror, tinker" in result.stderr
 
 
+def eval_weights(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "checkpoints").rglob("eval-*"))
+
+
+def test_sampler_weights_are_saved_only_for_an_evaluator_that_samples(tmp_path):
+    config = write_config(tmp_path, num_steps=2, text="enabled = false\n")  # [heldout]: the only sampler
+    assert run_cli("run", str(config), "-q").returncode == 0
+    assert eval_weights(tmp_path / "run") == []
+
+
 def test_a_changed_plugin_result_key_refuses_the_resume(tmp_path):
     config = write_config(tmp_path, num_steps=2)
     assert run_cli("run", str(config), "-q").returncode == 0
+    assert eval_weights(tmp_path / "run") == ["eval-000000", "eval-000002"]  # [heldout] sampled at both
     result = run_cli("run", str(config), "--resume", "--set", "local.dtype=float32")
     assert result.returncode == 2
     assert 'local.dtype: "auto" -> "float32"' in result.stderr
