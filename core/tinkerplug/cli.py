@@ -18,6 +18,15 @@ from tinkerplug.environ import quiet_openmp
 from tinkerplug.loading import load_plugins_for, load_run_config  # noqa: E402,F401
 
 
+if __name__ == "__main__":
+    # `python -m tinkerplug.cli` puts the current directory first on sys.path: a stray
+    # tinkerplug_*.py there would be imported in place of an installed plugin (and plugins
+    # load below, for their commands). Plugin files load only when named (-p, `plugins =
+    # [...]`), so the current directory goes before anything is imported.
+    if sys.path and not sys.flags.safe_path and Path(sys.path[0] or ".").resolve() == Path.cwd().resolve():
+        del sys.path[0]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tinkerplug")
 def cli() -> None:
@@ -187,9 +196,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # `python -m tinkerplug.cli` puts the current directory first on sys.path: a stray
-    # tinkerplug_*.py there would be imported in place of an installed plugin. Plugin files
-    # load only when named (-p, `plugins = [...]`), so the current directory goes.
-    if sys.path and not sys.flags.safe_path and Path(sys.path[0] or ".").resolve() == Path.cwd().resolve():
-        del sys.path[0]
     main()
