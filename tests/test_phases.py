@@ -142,3 +142,19 @@ def test_retention_keeps_the_last_and_every_mth_and_resume_still_works(tmp_path)
     assert [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")][:12] == list(range(12))
     for row in read_jsonl(run_dir / "checkpoints.jsonl"):
         assert Path(row["state_path"]).exists() == (not row.get("removed"))
+
+
+def test_evaluate_checkpoint_runs_the_evaluators_on_a_saved_checkpoint(tmp_path):
+    """The eval step without training (what `tinkerplug eval RUN_DIR --step N` calls): the
+    checkpoint's own sampler weights are sampled, nothing new is saved."""
+    import asyncio
+
+    from tinkerplug.evaluation import evaluate_checkpoint
+
+    config = write_config(tmp_path, num_steps=2, save_every=1)
+    assert run_cli("run", str(config), "-q").returncode == 0
+    before = eval_weights(tmp_path / "run")
+    record, metrics = asyncio.run(evaluate_checkpoint(tmp_path / "run", step=1))
+    assert record.step == 1 and metrics["eval/heldout/n"] > 0
+    assert 0.0 <= metrics["eval/heldout/exact_match"] <= 1.0 and "time/eval/heldout_s" in metrics
+    assert eval_weights(tmp_path / "run") == before

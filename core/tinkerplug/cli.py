@@ -6,17 +6,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from tinkerplug.errors import TinkerplugError
 from tinkerplug.environ import quiet_openmp
-
+from tinkerplug.errors import TinkerplugError
 
 # Re-exported: tests and plugins' own tests assemble runs with these.
-from tinkerplug.loading import load_plugins_for, load_run_config  # noqa: E402,F401
-
+from tinkerplug.loading import load_plugins_for, load_run_config  # noqa: F401
 
 if __name__ == "__main__":
     # `python -m tinkerplug.cli` puts the current directory first on sys.path: a stray

@@ -42,7 +42,6 @@ from tinkerplug.markers import hookspec
 
 if TYPE_CHECKING:
     import click
-    from pydantic import BaseModel
     from tinker import types
     from tinker_cookbook.renderers import Renderer
 
