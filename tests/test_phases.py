@@ -158,3 +158,15 @@ def test_evaluate_checkpoint_runs_the_evaluators_on_a_saved_checkpoint(tmp_path)
     assert record.step == 1 and metrics["eval/heldout/n"] > 0
     assert 0.0 <= metrics["eval/heldout/exact_match"] <= 1.0 and "time/eval/heldout_s" in metrics
     assert eval_weights(tmp_path / "run") == before
+
+
+def test_a_plugin_failing_to_add_its_command_does_not_take_the_cli_down(tmp_path):
+    bad = tmp_path / "site" / "tinkerplug_badcmd.py"
+    info = tmp_path / "site" / "tinkerplug_badcmd-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tinkerplug-badcmd\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[tinkerplug]\nbadcmd = tinkerplug_badcmd\n")
+    bad.write_text("import tinkerplug\n\n@tinkerplug.hookimpl\ndef register_commands(cli):\n    raise KeyError('oops')\n")
+    result = run_cli("--help", env={"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *sys.path])})
+    assert result.returncode == 0 and "export" in result.stdout and "local" in result.stdout
+    assert "warning: plugin 'badcmd' raised in hook 'register_commands': KeyError: 'oops'; its commands are missing" in result.stderr

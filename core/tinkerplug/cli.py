@@ -147,7 +147,8 @@ def _add_plugin_commands() -> None:
     is skipped here; a command that loads plugins reports it."""
     from tinkerplug.plugins import load_command_plugins
 
-    load_command_plugins().register_commands(cli)
+    for error in load_command_plugins().register_commands(cli):
+        click.echo(f"warning: {error.message}; its commands are missing", err=True)
 
 
 _add_plugin_commands()

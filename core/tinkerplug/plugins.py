@@ -56,9 +56,10 @@ REQUIRED_HOOKS = {
 
 
 # Called one implementation at a time, so a wrapper would see no hook call to wrap: each
-# evaluator on its own (one failure does not stop the others), and the registering hooks,
-# so that two plugins claiming one name are both named.
-UNWRAPPABLE_HOOKS = ("register_config_sections", "register_backends", "evaluate")
+# evaluator on its own (one failure does not stop the others), the registering hooks (two
+# plugins claiming one name are both named), and the commands (a broken plugin cannot take
+# the CLI down).
+UNWRAPPABLE_HOOKS = ("register_config_sections", "register_backends", "evaluate", "register_commands")
 
 
 @dataclass
@@ -286,8 +287,15 @@ class Plugins:
     def on_run_end(self, run: RunContext, summary: Mapping[str, Any]) -> None:
         self.each("on_run_end", run=run, summary=summary)
 
-    def register_commands(self, cli: click.Group) -> None:
-        self.each("register_commands", cli=cli)
+    def register_commands(self, cli: click.Group) -> list[PluginError]:
+        """Let every plugin add its commands; return the errors of those that failed."""
+        errors = []
+        for name, call in self.one_by_one("register_commands"):
+            try:
+                call(cli=cli)
+            except Exception as exc:  # noqa: BLE001 - reported by plugin name, the others go on
+                errors.append(hook_error(name, "register_commands", exc))
+        return errors
 
     # -- how hooks are called: through pluggy, or one plugin at a time (UNWRAPPABLE_HOOKS) -----
 
