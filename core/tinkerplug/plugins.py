@@ -1,4 +1,9 @@
-"""Loading plugins and calling hooks with errors that name the plugin.
+"""Loading plugins, and calling hooks with errors that name the plugin.
+
+``Plugins`` has one method per hook (``plugins.lr_for_step(step, num_steps, config)``), so
+call sites are checked names: fan-out hooks go through pluggy (wrappers work), required
+``firstresult`` hooks raise a ``PluginError`` when no plugin answers, and the hooks called
+one plugin at a time (``UNWRAPPABLE_HOOKS``) hand out one call per plugin.
 
 Load order is precedence. pluggy calls the last registered plugin first, so for
 ``firstresult`` hooks a later plugin overrides an earlier one:
