@@ -14,6 +14,7 @@ COMMANDS: list[str] = [
     "tinkerplug.commands.runs:runs",
     "tinkerplug.commands.runs:show",
     "tinkerplug.commands.local:local",
+    "tinkerplug_local.server.command:serve",  # moves to the local plugin's register_commands hook
 ]
 
 
