@@ -11,7 +11,7 @@ from starlette.routing import Route
 from tinker import types
 
 from tinkerplug_local.server.futures import error_body
-from tinkerplug_local.server.http import HTTPError, dump, endpoint, json_response, parse, protobuf
+from tinkerplug_local.server.http import HTTPError, endpoint, json_response, parse, protobuf
 
 # Flags the SDK reads once per client. Chunks of one forward_backward are sent one after the
 # other (not in parallel), so requests reach the worker in the order of their seq_id.
@@ -37,6 +37,12 @@ async def session_heartbeat(request: Request) -> Any:
     if not request.app.state.server.heartbeat(body.session_id):
         raise HTTPError(404, f"{endpoint(request)}: unknown session {body.session_id!r} (the server restarted?)")
     return json_response(types.SessionHeartbeatResponse())
+
+
+async def finish_session(request: Request) -> Any:
+    await request.body()
+    request.app.state.server.finish_session(request.path_params["session_id"])
+    return JSONResponse({})
 
 
 async def get_server_capabilities(request: Request) -> Any:
@@ -80,6 +86,7 @@ ROUTES = [
     Route("/api/v1/client/dynamic_config", client_dynamic_config, methods=["POST"]),
     Route("/api/v1/create_session", create_session, methods=["POST"]),
     Route("/api/v1/session_heartbeat", session_heartbeat, methods=["POST"]),
+    Route("/api/v1/sessions/{session_id}/finish", finish_session, methods=["POST"]),
     Route("/api/v1/get_server_capabilities", get_server_capabilities, methods=["GET", "POST"]),
     Route("/api/v1/healthz", healthz, methods=["GET"]),
     Route("/api/v1/telemetry", telemetry, methods=["POST"]),

@@ -66,6 +66,20 @@ class ServerState:
             self.sessions[session_id] = time.time()
             return True
 
+    def finish_session(self, session_id: str) -> bool:
+        """Free what the session made: its models' adapters (after their queued jobs, which run
+        first on the worker) and its samplers. Its checkpoints stay on disk."""
+        prefix = f"{session_id}:"
+        with self._lock:
+            known = self.sessions.pop(session_id, None) is not None
+            models = [self.models.pop(k) for k in [k for k in self.models if k.startswith(prefix)]]
+            for key in [k for k in self.samplers if k.startswith(prefix)]:
+                del self.samplers[key]  # the local SamplingClient frees its adapter when dropped
+        for model in models:
+            host, adapter = model.client._host, model.client._adapter
+            host.worker.submit(lambda host=host, adapter=adapter: host.delete_adapter(adapter))
+        return known
+
     def add_model(self, model_id: str, client: Any, base_model: str, rank: int, user_metadata: dict[str, str] | None) -> Model:
         # The local client writes its checkpoints under its model_id: make it the SDK's id,
         # so the tinker:// paths name the run the client knows.
