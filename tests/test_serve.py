@@ -297,3 +297,29 @@ def test_serve_help_imports_nothing_heavy():
              "print(sorted(m for m in ('uvicorn', 'starlette', 'fastapi', 'torch', 'tinker') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+
+
+# -- the clock ---------------------------------------------------------------------------------
+
+
+def test_clocked_mode_releases_results_at_cycle_ends(tmp_path):
+    """With ``--clock-ms`` a loop that awaits each request pays cycles a step; one that keeps
+    the next step queued gets one step a cycle (benchmarks/pipelining.py --http measures it)."""
+    from tinker import types
+
+    cycle = 0.25
+    clocked = Server(tmp_path / "checkpoints", "--clock-ms", str(cycle * 1000))
+    try:
+        client = sdk(clocked).create_lora_training_client(MODEL, rank=4, seed=0).result()
+        started = time.perf_counter()
+        for _ in range(2):  # synchronous: each request waits for the next cycle, then its end
+            client.forward_backward(BATCHES[0], "cross_entropy").result()
+            client.optim_step(types.AdamParams(learning_rate=1e-3)).result()
+        sync_per_step = (time.perf_counter() - started) / 2
+        started = time.perf_counter()
+        assert len(train(client, 6)) == 6
+        pipelined_per_step = (time.perf_counter() - started) / 6
+    finally:
+        clocked.stop()
+    assert sync_per_step >= 3.5 * cycle, sync_per_step  # 4 cycles a step (never released early)
+    assert pipelined_per_step < 0.5 * sync_per_step, (pipelined_per_step, sync_per_step)
