@@ -8,7 +8,6 @@ compared with the local backend in this process: over HTTP they must be the same
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -222,7 +221,7 @@ def test_bad_bodies_get_4xx_and_the_server_goes_on(server):
 def test_no_request_path_leaves_the_checkpoint_dir(server, tmp_path):
     outside = tmp_path / "outside" / "weights" / "x"
     outside.mkdir(parents=True)
-    root = Path(json.loads(json.dumps(str(server.log.parent / "checkpoints"))))
+    root = server.log.parent / "checkpoints"
     (root / "linked").symlink_to(tmp_path / "outside", target_is_directory=True)
     headers = {"X-API-Key": KEY}
     api = server.url + "/api/v1"
