@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from concurrent.futures import Future
 from typing import Any
 
 from starlette.requests import Request
@@ -40,13 +41,31 @@ async def create_model(request: Request) -> Any:
             optimizer=body.optimizer_config,
         )
 
-    future = await run_in_threadpool(call, submit)
-
     def created(client: Any) -> types.CreateModelResponse:
         state.add_model(model_id, client, body.base_model, lora.rank, meta)
         return types.CreateModelResponse(model_id=model_id)
 
-    return submitted(state, then(future, created), dump, model_id=model_id)
+    return await _create_once(state, model_id, submit, created)
+
+
+async def _create_once(state: Any, model_id: str, submit: Any, created: Any) -> Any:
+    """One model per (session, model_seq_id): a create the SDK sends again (its answer was
+    lost on the way) gets the first one's future instead of a second adapter."""
+    with state.creating_lock:
+        future = state.creating.get(model_id)
+        first = future is None
+        if first:
+            future = state.creating[model_id] = Future()
+    if first:
+        then(await run_in_threadpool(call, submit), created).add_done_callback(lambda f: _copy(f, future))
+    return submitted(state, future, dump, model_id=model_id)
+
+
+def _copy(source: Future, target: Future) -> None:
+    if source.exception() is not None:
+        target.set_exception(source.exception())
+    else:
+        target.set_result(source.result())
 
 
 async def get_info(request: Request) -> Any:
@@ -167,14 +186,12 @@ async def _create_from_state(request: Request, state: Any, body: Any, local: str
         if body.optimizer
         else state.service.create_training_client_from_state
     )
-    future = await run_in_threadpool(call, method, local, base_model=body.base_model, user_metadata=meta)
-
     def created(client: Any) -> types.LoadWeightsResponse:
         info = client.get_info()
         state.add_model(model_id, client, info.model_name or "", info.lora_rank or 0, meta)
         return types.LoadWeightsResponse(path=body.path, model_id=model_id)
 
-    return submitted(state, then(future, created), dump, model_id=model_id)
+    return await _create_once(state, model_id, lambda: method(local, base_model=body.base_model, user_metadata=meta), created)
 
 
 ROUTES = [

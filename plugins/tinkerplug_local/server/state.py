@@ -50,6 +50,8 @@ class ServerState:
         self.sessions: dict[str, float] = {}
         self.models: dict[str, Model] = {}
         self.samplers: dict[str, Sampler] = {}
+        self.creating: dict[str, Any] = {}  # model_id -> the Future of its creation
+        self.creating_lock = threading.Lock()
         self.signing_key = uuid.uuid4().bytes + uuid.uuid4().bytes  # for download URLs, per process
         self._lock = threading.Lock()
 
@@ -73,6 +75,8 @@ class ServerState:
         with self._lock:
             known = self.sessions.pop(session_id, None) is not None
             models = [self.models.pop(k) for k in [k for k in self.models if k.startswith(prefix)]]
+            for key in [k for k in self.creating if k.startswith(prefix)]:
+                del self.creating[key]
             for key in [k for k in self.samplers if k.startswith(prefix)]:
                 del self.samplers[key]  # the local SamplingClient frees its adapter when dropped
         for model in models:
