@@ -13,15 +13,16 @@ import uuid
 from concurrent.futures import Future
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import Route
-from starlette.concurrency import run_in_threadpool
 
 from tinker import types
 
 from tinkerplug_local.server.futures import then
 from tinkerplug_local.server.http import HTTPError, call, dump, endpoint, json_response, parse, submitted
 from tinkerplug_local.server.wire import WireError, decode_forward_backward, encode_forward_backward_output
+
 
 def _state(request: Request) -> Any:
     return request.app.state.server
