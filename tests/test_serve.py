@@ -44,12 +44,15 @@ class Server:
         self.process = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
+            if self.process.poll() is not None:
+                self._log_file.close()
+                raise AssertionError(self.log.read_text())
             try:
                 httpx.get(self.url + "/api/v1/healthz", timeout=1)  # any answer (401 too): it is up
                 return
             except httpx.HTTPError:
                 time.sleep(0.2)
+        self.stop(signal.SIGKILL)
         raise AssertionError("tinkerplug serve did not start")
 
     def healthy(self) -> bool:
