@@ -26,7 +26,7 @@ def register_backends(register: Any) -> None:
 
 
 # The local backend's commands, "module:attribute" of each click command (modules stay light).
-COMMANDS = ["tinkerplug_local.command:local"]
+COMMANDS = ["tinkerplug_local.command:local", "tinkerplug_local.server.command:serve"]
 
 
 @tinkerplug.hookimpl
