@@ -87,6 +87,27 @@ class ModelHost:
                 self.peft.load_adapter(path, adapter_name=name, is_trainable=False)
         return name
 
+    def snapshot_adapter(self, source: str) -> str:
+        """A frozen in-memory copy of adapter ``source``: what it is now, whatever training does
+        to ``source`` later. No disk round trip (an RL loop takes one every step)."""
+        import copy
+
+        import torch
+
+        name = f"sampler{next(self._names)}"
+        config = copy.deepcopy(self.peft.peft_config[source])
+        config.inference_mode = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.peft.add_adapter(name, config)
+        copies = dict(self.adapter_params(name))
+        with torch.no_grad():
+            for param_name, tensor in self.adapter_params(source):
+                copies[param_name.replace(f".{source}.", f".{name}.")].copy_(tensor)
+        for tensor in copies.values():
+            tensor.requires_grad_(False)
+        return name
+
     def activate(self, name: str) -> None:
         if self.peft.active_adapter != name:
             self.peft.set_adapter(name)
