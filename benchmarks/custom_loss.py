@@ -29,7 +29,7 @@ def dpo_loss(reference: list[float], beta: float = 0.1):
         scores = [torch.dot(lp, d.loss_fn_inputs["weights"].to_torch()) for d, lp in zip(data, logprobs_list)]
         margins = [beta * ((scores[i] - reference[i]) - (scores[i + 1] - reference[i + 1])) for i in range(0, len(scores), 2)]
         loss = -torch.nn.functional.logsigmoid(torch.stack(margins)).mean()
-        return loss, {"dpo_loss": float(loss)}
+        return loss, {"dpo_loss": float(loss.detach())}
 
     return loss_fn
 

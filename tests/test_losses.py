@@ -242,3 +242,20 @@ def test_sampling_prompt_logprobs_top_k_and_groups(service):
     last = sampler.sample(prompt, 1, types.SamplingParams(max_tokens=2), include_prompt_logprobs=True,
                           prompt_logprobs_last_n=2).result()
     assert last.prompt_logprobs[:3] == [None] * 3 and None not in last.prompt_logprobs[3:]
+
+
+def test_soft_targets_through_the_client(client):
+    """Off-policy distillation's (N, K) targets and weights: logprobs come back (N, K)."""
+    tokens = [5, 17, 23, 42, 9]
+    top = [[t, (t + 3) % 500, (t + 7) % 500] for t in tokens[1:]]
+    weights = [[0.7, 0.2, 0.1]] * len(top)
+    datum = types.Datum(model_input=types.ModelInput.from_ints(tokens[:-1]), loss_fn_inputs={
+        "target_tokens": types.TensorData.from_torch(torch.tensor(top)),
+        "weights": types.TensorData.from_torch(torch.tensor(weights)),
+    })
+    result = client.forward([datum], "cross_entropy").result()
+    lp = result.loss_fn_outputs[0]["logprobs"].to_torch()
+    assert tuple(lp.shape) == (4, 3)
+    assert result.metrics["loss:sum"] == pytest.approx(float(-(lp * torch.tensor(weights)).sum()), rel=1e-5)
+    with pytest.raises(ValueError, match=r"datum 0: ppo takes one target per position"):
+        client.forward([datum], "ppo")

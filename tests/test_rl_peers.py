@@ -63,3 +63,16 @@ def test_cookbook_on_policy_distillation_self_teacher(tmp_path):
     metrics = read_jsonl(tmp_path / "log" / "metrics.jsonl")
     assert len(metrics) == 3
     assert abs(metrics[0]["teacher_kl"]) < 1e-4  # the student starts as its teacher
+
+
+@pytest.mark.slow
+def test_grpo_example_runs_unmodified(tmp_path):
+    script = Path(__file__).parents[1] / "examples" / "grpo" / "train.py"
+    imports = [line for line in script.read_text().splitlines() if line.startswith(("import ", "from "))]
+    assert imports and not [line for line in imports if "tinkerplug" in line]  # a plain Tinker SDK script
+    result = run_cli("local", "--checkpoint-dir", str(tmp_path / "ck"), "--", sys.executable, str(script),
+                     "--steps", "3", "--batch", "4", "--group", "4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rewards = [float(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert len(rewards) == 3 and all(0 <= r <= 1 for r in rewards)
+    assert "held-out greedy accuracy after:" in result.stdout
