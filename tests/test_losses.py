@@ -4,6 +4,7 @@ checks, ``forward_backward_custom`` in one pass, and the sampler snapshot."""
 
 from __future__ import annotations
 
+import gc
 import math
 
 import pytest
@@ -95,7 +96,7 @@ def test_soft_targets_cross_entropy_over_top_k():
     weights = torch.tensor([[0.6, 0.4], [1.0, 0.0]])
     loss = losses.cross_entropy(lp, {"weights": weights}, {})
     loss.backward()
-    assert float(loss) == pytest.approx(-(0.6 * math.log(0.5) + 0.4 * math.log(0.3) + math.log(0.2)))
+    assert float(loss.detach()) == pytest.approx(-(0.6 * math.log(0.5) + 0.4 * math.log(0.3) + math.log(0.2)))
     assert torch.equal(lp.grad, -weights)
 
 
@@ -208,14 +209,18 @@ def test_sampler_snapshot_is_frozen_and_named_saves_land_on_disk(service, tmp_pa
     trainer = service.create_lora_training_client(MODEL, rank=4, seed=1).result()
     prompt = types.ModelInput.from_ints([5, 17, 23, 42, 9])
     sft = [types.Datum(model_input=prompt, loss_fn_inputs={"target_tokens": [17, 23, 42, 9, 11], "weights": [1.0] * 5})]
-    sampler = trainer.save_weights_and_get_sampling_client()
+    sampler = trainer.save_weights_and_get_sampling_client().result()
     before = sampler.compute_logprobs(prompt).result()
     assert sampler.model_path is None  # in memory: nothing written
     for _ in range(3):
         trainer.forward_backward(sft, "cross_entropy")
         trainer.optim_step(types.AdamParams(learning_rate=5e-2))
     assert sampler.compute_logprobs(prompt).result() == before  # training went on; the snapshot did not
+    spare = sampler._adapter
+    del sampler
+    gc.collect()  # its adapter becomes a spare that the next snapshot copies into
     after = trainer.save_weights_and_get_sampling_client("named").result()
+    assert after._adapter == spare
     assert Path(after.model_path, "adapter_config.json").is_file()
     changed = after.compute_logprobs(prompt).result()
     assert changed != before

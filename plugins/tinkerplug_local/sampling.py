@@ -124,7 +124,7 @@ class SamplingClient:
 
 def _release(host: Any, adapter: str) -> None:
     try:
-        host.worker.submit(lambda: host.delete_adapter(adapter))
+        host.worker.submit(lambda: host.release_adapter(adapter))
     except Exception:  # noqa: BLE001 - interpreter shutdown
         pass
 
