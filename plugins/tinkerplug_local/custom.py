@@ -21,6 +21,7 @@ from tinker import types
 from tinkerplug_local.losses import LossSpec, check_datums
 
 ONE_PASS_MAX_TOKENS = 16384
+TARGETS_ONLY = LossSpec(fn=lambda *args: None, inputs=(), config={})  # the request checks of a loss that reads no inputs
 
 
 def check_custom_request(data: list[types.Datum], loss_fn: Any, loss_type_input: Any) -> None:
@@ -33,7 +34,7 @@ def check_custom_request(data: list[types.Datum], loss_fn: Any, loss_type_input:
         )
     if not data:
         raise ValueError("No data provided")
-    check_datums("forward_backward_custom", LossSpec(lambda *a: None, (), {}), data)
+    check_datums("forward_backward_custom", TARGETS_ONLY, data)
 
 
 def run_custom(client: Any, data: list[types.Datum], loss_fn: Callable[..., Any]) -> types.ForwardBackwardOutput:
