@@ -189,6 +189,7 @@ def test_custom_loss_is_one_pass_and_gives_the_builtin_losss_gradient(client, mo
         (lambda i: i.update(logprobs=[0.0, 0.0]), r"datum 1: loss_fn_inputs\['logprobs'\] has shape \[2\], target_tokens has \[3\]"),
         (lambda i: i.update(advantages=[0.0, float("nan"), 1.0]), r"datum 1: loss_fn_inputs\['advantages'\] is not finite at position 1"),
         (lambda i: i.update(target_tokens=[1, 2]), r"datum 1: target_tokens has shape \[2\], model_input has 3 tokens"),
+        (lambda i: i.update(target_tokens=[1, 99999, 2]), r"datum 1: target_tokens has token id 99999 at position 1"),
     ],
 )
 def test_bad_datums_fail_at_the_call_naming_datum_and_key_and_the_client_goes_on(client, mutate, match):
@@ -264,3 +265,23 @@ def test_soft_targets_through_the_client(client):
     assert result.metrics["loss:sum"] == pytest.approx(float(-(lp * torch.tensor(weights)).sum()), rel=1e-5)
     with pytest.raises(ValueError, match=r"datum 0: ppo takes one target per position"):
         client.forward([datum], "ppo")
+
+
+def test_custom_loss_errors_leave_no_gradient_and_the_client_usable(client):
+    data = [_rl_datum([5, 17, 23, 42, 9, 11], 1.0)]
+
+    def broken(batch, logprobs_list):
+        raise RuntimeError("user bug")
+
+    with pytest.raises(RuntimeError, match="user bug"):
+        client.forward_backward_custom(data, broken).result()
+    with pytest.raises(TypeError, match=r"must return \(loss, metrics\)"):
+        client.forward_backward_custom(data, lambda batch, lps: sum(lp.sum() for lp in lps)).result()
+    assert all(p.grad is None for p in client._params())  # nothing half-applied
+    with pytest.raises(NotImplementedError, match="callable loss_fn"):
+        client.forward_backward_custom(data, "dpo")
+    with pytest.raises(ValueError, match="No data provided"):
+        client.forward_backward_custom([], broken)
+    result = client.forward_backward_custom(data, lambda batch, lps: (-lps[0].sum(), {})).result()
+    assert result.metrics["loss:sum"] > 0
+    _grads(client)

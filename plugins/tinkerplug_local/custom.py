@@ -24,7 +24,7 @@ ONE_PASS_MAX_TOKENS = 16384
 TARGETS_ONLY = LossSpec(fn=lambda *args: None, inputs=(), config={})  # the request checks of a loss that reads no inputs
 
 
-def check_custom_request(data: list[types.Datum], loss_fn: Any, loss_type_input: Any) -> None:
+def check_custom_request(data: list[types.Datum], loss_fn: Any, loss_type_input: Any, vocab_size: int | None = None) -> None:
     if loss_type_input not in (None, "logprobs"):
         raise ValueError(f"Unsupported loss_type_input={loss_type_input!r}. Supported values are: logprobs")
     if not callable(loss_fn) or hasattr(loss_fn, "loss_id"):
@@ -34,7 +34,7 @@ def check_custom_request(data: list[types.Datum], loss_fn: Any, loss_type_input:
         )
     if not data:
         raise ValueError("No data provided")
-    check_datums("forward_backward_custom", TARGETS_ONLY, data)
+    check_datums("forward_backward_custom", TARGETS_ONLY, data, vocab_size)
 
 
 def run_custom(client: Any, data: list[types.Datum], loss_fn: Callable[..., Any]) -> types.ForwardBackwardOutput:

@@ -27,6 +27,7 @@ class ModelHost:
             lambda: load_model_and_tokenizer(source, device, dtype)
         ).result()
         self._linear_groups = self._classify_linears()
+        self.vocab_size: int = self.model.get_input_embeddings().num_embeddings  # token ids are checked against it
         self.peft: Any = None  # the PeftModel, once the first adapter exists
         self._names = itertools.count()
         self._pending_samples: list[tuple[Any, Future]] = []

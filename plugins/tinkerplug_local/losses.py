@@ -117,12 +117,16 @@ def resolve_config(loss_fn: str, spec: LossSpec, config: Mapping[str, Any] | Non
     return resolved
 
 
-def check_datums(loss_fn: str, spec: LossSpec, data: list[Any]) -> None:
-    """Every datum has the inputs ``loss_fn`` reads, shaped like its model input, and finite.
+def check_datums(loss_fn: str, spec: LossSpec, data: list[Any], vocab_size: int | None = None) -> None:
+    """Every datum has the inputs ``loss_fn`` reads, shaped like its model input, finite, and
+    token ids the model has (below ``vocab_size``).
 
     Raised when the request is made, naming the datum and the key, so nothing reaches the worker.
     """
     for index, datum in enumerate(data):
+        if vocab_size is not None:
+            _check_token_ids(index, "model_input", datum.model_input.to_ints(), vocab_size)
+            _check_token_ids(index, "target_tokens", _input(loss_fn, datum, index, "target_tokens").to_numpy(), vocab_size)
         n = datum.model_input.length
         if n == 0:
             raise ValueError(f"datum {index}: model_input is empty")
@@ -135,6 +139,16 @@ def check_datums(loss_fn: str, spec: LossSpec, data: list[Any]) -> None:
             raise ValueError(f"datum {index}: {loss_fn} takes one target per position; target_tokens has shape {list(shape)}")
         for key in spec.inputs:
             _check_values(loss_fn, datum, index, key, shape)
+
+
+def _check_token_ids(index: int, key: str, ids: Any, vocab_size: int) -> None:
+    import numpy as np
+
+    ids = np.asarray(ids).reshape(-1)
+    bad = np.flatnonzero((ids < 0) | (ids >= vocab_size))
+    if bad.size:
+        raise ValueError(f"datum {index}: {key} has token id {int(ids[bad[0]])} at position {int(bad[0])}; "
+                         f"the model's vocabulary is 0..{vocab_size - 1}")
 
 
 def _input(loss_fn: str, datum: Any, index: int, key: str) -> Any:

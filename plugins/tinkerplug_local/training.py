@@ -25,20 +25,20 @@ class TrainingClient:
     # -- training ----------------------------------------------------------------------------
 
     def forward(self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None) -> Any:
-        loss_of = _loss_of_datum(data, loss_fn, loss_fn_config)
+        loss_of = _loss_of_datum(data, loss_fn, loss_fn_config, self._host.vocab_size)
         return self._host.worker.submit(lambda: self._run_forward(data, loss_of, backward=False))
 
     def forward_backward(
         self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None
     ) -> Any:
-        loss_of = _loss_of_datum(data, loss_fn, loss_fn_config)
+        loss_of = _loss_of_datum(data, loss_fn, loss_fn_config, self._host.vocab_size)
         return self._host.worker.submit(lambda: self._run_forward(data, loss_of, backward=True))
 
     def forward_backward_custom(self, data: list[types.Datum], loss_fn: Any, *, loss_type_input: Any = None) -> Any:
         """The SDK's custom loss, in one forward pass where the SDK makes two (see ``custom.py``)."""
         from tinkerplug_local.custom import check_custom_request, run_custom
 
-        check_custom_request(data, loss_fn, loss_type_input)
+        check_custom_request(data, loss_fn, loss_type_input, self._host.vocab_size)
         return self._host.worker.submit(lambda: run_custom(self, data, loss_fn))
 
     async def forward_backward_custom_async(self, data: list[types.Datum], loss_fn: Any, *, loss_type_input: Any = None) -> Any:
@@ -242,11 +242,11 @@ def _output(outputs: list[Any], metrics: dict[str, float]) -> types.ForwardBackw
     return types.ForwardBackwardOutput(loss_fn_output_type="TensorData", loss_fn_outputs=outputs, metrics=metrics)
 
 
-def _loss_of_datum(data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None) -> Any:
+def _loss_of_datum(data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None, vocab_size: int) -> Any:
     """Check the request now (not later on the worker); return ``loss_of(index, logprobs)``."""
     spec = check_loss_fn(loss_fn)
     config = resolve_config(loss_fn, spec, loss_fn_config)
-    check_datums(loss_fn, spec, data)
+    check_datums(loss_fn, spec, data, vocab_size)
 
     def loss_of(index: int, logprobs: Any) -> Any:
         return spec.fn(logprobs, datum_inputs(spec, data[index], logprobs.device), config)
