@@ -91,6 +91,16 @@ def test_clipping_changes_gradients_only_where_the_ratio_is_outside_the_range():
     assert all(g != 0 for g in lp2.grad.tolist())  # CISPO keeps every token's gradient
 
 
+def test_per_token_clip_bounds_from_the_datum_override_the_config():
+    lp, inputs = _case()
+    wide = {**inputs, "clip_low_threshold": torch.full((8,), 0.1), "clip_high_threshold": torch.full((8,), 10.0)}
+    loss = losses.ppo(lp, wide, CLIP)  # nothing clipped: PPO is importance sampling
+    assert float(loss.detach()) == pytest.approx(float(losses.importance_sampling(lp, inputs, {}).detach()), rel=1e-6)
+    mixed = {**inputs, "clip_low_threshold": torch.tensor([0.8] * 5 + [0.1] * 3), "clip_high_threshold": torch.tensor([1.2] * 5 + [10.0] * 3)}
+    losses.ppo(lp, mixed, CLIP).backward()
+    assert [i for i, g in enumerate(lp.grad.tolist()) if g == 0] == [4]  # r=1.5, A>0 at 4 still clipped; r=0.5, A<0 at 5 no longer
+
+
 def test_soft_targets_cross_entropy_over_top_k():
     lp = torch.log(torch.tensor([[0.5, 0.3], [0.2, 0.1]])).requires_grad_(True)
     weights = torch.tensor([[0.6, 0.4], [1.0, 0.0]])

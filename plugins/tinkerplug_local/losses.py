@@ -36,13 +36,13 @@ def importance_sampling(lp: Any, inputs: Mapping[str, Any], config: Mapping[str,
 def ppo(lp: Any, inputs: Mapping[str, Any], config: Mapping[str, float]) -> Any:
     """``-sum(min(r * A, clip(r, low, high) * A))``, the bounds absolute ratios."""
     ratio = (lp - inputs["logprobs"]).exp()
-    return -_clipped_objective(ratio, inputs["advantages"], config)
+    return -_clipped_objective(ratio, inputs, config)
 
 
 def cispo(lp: Any, inputs: Mapping[str, Any], config: Mapping[str, float]) -> Any:
     """``-sum(sg(clip(r, low, high)) * lp * A)``: the clipped ratio only weights the gradient."""
     ratio = (lp - inputs["logprobs"]).exp()
-    weight = ratio.clamp(config["clip_low_threshold"], config["clip_high_threshold"]).detach()
+    weight = _clip(ratio, inputs, config).detach()
     return -(weight * lp * inputs["advantages"]).sum()
 
 
@@ -59,14 +59,24 @@ def gspo(lp: Any, inputs: Mapping[str, Any], config: Mapping[str, float]) -> Any
     in_ratio = inputs["sequence_ratio_mask"] != 0
     log_ratio = (lp.detach() - inputs["logprobs"])[in_ratio].mean()
     ratio = (log_ratio + lp - lp.detach()).exp()
-    return -_clipped_objective(ratio, inputs["advantages"], config)
+    return -_clipped_objective(ratio, inputs, config)
 
 
-def _clipped_objective(ratio: Any, advantages: Any, config: Mapping[str, float]) -> Any:
+def _clipped_objective(ratio: Any, inputs: Mapping[str, Any], config: Mapping[str, float]) -> Any:
     import torch
 
-    clipped = ratio.clamp(config["clip_low_threshold"], config["clip_high_threshold"])
-    return torch.minimum(ratio * advantages, clipped * advantages).sum()
+    advantages = inputs["advantages"]
+    return torch.minimum(ratio * advantages, _clip(ratio, inputs, config) * advantages).sum()
+
+
+def _clip(ratio: Any, inputs: Mapping[str, Any], config: Mapping[str, float]) -> Any:
+    """``clamp(ratio, low, high)``: the bounds per token when the datum carries them (the SDK's
+    wire format has ``clip_low_threshold`` / ``clip_high_threshold`` inputs), else the config's."""
+    import torch
+
+    low, high = (torch.as_tensor(inputs.get(key, config[key]), dtype=ratio.dtype, device=ratio.device)
+                 for key in ("clip_low_threshold", "clip_high_threshold"))
+    return torch.clamp(ratio, min=low, max=high)
 
 
 @dataclass(frozen=True)
@@ -74,15 +84,18 @@ class LossSpec:
     fn: Callable[[Any, Mapping[str, Any], Mapping[str, float]], Any]
     inputs: tuple[str, ...]  # loss_fn_inputs it reads besides target_tokens
     config: Mapping[str, float]  # the loss_fn_config keys it takes, with the service's defaults
+    optional: tuple[str, ...] = ()  # loss_fn_inputs it reads when a datum has them
 
+
+CLIP_INPUTS = tuple(CLIP_DEFAULTS)  # per-token bounds, as loss_fn_inputs
 
 LOSSES: dict[str, LossSpec] = {
     "cross_entropy": LossSpec(cross_entropy, ("weights",), {}),
     "importance_sampling": LossSpec(importance_sampling, ("logprobs", "advantages"), {}),
-    "ppo": LossSpec(ppo, ("logprobs", "advantages"), CLIP_DEFAULTS),
-    "cispo": LossSpec(cispo, ("logprobs", "advantages"), CLIP_DEFAULTS),
+    "ppo": LossSpec(ppo, ("logprobs", "advantages"), CLIP_DEFAULTS, CLIP_INPUTS),
+    "cispo": LossSpec(cispo, ("logprobs", "advantages"), CLIP_DEFAULTS, CLIP_INPUTS),
     "dro": LossSpec(dro, ("logprobs", "advantages"), DRO_DEFAULTS),
-    "gspo": LossSpec(gspo, ("logprobs", "advantages", "sequence_ratio_mask"), CLIP_DEFAULTS),
+    "gspo": LossSpec(gspo, ("logprobs", "advantages", "sequence_ratio_mask"), CLIP_DEFAULTS, CLIP_INPUTS),
 }
 SUPPORTED = tuple(LOSSES)
 
@@ -137,7 +150,7 @@ def check_datums(loss_fn: str, spec: LossSpec, data: list[Any], vocab_size: int 
                              f"(expected [{n}] or [{n}, K])")
         if len(shape) == 2 and loss_fn not in ("cross_entropy", "forward_backward_custom"):
             raise ValueError(f"datum {index}: {loss_fn} takes one target per position; target_tokens has shape {list(shape)}")
-        for key in spec.inputs:
+        for key in spec.inputs + tuple(k for k in spec.optional if k in datum.loss_fn_inputs):
             _check_values(loss_fn, datum, index, key, shape)
 
 
@@ -173,4 +186,5 @@ def _check_values(loss_fn: str, datum: Any, index: int, key: str, shape: tuple[i
 
 def datum_inputs(spec: LossSpec, datum: Any, device: Any) -> dict[str, Any]:
     """The loss's inputs of one datum as float tensors on ``device``."""
-    return {key: datum.loss_fn_inputs[key].to_torch().float().to(device) for key in spec.inputs}
+    keys = spec.inputs + tuple(k for k in spec.optional if k in datum.loss_fn_inputs)
+    return {key: datum.loss_fn_inputs[key].to_torch().float().to(device) for key in keys}
