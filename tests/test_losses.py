@@ -214,9 +214,12 @@ def test_bad_datums_fail_at_the_call_naming_datum_and_key_and_the_client_goes_on
     assert math.isfinite(client.forward([good], "ppo").result().metrics["loss:sum"])
 
 
-def test_sampler_snapshot_is_frozen_and_named_saves_land_on_disk(service, tmp_path):
+def test_sampler_snapshot_is_frozen_and_named_saves_land_on_disk(tmp_path):
     from pathlib import Path
 
+    from tinkerplug_local import ServiceClient
+
+    service = ServiceClient(checkpoint_dir=tmp_path)  # its own: no spare adapters left by other tests
     trainer = service.create_lora_training_client(MODEL, rank=4, seed=1).result()
     prompt = types.ModelInput.from_ints([5, 17, 23, 42, 9])
     sft = [types.Datum(model_input=prompt, loss_fn_inputs={"target_tokens": [17, 23, 42, 9, 11], "weights": [1.0] * 5})]
@@ -237,6 +240,7 @@ def test_sampler_snapshot_is_frozen_and_named_saves_land_on_disk(service, tmp_pa
     assert changed != before
     reloaded = service.create_sampling_client(model_path=after.model_path).result()
     assert reloaded.compute_logprobs(prompt).result() == pytest.approx(changed, abs=1e-5)
+    service.close()
 
 
 def test_sampling_prompt_logprobs_top_k_and_groups(service):
