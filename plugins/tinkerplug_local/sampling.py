@@ -206,7 +206,6 @@ def run_sample_batch(host: Any, batch: list[tuple[SampleRequest, Any]]) -> None:
                 future.set_exception(exc)
 
 
-
 def _response(model: Any, host: Any, request: SampleRequest, sequences: list[Any]) -> types.SampleResponse:
     """The SDK's response type, with prompt logprobs (and their top-k) when asked for."""
     from tinkerplug_local.generate import prompt_scores
