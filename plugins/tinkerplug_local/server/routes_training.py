@@ -134,7 +134,8 @@ async def save_weights_for_sampler(request: Request) -> Any:
     def registered(client: Any) -> types.SaveWeightsForSamplerResponseInternal:
         from tinkerplug_local.server.state import Sampler
 
-        state.add_sampler(sampler_id, Sampler(client, model.base_model, state.paths.to_tinker(client.model_path)))
+        path = state.paths.to_tinker(client.model_path) if client.model_path else None  # None: in-memory snapshot
+        state.add_sampler(sampler_id, Sampler(client, model.base_model, path))
         return types.SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id)
 
     return submitted(state, then(future, registered), dump, body.model_id, release)

@@ -34,7 +34,7 @@ class Model:
 class Sampler:
     client: Any  # tinkerplug_local.sampling.SamplingClient
     base_model: str
-    model_path: str | None  # tinker:// path of the weights, None for the base model
+    model_path: str | None  # tinker:// path of the weights; None for the base model or an in-memory snapshot
 
 
 class ServerState:
