@@ -20,7 +20,7 @@ from tinkerplug import rundir
 from tinkerplug.batches import BatchPlan
 from tinkerplug.config import RunConfig
 from tinkerplug.context import CheckpointRecord, EvalContext, RunContext, StepResult
-from tinkerplug.data import Records, heldout_source, train_source
+from tinkerplug.data import Records, heldout_source, open_training_data
 from tinkerplug.errors import BackendError, ConfigError, DataError, PluginError, TinkerplugError
 from tinkerplug.plugins import Plugins, hook_error
 from tinkerplug.progress import Reporter
@@ -99,7 +99,12 @@ async def _train(
     elif config.resume:
         reporter.note(f"nothing to resume in {run_dir} yet: starting a new run")
 
-    records = plugins.load_records(train_source(config), config)
+    records, counts = open_training_data(config, plugins)
+    config.set_data_counts(counts)
+    if len(counts) > 1:
+        from tinkerplug.mixture import describe
+
+        reporter.note(f"data mixture: {describe(counts)}")
     heldout = heldout_source(config)
     if heldout is not None:  # evaluators read it later: a bad file must fail now, not at step 0
         plugins.load_records(heldout, config)
@@ -285,7 +290,7 @@ def render_all(
         try:
             datum = plugins.render_example(records[index], renderer, config)
         except PluginError as exc:
-            raise DataError(f"{config.data.train} record {index + 1}: {exc.message}", exc.hint) from None
+            raise DataError(f"{records.where(index)}: {exc.message}", exc.hint) from None
         length = datum.model_input.length
         stats.longest = max(stats.longest, length)
         stats.shortest = min(stats.shortest, length)
@@ -317,18 +322,18 @@ def render_all(
     if not data:
         if stats.dropped_overlong == stats.total:
             raise DataError(
-                f"every example in {config.data.train} is longer than max_length={config.max_length} "
+                f"every example in {config.data.label()} is longer than max_length={config.max_length} "
                 f"tokens (shortest {stats.shortest}, longest {stats.longest})",
                 hint=f"raise max_length (e.g. --set max_length={stats.longest}) or set overlong = \"truncate\"",
             )
         raise DataError(
-            f"no example in {config.data.train} has a token to train on "
+            f"no example in {config.data.label()} has a token to train on "
             f"(train_on_what = {config.train_on_what!r})",
             hint="each record needs an assistant message (or choose another train_on_what)",
         )
     if len(data) < config.batch_size:
         raise DataError(
-            f"{config.data.train} has {len(data)} usable examples, fewer than batch_size={config.batch_size}",
+            f"{config.data.label()} has {len(data)} usable examples, fewer than batch_size={config.batch_size}",
             hint=f"add data or lower batch_size (e.g. --set batch_size={len(data)})",
         )
     return data, stats

@@ -28,6 +28,10 @@ FORMAT_HINT = (
     'sharegpt {"conversations": [{"from": "human", "value": ...}]}, text {"text": ...}; '
     "data.format picks one"
 )
+MESSAGES_HINT = (
+    'JSONL is one JSON object per line: {"messages": [{"role": "user", "content": "..."}, ...]}; '
+    "other record formats: prompt_completion, alpaca, sharegpt, text (data.format)"
+)
 # ShareGPT speakers (``from``) as chat roles.
 SHAREGPT_ROLES = {
     "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
@@ -61,7 +65,7 @@ def to_record(row: Any, fmt: str, where: str) -> dict[str, Any]:
     if needed:
         missing = ", ".join(repr(k) for k in needed)
         if fmt == "messages":  # today's JSONL message, kept word for word
-            raise DataError(f'{where}: record has no "messages" list', hint=FORMAT_HINT)
+            raise DataError(f'{where}: record has no "messages" list', hint=MESSAGES_HINT)
         raise DataError(
             f"{where}: format {fmt!r} needs key {missing}; the record has {', '.join(map(repr, row)) or 'no keys'}",
             hint=FORMAT_HINT,
@@ -73,6 +77,19 @@ def to_record(row: Any, fmt: str, where: str) -> dict[str, Any]:
     record = {"messages": CONVERTERS[fmt](row, where)}
     check_messages(record["messages"], where)
     return record
+
+
+class RecordConverter:
+    """``to_record`` in one format for a whole source: the one asked for, else the first
+    row's (so a file that mixes formats fails at the first row that differs)."""
+
+    def __init__(self, fmt: str | None, label: str):
+        self.format = check_format(fmt, label) if fmt is not None else None
+
+    def __call__(self, row: Any, where: str) -> dict[str, Any]:
+        if self.format is None:
+            self.format = detect_format(row if isinstance(row, Mapping) else {}, where)
+        return to_record(row, self.format, where)
 
 
 def _messages(row: Mapping[str, Any], where: str) -> Any:
@@ -149,8 +166,6 @@ def _maybe_json(value: Any, key: str, where: str, allow_str: bool = False) -> An
 
 def check_messages(messages: Any, where: str) -> None:
     """The chat record checks of the JSONL reader (roles, keys, a non-empty list)."""
-    try:
-        from tinkerplug_data.jsonl import check_record
-    except ImportError:  # TODO(data): drop once the arch interface is merged
-        from tinkerplug.data import check_record
+    from tinkerplug_data.jsonl import check_record
+
     check_record({"messages": messages}, where)

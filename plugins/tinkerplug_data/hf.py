@@ -38,11 +38,9 @@ def is_cached(name: str) -> bool:
     return (datasets_cache / name.replace("/", "___")).is_dir() or (hub_cache / f"datasets--{name.replace('/', '--')}").is_dir()
 
 
-def read_hf(spec: str, split: str | None, fmt: str | None, role: str, what: str, base: Path | None = None) -> Any:
+def read_hf(spec: str, split: str | None, fmt: str | None, role: str, what: str) -> Any:
     name, config = parse_spec(spec)
     local = Path(name).expanduser()
-    if not local.is_absolute() and base is not None and (base / local).exists():
-        local = base / local
     if not local.exists() and offline() and not is_cached(name):
         raise DataError(
             f"{what} {spec!r}: HF_HUB_OFFLINE is set and dataset {name!r} is neither a local directory nor in the cache",
