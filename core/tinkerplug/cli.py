@@ -29,19 +29,20 @@ def cli() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. --set lora_rank=8 --set heldout.limit=20.")
 @click.option("--resume", is_flag=True, help="Continue the run in run_dir from its last checkpoint.")
 @click.option("-p", "plugin_options", multiple=True, metavar="FILE|no:NAME", help="Load a plugin file, or disable a plugin with no:NAME.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes ([terminal] quiet = true).")
 def run(config_path: str, overrides: tuple[str, ...], resume: bool, plugin_options: tuple[str, ...], quiet: bool) -> None:
     """Train (and evaluate) as CONFIG says."""
     import asyncio
 
-    from tinkerplug.progress import Reporter
     from tinkerplug.training import train
 
     command = _resume_command(config_path, overrides, plugin_options)
     if resume:
         overrides = (*overrides, "resume=true")
+    if quiet:  # the terminal reporter's setting; ignored when it is disabled (-p no:terminal)
+        overrides = (*overrides, "terminal.quiet=true")
     config, plugins = load_run_config(config_path, overrides, plugin_options)
-    summary = asyncio.run(train(config, plugins, Reporter(quiet=quiet), resume_command=command))
+    summary = asyncio.run(train(config, plugins, resume_command=command))
     if summary.get("interrupted"):
         sys.exit(130)
 

@@ -6,7 +6,6 @@ when something asks for one (``forward`` for loss-based evaluators).
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,25 +18,24 @@ if TYPE_CHECKING:
     from tinkerplug.plugins import Plugins
 
 
-def pick_checkpoint(run_dir: Path, step: int | None) -> CheckpointRecord:
-    """The checkpoint at ``step`` (default: the last one) of ``run_dir``; an error that lists
-    the steps there are when it has none at ``step``."""
+def checkpoint_at(run_dir: Path, step: int | None) -> CheckpointRecord:
+    """Checkpoint ``step`` (default: the last) of ``run_dir``; an error listing the steps
+    there are when it has none at ``step``, or that says what a run dir is."""
     from tinkerplug.commands.runs import read_run
     from tinkerplug.context import CheckpointRecord
+    from tinkerplug.rundir import pick_checkpoint
 
-    info = read_run(run_dir)
-    rows = [r for r in info.checkpoints if not r.get("removed")]
-    if not rows:
-        raise TinkerplugError(
-            f"{run_dir} has no checkpoint yet: nothing to load",
-            hint="checkpoints are saved every save_every steps and at the end of a run (`tinkerplug run` it first)",
-        )
-    chosen = rows[-1] if step is None else next((r for r in reversed(rows) if r["step"] == step), None)
-    if chosen is None:
-        steps = ", ".join(str(r["step"]) for r in rows)
-        raise TinkerplugError(f"{run_dir} has no checkpoint at step {step}", hint=f"checkpoint steps: {steps} (--step N)")
-    known = {f for f in CheckpointRecord.__dataclass_fields__}
-    return CheckpointRecord(**{k: v for k, v in chosen.items() if k in known})
+    info = read_run(run_dir)  # "not a run directory" before anything else
+    try:
+        row = pick_checkpoint(info.checkpoints, step, run_dir)
+    except TinkerplugError as exc:
+        if step is not None and info.checkpoints:
+            exc.hint = f"{exc.hint} (--step N)"
+        else:
+            exc.message += ": nothing to load"
+        raise
+    known = set(CheckpointRecord.__dataclass_fields__)
+    return CheckpointRecord(**{k: v for k, v in row.items() if k in known})
 
 
 @dataclass
@@ -57,15 +55,21 @@ class SavedCheckpoint:
         """A training client on the checkpoint's state (created on first use: on Tinker it is
         a new training session)."""
         if self._training_client is None:
-            self._training_client = _wait(
+            self._training_client = wait_backend(
                 self.service.create_training_client_from_state(self.record.state_path),
                 f"could not load the step-{self.record.step} state {self.record.state_path}",
             )
         return self._training_client
 
+    def close(self) -> None:
+        """Stop the backend's workers (the local backend has threads; Tinker has nothing to stop)."""
+        close = getattr(self.service, "close", None)
+        if callable(close):
+            close()
+
     def base_sampling_client(self) -> Any:
         """A sampling client on the base model, for comparisons."""
-        return _wait(
+        return wait_backend(
             self.service.create_sampling_client(base_model=self.config.base_model),
             f"could not open base model {self.config.base_model!r}",
         )
@@ -77,10 +81,10 @@ def open_checkpoint(
     from tinkerplug.loading import load_saved_run
 
     run_dir = Path(run_dir).resolve()
-    record = pick_checkpoint(run_dir, step)  # before the plugins: a bad RUN_DIR or --step fails fast
+    record = checkpoint_at(run_dir, step)  # before the plugins: a bad RUN_DIR or --step fails fast
     config, plugins = load_saved_run(run_dir, overrides, plugin_options)
     service = plugins.create_service_client(config, str(run_dir))
-    sampling_client = _wait(
+    sampling_client = wait_backend(
         service.create_sampling_client(model_path=record.sampler_path),
         f"could not open the step-{record.step} sampler weights {record.sampler_path}",
     )
@@ -89,14 +93,12 @@ def open_checkpoint(
     return SavedCheckpoint(config, plugins, run_dir, record, service, sampling_client, tokenizer, renderer)
 
 
-def _wait(future: Any, what: str) -> Any:
-    """An SDK future's result (or a plain value); backend failures as one ``BackendError``."""
+def wait_backend(future: Any, what: str) -> Any:
+    """Block on an SDK future (or take a plain value); backend failures as one ``BackendError``."""
+    from tinkerplug.backend_calls import wait_result
+
     try:
-        if hasattr(future, "result"):
-            return future.result()
-        if inspect.isawaitable(future):
-            raise TypeError("expected an SDK future, got a coroutine")
-        return future
+        return wait_result(future)
     except TinkerplugError:
         raise
     except Exception as exc:  # noqa: BLE001 - the backend's own error types

@@ -8,7 +8,6 @@ metric evaluated at that step, its ``history`` every evaluation (nothing is over
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -32,40 +31,38 @@ class EvalResult:
     path: Path | None = None
 
 
-class _Lazy:
-    """Stands for an object made on first attribute access (a training client: on Tinker, a
-    new session; only ``forward``-based evaluators need it)."""
-
-    def __init__(self, make: Any):
-        self._make, self._value = make, None
-
-    def __getattr__(self, name: str) -> Any:
-        if self._value is None:
-            self._value = self._make()
-        return getattr(self._value, name)
-
-
 async def evaluate_checkpoint(
     run_dir: Path, step: int | None, tasks: tuple[str, ...], overrides: tuple[str, ...], plugin_options: tuple[str, ...]
 ) -> EvalResult:
-    from tinkerplug.saved import open_checkpoint
+    """The core's ``evaluate_checkpoint`` (every evaluator, or only Inspect on ``tasks``),
+    then the results file."""
+    from tinkerplug import evaluation
 
     overrides = (*overrides, *_task_overrides(tasks))
-    saved = open_checkpoint(run_dir, step, overrides, plugin_options)
-    try:
-        metrics, failed = await run_evaluators(saved, only={"inspect"} if tasks else None)
-    finally:
-        close = getattr(saved.service, "close", None)
-        if callable(close):
-            close()
-    if not metrics and not failed:
+    record, metrics = await evaluation.evaluate_checkpoint(
+        Path(run_dir), step, overrides, plugin_options, only={"inspect"} if tasks else None
+    )
+    ran = {key.removeprefix("time/eval/").removesuffix("_s") for key in metrics if key.startswith("time/eval/")}
+    results = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+    if not results:
         raise TinkerplugError(
-            f"no evaluator returned a metric for {saved.run_dir} (step {saved.record.step})",
+            f"no evaluator returned a metric for {run_dir} (step {record.step})",
             hint="the run has no held-out data or Inspect tasks: add --set data.heldout=FILE or --task FILE@TASK",
         )
-    result = EvalResult(saved.run_dir, saved.record.step, saved.record.sampler_path, metrics, failed)
+    result = EvalResult(Path(run_dir).resolve(), record.step, record.sampler_path, metrics)
+    result.failed = sorted(_evaluator_names(run_dir, plugin_options, tasks) - ran)
     result.path = write_results(result, overrides)
     return result
+
+
+def _evaluator_names(run_dir: Path, plugin_options: tuple[str, ...], tasks: tuple[str, ...]) -> set[str]:
+    """The plugins whose ``evaluate`` should have run (those that raised lack a timing)."""
+    if tasks:
+        return {"inspect"}
+    from tinkerplug.loading import load_saved_run
+
+    _, plugins = load_saved_run(Path(run_dir).resolve(), (), plugin_options)
+    return {name for name, _ in plugins.evaluators()}
 
 
 def _task_overrides(tasks: tuple[str, ...]) -> list[str]:
@@ -82,42 +79,6 @@ def _task_overrides(tasks: tuple[str, ...]) -> list[str]:
             spec = f"{path}{sep}{name}"
         specs.append(spec)
     return [f"inspect.tasks={json.dumps(specs)}"]
-
-
-async def run_evaluators(saved: Any, only: set[str] | None = None) -> tuple[dict[str, float], list[str]]:
-    """Every evaluator (or those of plugins ``only``) on the checkpoint; a failing one is
-    reported by plugin name and the others still run (unless ``eval_errors = "raise"``)."""
-    from tinkerplug.context import EvalContext
-    from tinkerplug.plugins import hook_error
-
-    record, config = saved.record, saved.config
-    context = EvalContext(
-        step=record.step, renderer=saved.renderer, tokenizer=saved.tokenizer, config=config, run_dir=saved.run_dir,
-        open_sampler=lambda: (record.sampler_path, saved.sampling_client),
-        training_client=_Lazy(lambda: saved.training_client), plugins=saved.plugins,
-    )
-    metrics: dict[str, float] = {}
-    failed: list[str] = []
-    for name, call in saved.plugins.evaluators():
-        if only is not None and name not in only:
-            continue
-        started = time.perf_counter()
-        try:
-            value = call(context=context)
-            if inspect.isawaitable(value):
-                value = await value
-        except Exception as exc:  # noqa: BLE001 - reported by plugin name
-            error = hook_error(name, "evaluate", exc)
-            if config.eval_errors == "raise":
-                raise error from exc
-            click.echo(f"warning: {error.message}", err=True)
-            failed.append(name)
-            continue
-        for key, metric in (value or {}).items():
-            metrics[f"eval/{key}"] = float(metric)
-        if value:
-            metrics[f"time/eval/{name}_s"] = time.perf_counter() - started
-    return metrics, failed
 
 
 def write_results(result: EvalResult, overrides: tuple[str, ...]) -> Path:

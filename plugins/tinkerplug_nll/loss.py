@@ -46,6 +46,6 @@ def trained_bytes(targets: Sequence[int], weights: Sequence[float], tokenizer: A
         if weight and token is not None:
             span.append(int(token))
         elif span:
-            total += len(tokenizer.decode(span).encode("utf-8"))
+            total += len(tokenizer.decode(span, skip_special_tokens=True).encode("utf-8"))
             span = []
     return total
