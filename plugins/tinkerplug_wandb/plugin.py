@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -53,7 +54,7 @@ def on_run_start(run: Any) -> None:
     state_path = run.run_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     if "id" not in state:
-        state = {"id": wandb.util.generate_id(), "last_step": -1}
+        state = {"id": uuid.uuid4().hex[:12], "last_step": -1}
     wandb_run = wandb.init(
         project=settings.project,
         entity=settings.entity,
