@@ -115,7 +115,7 @@ def hooks_cmd(name: str | None, markdown: bool) -> None:
     """Print every hookspec (or hook NAME) with its signature and documentation."""
     import inspect
 
-    from tinkerplug.plugins import hook_reference_markdown, hook_signature, hookspec_functions, is_firstresult
+    from tinkerplug.plugins import hook_groups, hook_reference_markdown, hook_signature, hookspec_functions, is_firstresult
 
     if markdown:
         click.echo(hook_reference_markdown(), nl=False)
@@ -125,7 +125,11 @@ def hooks_cmd(name: str | None, markdown: bool) -> None:
         specs = [(n, f) for n, f in specs if n == name]
         if not specs:
             raise TinkerplugError(f"no hook named {name!r}", hint="`tinkerplug hooks` lists them")
+    groups, heading = hook_groups(), None
     for hook_name, func in specs:
+        if groups.get(hook_name) != heading and not name:
+            heading = groups.get(hook_name)
+            click.echo(f"== {heading} ==\n")
         first = "  [firstresult]" if is_firstresult(func) else ""
         click.echo(f"{hook_signature(hook_name, func)}{first}")
         click.echo("    " + (inspect.getdoc(func) or "").replace("\n", "\n    ").replace("\n    \n", "\n\n") + "\n")

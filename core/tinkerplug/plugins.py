@@ -442,6 +442,18 @@ def hookspec_functions() -> list[tuple[str, Callable[..., Any]]]:
     ]
 
 
+def hook_groups() -> dict[str, str]:
+    """Hook name -> the heading of its group in ``hookspecs.py`` (the ``# -- group: when it
+    runs ---`` line above it), e.g. ``"configuration: when a run's config is loaded ..."``."""
+    groups, heading = {}, ""
+    for line in inspect.getsource(hookspecs).splitlines():
+        if match := re.match(r"# -- (.+?) -+$", line):
+            heading = match.group(1)
+        elif match := re.match(r"def (\w+)\(", line):
+            groups[match.group(1)] = heading
+    return groups
+
+
 def hook_names() -> list[str]:
     return [name for name, _ in hookspec_functions()]
 
@@ -468,8 +480,11 @@ def hook_signature(name: str, func: Callable[..., Any]) -> str:
 def hook_reference_markdown() -> str:
     """The README's hook reference, generated from ``hookspecs.py`` (``tinkerplug hooks
     --markdown``); tests/test_docs.py fails when the README lacks a hook or signature."""
-    parts = []
+    parts, groups, heading = [], hook_groups(), None
     for name, func in hookspec_functions():
+        if groups.get(name) != heading:
+            heading = groups.get(name)
+            parts.append(f"**{heading[0].upper()}{heading[1:]}**\n")  # one line per phase
         kind = "firstresult: the first non-`None` answer wins" if is_firstresult(func) else "every plugin is called"
         parts.append(f"### `{name}`\n\n```python\n{hook_signature(name, func)}\n```\n\n*{kind}*\n\n{inspect.getdoc(func)}\n")
     return "\n".join(parts)
