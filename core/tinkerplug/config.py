@@ -11,9 +11,9 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, model_validator
 
 from tinkerplug.errors import ConfigError
 from tinkerplug.loading import PluginSchema
@@ -40,14 +40,30 @@ class SourceConfig(BaseModel):
     weight: float = Field(1.0, gt=0, description="Examples per epoch = records x weight (mixtures).")
 
 
+def _source_form(value: Any) -> str:
+    return "source-list" if isinstance(value, list) else "source-table" if isinstance(value, (dict, SourceConfig)) else "source-path"
+
+
+# A path, a table or a list of tables, told apart by the value's type, so an error names the
+# form that was written (not all three).
+SOURCE_FORMS = ("source-path", "source-table", "source-list")
+Sources = Annotated[
+    Union[Annotated[Path, Tag("source-path")], Annotated[SourceConfig, Tag("source-table")], Annotated[list[SourceConfig], Tag("source-list")]],
+    Discriminator(_source_form),
+]
+OptionalSource = Annotated[
+    Union[Annotated[Path, Tag("source-path")], Annotated[SourceConfig, Tag("source-table")]], Discriminator(_source_form)
+]
+
+
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    train: Path | SourceConfig | list[SourceConfig] = Field(
+    train: Sources = Field(
         description="A data file (JSONL, JSON, Parquet, CSV, Arrow), a directory of them, hf:NAME[:CONFIG], "
         "or a list of weighted sources ([[data.train]] tables)."
     )
-    heldout: Path | SourceConfig | None = Field(None, description="Held-out data for evaluators (same forms).")
+    heldout: OptionalSource | None = Field(None, description="Held-out data for evaluators (same forms).")
     format: str | None = Field(
         None, description="Record format of every source: messages, prompt_completion, alpaca, sharegpt, text; default: detected."
     )
@@ -374,7 +390,7 @@ def _format_validation(
 ) -> str:
     lines = []
     for err in exc.errors():
-        loc = prefix + tuple(err["loc"])
+        loc = prefix + tuple(p for p in err["loc"] if p not in SOURCE_FORMS)
         key = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":

@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tinkerplug.errors import PluginError
 
 
+def wandb_installed() -> bool:
+    return importlib.util.find_spec("wandb") is not None
+
+
 class WandbSettings(BaseModel):
     """The ``[wandb]`` table."""
 
@@ -32,7 +36,7 @@ class WandbSettings(BaseModel):
         if self.enabled is None:  # resolved here, so config.json says whether it was on
             self.enabled = bool(self.model_fields_set)
         # Checked when the config loads, so a run without wandb fails before its run dir exists.
-        if self.enabled and importlib.util.find_spec("wandb") is None:
+        if self.enabled and not wandb_installed():
             raise PluginError(
                 "the config has a [wandb] table, but the wandb package is not installed",
                 hint="pip install 'tinkerplug[wandb]'  (or remove the [wandb] table, or set [wandb] enabled = false)",
