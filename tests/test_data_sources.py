@@ -160,3 +160,56 @@ def test_hf_hub_name_offline_fails_at_once(monkeypatch, tmp_path):
         read_hf("hf:nobody/nothing:default", "train", None, "train", "training data")
     assert time.perf_counter() - started < 1.0
     assert "unset HF_HUB_OFFLINE" in info.value.hint
+
+
+class _Listed:
+    def __init__(self, name: str, n: int):
+        self.name, self.n = name, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"text": f"{self.name}{i}"}
+
+    def where(self, i):
+        return f"{self.name}:{i + 1}"
+
+    def fingerprint(self):
+        return self.name
+
+
+def test_mixture_counts_are_records_times_weight_and_reproducible():
+    from tinkerplug.data import DataSource
+    from tinkerplug.mixture import MixtureRecords
+
+    parts = [(DataSource("a", "train", weight=1.0), _Listed("a", 10)), (DataSource("b", "train", weight=2.5), _Listed("b", 4)),
+             (DataSource("c", "train", weight=0.5), _Listed("c", 6))]
+    mixture = MixtureRecords(parts, seed=3)
+    assert [c["examples"] for c in mixture.counts] == [10, 10, 3] and len(mixture) == 23
+    texts = [mixture[i]["text"] for i in range(len(mixture))]
+    assert texts.count("b0") + texts.count("b1") + texts.count("b2") + texts.count("b3") == 10
+    assert all(texts.count(f"b{i}") >= 2 for i in range(4))  # every record twice, two of them thrice
+    assert texts == [MixtureRecords(parts, seed=3)[i]["text"] for i in range(23)]  # same seed, same mixture
+    assert mixture.where(22).startswith("c:") and mixture.fingerprint() != MixtureRecords(parts, seed=4).fingerprint()
+
+
+def test_config_takes_a_path_a_table_or_a_list_of_tables(tmp_path):
+    from tinkerplug.config import load_config
+    from tinkerplug.data import heldout_source, train_sources
+
+    base = 'base_model = "tiny-chat"\n'
+    (tmp_path / "a.toml").write_text(base + '[data]\ntrain = "t.jsonl"\nformat = "alpaca"\n')
+    config = load_config(tmp_path / "a.toml")
+    assert config.data.train == tmp_path.resolve() / "t.jsonl"
+    assert [(s.path, s.format, s.weight) for s in train_sources(config)] == [(str(tmp_path.resolve() / "t.jsonl"), "alpaca", 1.0)]
+    (tmp_path / "b.toml").write_text(
+        base + '[[data.train]]\npath = "hf:org/name:cfg"\nsplit = "train"\n[[data.train]]\npath = "hf:./saved"\nweight = 2\n'
+        '[data.heldout]\npath = "h.csv"\nformat = "prompt_completion"\n'
+    )
+    config = load_config(tmp_path / "b.toml")
+    sources = train_sources(config)
+    assert [(s.path, s.split, s.weight) for s in sources] == [
+        ("hf:org/name:cfg", "train", 1.0), (f"hf:{tmp_path.resolve() / 'saved'}", None, 2.0)]
+    held = heldout_source(config)
+    assert held.path == str(tmp_path.resolve() / "h.csv") and held.format == "prompt_completion" and held.role == "heldout"
