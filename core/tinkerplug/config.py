@@ -188,6 +188,8 @@ class RunConfig(BaseModel):
         data["backend"] = self.resolved_backend
         if self._data_counts is not None:
             data["data_counts"] = self._data_counts
+        if self._source is not None:  # commands on the run dir resolve plugin paths from it
+            data["config_file"] = str(self._source)
         for name, section in sorted(self._sections.items()):
             data[name] = section.model_dump(mode="json")
         return data

@@ -148,12 +148,17 @@ def load_saved_run(
         raise TinkerplugError(f"{run_dir} has no config.json: cannot tell which backend wrote its checkpoints")
     text = file.read_text(encoding="utf-8")
     data = json.loads(text)
+    original = data.get("config_file")
     files, disabled = split_plugin_options(plugin_options)
     plugins = load_plugins(disabled=[*data.get("disable_plugins", []), *disabled], cli_files=files)
     schema = plugin_schema(plugins)
-    # What the run wrote beside its config (data_counts) and tables of plugins gone are dropped.
+    # What the run wrote beside its config (data_counts, config_file) and tables of plugins
+    # gone are dropped.
     data = {k: v for k, v in data.items() if k in RunConfig.model_fields or k in schema.sections}
     data["plugins"] = []
     for override in overrides:
         apply_override(data, *parse_override(override))
-    return build_config(data, file, text, schema, plugins.disabled), plugins
+    config = build_config(data, file, text, schema, plugins.disabled)
+    if original:  # paths in plugin tables (inspect tasks, [nll] data) are relative to the TOML file
+        config._source = Path(original)
+    return config, plugins
