@@ -123,6 +123,16 @@ def test_eval_command_reproduces_the_runs_final_evals(mixture_run: Path, capsys:
     assert "eval/subtraction/exact/mean" in at_10["metrics"]
 
 
+def test_eval_reports_a_failing_evaluator_and_keeps_the_others(mixture_run: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("import tinkerplug\n\n@tinkerplug.hookimpl\ndef evaluate(context):\n    raise ValueError('no luck')\n")
+    result = run_cli("eval", str(mixture_run), "--step", "20", "-p", str(broken), "-p", "no:inspect")
+    assert result.returncode == 3, result.stderr
+    assert "plugin 'project:broken'" in result.stderr and "no luck" in result.stderr and "Traceback" not in result.stderr
+    saved = json.loads((mixture_run / "evals" / "step-20.json").read_text())
+    assert saved["history"][-1]["failed"] == ["project:broken"] and "eval/nll/loss" in saved["metrics"]
+
+
 def test_chat_answers_once_and_interactively(mixture_run: Path) -> None:
     question = _chats(1)[0][0]["content"]  # a training prompt: the trained model knows it
     expected = _chats(1)[0][1]["content"]
