@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tinkerplug
-from tinkerplug.errors import DataError, PluginError
+from tinkerplug.errors import DataError
 from tinkerplug_nll.loss import NllTotals, datum_totals
 
 if TYPE_CHECKING:
@@ -57,9 +57,7 @@ def rendered(context: Any, source: Any, settings: NllSettings) -> list[Any]:
     """The held-out records as data with 0/1 weights, truncated to ``max_length`` (cached:
     the same records are evaluated at every eval step)."""
     config, plugins = context.config, context.plugins
-    records = plugins.first("load_records", source=source, config=config)
-    if records is None:
-        raise PluginError(f"no plugin reads held-out data {source.path} (load_records)")
+    records = plugins.load_records(source, config)
     key = (source, records.fingerprint(), settings.limit, config.max_length, config.train_on_what, id(context.renderer))
     if key not in _cache:
         count = len(records) if settings.limit is None else min(settings.limit, len(records))
@@ -75,9 +73,7 @@ def rendered(context: Any, source: Any, settings: NllSettings) -> list[Any]:
 def _datum(plugins: Any, records: Any, index: int, renderer: Any, config: Any) -> Any:
     from tinker import types
 
-    datum = plugins.first("render_example", example=records[index], renderer=renderer, config=config)
-    if datum is None:
-        raise PluginError(f"no plugin rendered {records.where(index)} (render_example)")
+    datum = plugins.render_example(records[index], renderer, config)
     n = min(datum.model_input.length, config.max_length)
     targets = datum.loss_fn_inputs["target_tokens"].tolist()[:n]
     weights = [1.0 if w > 0 else 0.0 for w in datum.loss_fn_inputs["weights"].tolist()[:n]]
