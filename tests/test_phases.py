@@ -82,14 +82,20 @@ def eval_weights(run_dir: Path) -> list[str]:
 
 def test_sampler_weights_are_saved_only_for_an_evaluator_that_samples(tmp_path):
     config = write_config(tmp_path, num_steps=2, text="enabled = false\n")  # [heldout]: the only sampler
-    assert run_cli("run", str(config), "-q").returncode == 0
+    result = run_cli("run", str(config), "-p", "no:terminal")
+    assert result.returncode == 0
     assert eval_weights(tmp_path / "run") == []
+    assert "tinkerplug:" not in result.stderr and "summary" not in result.stderr  # the reporter is off
 
 
 def test_a_changed_plugin_result_key_refuses_the_resume(tmp_path):
     config = write_config(tmp_path, num_steps=2)
-    assert run_cli("run", str(config), "-q").returncode == 0
+    first = run_cli("run", str(config))
+    assert first.returncode == 0
     assert eval_weights(tmp_path / "run") == ["eval-000000", "eval-000002"]  # [heldout] sampled at both
+    # the terminal plugin reports each event once
+    for line in ("tinkerplug: data: ", "eval @ step 0:", "eval @ step 2:", "checkpoint @ step 2:", "run summary"):
+        assert first.stderr.count(line) == 1, (line, first.stderr)
     result = run_cli("run", str(config), "--resume", "--set", "local.dtype=float32")
     assert result.returncode == 2
     assert 'local.dtype: "auto" -> "float32"' in result.stderr
@@ -142,3 +148,39 @@ def test_retention_keeps_the_last_and_every_mth_and_resume_still_works(tmp_path)
     assert [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")][:12] == list(range(12))
     for row in read_jsonl(run_dir / "checkpoints.jsonl"):
         assert Path(row["state_path"]).exists() == (not row.get("removed"))
+
+
+def test_evaluate_checkpoint_runs_the_evaluators_on_a_saved_checkpoint(tmp_path):
+    """The eval step without training (what `tinkerplug eval RUN_DIR --step N` calls): the
+    checkpoint's own sampler weights are sampled, nothing new is saved."""
+    import asyncio
+
+    from tinkerplug.evaluation import evaluate_checkpoint
+
+    config = write_config(tmp_path, num_steps=2, save_every=1)
+    assert run_cli("run", str(config), "-q").returncode == 0
+    before = eval_weights(tmp_path / "run")
+    record, metrics = asyncio.run(evaluate_checkpoint(tmp_path / "run", step=1))
+    assert record.step == 1 and metrics["eval/heldout/n"] > 0
+    assert 0.0 <= metrics["eval/heldout/exact_match"] <= 1.0 and "time/eval/heldout_s" in metrics
+    assert eval_weights(tmp_path / "run") == before
+
+
+def test_a_plugin_failing_to_add_its_command_does_not_take_the_cli_down(tmp_path):
+    bad = tmp_path / "site" / "tinkerplug_badcmd.py"
+    info = tmp_path / "site" / "tinkerplug_badcmd-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tinkerplug-badcmd\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[tinkerplug]\nbadcmd = tinkerplug_badcmd\n")
+    bad.write_text("import tinkerplug\n\n@tinkerplug.hookimpl\ndef register_commands(cli):\n    raise KeyError('oops')\n")
+    result = run_cli("--help", env={"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *sys.path])})
+    assert result.returncode == 0 and "export" in result.stdout and "local" in result.stdout
+    assert "warning: plugin 'badcmd' raised in hook 'register_commands': KeyError: 'oops'; its commands are missing" in result.stderr
+
+
+def test_the_plugin_manager_has_one_method_per_hook():
+    from tinkerplug.plugins import Plugins, hook_names
+
+    # evaluate is called one plugin at a time (each evaluator isolated): its method hands out the calls
+    methods = {name: {"evaluate": "evaluators"}.get(name, name) for name in hook_names()}
+    assert [hook for hook, method in methods.items() if not callable(getattr(Plugins, method, None))] == []

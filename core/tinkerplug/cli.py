@@ -6,16 +6,22 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from tinkerplug.errors import TinkerplugError
 from tinkerplug.environ import quiet_openmp
-
+from tinkerplug.errors import TinkerplugError
 
 # Re-exported: tests and plugins' own tests assemble runs with these.
-from tinkerplug.loading import load_plugins_for, load_run_config  # noqa: E402,F401
+from tinkerplug.loading import load_plugins_for, load_run_config  # noqa: F401
+
+if __name__ == "__main__":
+    # `python -m tinkerplug.cli` puts the current directory first on sys.path: a stray
+    # tinkerplug_*.py there would be imported in place of an installed plugin (and plugins
+    # load below, for their commands). Plugin files load only when named (-p, `plugins =
+    # [...]`), so the current directory goes before anything is imported.
+    if sys.path and not sys.flags.safe_path and Path(sys.path[0] or ".").resolve() == Path.cwd().resolve():
+        del sys.path[0]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -141,7 +147,8 @@ def _add_plugin_commands() -> None:
     is skipped here; a command that loads plugins reports it."""
     from tinkerplug.plugins import load_command_plugins
 
-    load_command_plugins().register_commands(cli)
+    for error in load_command_plugins().register_commands(cli):
+        click.echo(f"warning: {error.message}; its commands are missing", err=True)
 
 
 _add_plugin_commands()
@@ -187,9 +194,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # `python -m tinkerplug.cli` puts the current directory first on sys.path: a stray
-    # tinkerplug_*.py there would be imported in place of an installed plugin. Plugin files
-    # load only when named (-p, `plugins = [...]`), so the current directory goes.
-    if sys.path and not sys.flags.safe_path and Path(sys.path[0] or ".").resolve() == Path.cwd().resolve():
-        del sys.path[0]
     main()

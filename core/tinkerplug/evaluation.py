@@ -16,7 +16,6 @@ from tinkerplug.context import EvalContext
 from tinkerplug.plugins import hook_error
 
 if TYPE_CHECKING:
-    from tinkerplug.config import RunConfig
     from tinkerplug.context import CheckpointRecord, RunContext
     from tinkerplug.plugins import Plugins
 

@@ -21,7 +21,10 @@ def reporter(config: Any) -> Reporter:
         from tinkerplug_terminal.reporter import Reporter
 
         _reporter = Reporter()
-    _reporter.quiet = config.section("terminal").quiet
+    try:
+        _reporter.quiet = config.section("terminal").quiet
+    except KeyError:  # a config built without the plugins' tables (in code, in tests)
+        _reporter.quiet = False
     return _reporter
 
 
