@@ -50,7 +50,9 @@ def read_jsonl(path: Path, fmt: str | None, what: str) -> Any:
     from tinkerplug_data.formats import RecordConverter
     from tinkerplug_data.jsonl import JsonlRecords
 
-    return JsonlRecords(path, what, convert=RecordConverter(fmt, str(path)))
+    records = JsonlRecords(path, what, convert=RecordConverter(fmt, str(path)))
+    records[0]  # the format is detected from the first record, whatever order reads come in later
+    return records
 
 
 def _read_directory(path: Path, source: DataSource) -> Any:
