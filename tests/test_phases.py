@@ -119,7 +119,7 @@ def test_an_installed_plugin_adds_a_command(tmp_path):
     assert "Say hello." in run_cli("--help", env=env).stdout
     assert run_cli("hello", "world", env=env).stdout == "hello world\n"
     listed = json.loads(run_cli("plugins", "--json", "--hook", "register_commands", env=env).stdout)
-    assert [row["name"] for row in listed] == ["hello", "local", "commands"]
+    assert [row["name"] for row in listed] == ["hello", "local", "eval", "commands", "chat"]
 
 
 def test_retention_keeps_the_last_and_every_mth_and_resume_still_works(tmp_path):

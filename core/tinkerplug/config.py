@@ -11,9 +11,9 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, model_validator
 
 from tinkerplug.errors import ConfigError
 from tinkerplug.loading import PluginSchema
@@ -29,11 +29,60 @@ TRAIN_ON_WHAT = (
 )
 
 
+class SourceConfig(BaseModel):
+    """One data source written as a table: ``[[data.train]] path = ... weight = ...``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(description="A data file, a directory of them, or hf:NAME[:CONFIG].")
+    format: str | None = Field(None, description="Record format; default: data.format, else detected.")
+    split: str | None = Field(None, description="Split of an hf: data set (default: train / validation or test).")
+    weight: float = Field(1.0, gt=0, description="Examples per epoch = records x weight (mixtures).")
+
+
+def _source_form(value: Any) -> str:
+    return "source-list" if isinstance(value, list) else "source-table" if isinstance(value, (dict, SourceConfig)) else "source-path"
+
+
+# A path, a table or a list of tables, told apart by the value's type, so an error names the
+# form that was written (not all three).
+SOURCE_FORMS = ("source-path", "source-table", "source-list")
+Sources = Annotated[
+    Union[Annotated[Path, Tag("source-path")], Annotated[SourceConfig, Tag("source-table")], Annotated[list[SourceConfig], Tag("source-list")]],
+    Discriminator(_source_form),
+]
+OptionalSource = Annotated[
+    Union[Annotated[Path, Tag("source-path")], Annotated[SourceConfig, Tag("source-table")]], Discriminator(_source_form)
+]
+
+
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    train: Path = Field(description="JSONL file of chat records: one {\"messages\": [...]} per line.")
-    heldout: Path | None = Field(None, description="JSONL of held-out records for evaluators.")
+    train: Sources = Field(
+        description="A data file (JSONL, JSON, Parquet, CSV, Arrow), a directory of them, hf:NAME[:CONFIG], "
+        "or a list of weighted sources ([[data.train]] tables)."
+    )
+    heldout: OptionalSource | None = Field(None, description="Held-out data for evaluators (same forms).")
+    format: str | None = Field(
+        None, description="Record format of every source: messages, prompt_completion, alpaca, sharegpt, text; default: detected."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if isinstance(self.train, list) and not self.train:
+            raise ValueError("train: give at least one source")
+        return self
+
+    def sources(self, role: str) -> list[SourceConfig]:
+        """The ``train`` or ``heldout`` sources as tables (a plain path is one, weight 1)."""
+        value = self.train if role == "train" else self.heldout
+        items = value if isinstance(value, list) else [] if value is None else [value]
+        return [s if isinstance(s, SourceConfig) else SourceConfig(path=s) for s in items]
+
+    def label(self, role: str = "train") -> str:
+        """How messages name the data: the path, or the paths of a mixture."""
+        return " + ".join(str(s.path) for s in self.sources(role))
 
 
 class RunConfig(BaseModel):
@@ -94,6 +143,7 @@ class RunConfig(BaseModel):
     _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
     _plugin_result_keys: tuple[str, ...] = PrivateAttr(())
     _source: Path | None = PrivateAttr(None)
+    _data_counts: list[dict[str, Any]] | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -127,11 +177,19 @@ class RunConfig(BaseModel):
 
         return RESULT_KEYS + self._plugin_result_keys
 
+    def set_data_counts(self, counts: list[dict[str, Any]]) -> None:
+        """Per training source: path, weight, records, examples (written to ``config.json``)."""
+        self._data_counts = counts
+
     def to_json(self) -> dict[str, Any]:
         """The resolved config as written to ``RUN_DIR/config.json`` (no secrets: keys come
         only from the environment and are never part of the config)."""
         data = self.model_dump(mode="json")
         data["backend"] = self.resolved_backend
+        if self._data_counts is not None:
+            data["data_counts"] = self._data_counts
+        if self._source is not None:  # commands on the run dir resolve plugin paths from it
+            data["config_file"] = str(self._source)
         for name, section in sorted(self._sections.items()):
             data[name] = section.model_dump(mode="json")
         return data
@@ -248,9 +306,9 @@ def build_config(
     config._plugin_result_keys = tuple(schema.result_keys)
     # Paths in the file are relative to it; run_dir to the current directory.
     base = file.parent.resolve()
-    config.data.train = _rel(config.data.train, base)
+    config.data.train = _rel_source(config.data.train, base)
     if config.data.heldout is not None:
-        config.data.heldout = _rel(config.data.heldout, base)
+        config.data.heldout = _rel_source(config.data.heldout, base)
     config._source = file.resolve()
     return config
 
@@ -297,6 +355,27 @@ def _rel(path: Path, base: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
+def is_spec(path: str | Path) -> bool:
+    """``hf:NAME`` and the like: a scheme before the first ``/``, not a file path."""
+    return ":" in str(path).split("/")[0]
+
+
+def _rel_source(value: Any, base: Path) -> Any:
+    """A data path (or each source's) relative to the config file; specs stay as written,
+    except a local ``hf:./dir``, which is made absolute too."""
+    if isinstance(value, list):
+        return [_rel_source(v, base) for v in value]
+    if isinstance(value, SourceConfig):
+        return value.model_copy(update={"path": _rel_source(value.path, base)})
+    if is_spec(value):
+        scheme, _, rest = str(value).partition(":")
+        name, sep, option = rest.partition(":")
+        if name.startswith((".", "~")):  # hf:./saved_dir: a local directory, relative to the file
+            name = str(_rel(Path(name), base).resolve())
+        return Path(f"{scheme}:{name}{sep}{option}")
+    return _rel(value, base)
+
+
 def _reject_secrets(data: Any, file: Path, text: str, loc: tuple[str, ...] = ()) -> None:
     if isinstance(data, dict):
         for key, value in data.items():
@@ -313,7 +392,7 @@ def _format_validation(
 ) -> str:
     lines = []
     for err in exc.errors():
-        loc = prefix + tuple(err["loc"])
+        loc = prefix + tuple(p for p in err["loc"] if p not in SOURCE_FORMS)
         key = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":

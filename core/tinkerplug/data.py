@@ -19,7 +19,7 @@ class DataSource:
 
     path: str  # an absolute file or directory path, or a spec such as ``hf:NAME[:CONFIG]``
     role: str  # "train" | "heldout"
-    format: str | None = None  # None: from the file name
+    format: str | None = None  # the record format (data.format); None: detected from the columns
     split: str | None = None
     weight: float = 1.0
 
@@ -48,9 +48,31 @@ class Records(Protocol):
         ...
 
 
-def train_source(config: RunConfig) -> DataSource:
-    return DataSource(path=str(config.data.train), role="train")
+def train_sources(config: RunConfig) -> list[DataSource]:
+    """The training sources: one, or the weighted sources of a mixture."""
+    return [_source(s, "train", config) for s in config.data.sources("train")]
 
 
 def heldout_source(config: RunConfig) -> DataSource | None:
-    return None if config.data.heldout is None else DataSource(path=str(config.data.heldout), role="heldout")
+    sources = config.data.sources("heldout")
+    return _source(sources[0], "heldout", config) if sources else None
+
+
+def _source(table: Any, role: str, config: RunConfig) -> DataSource:
+    return DataSource(
+        path=str(table.path), role=role, format=table.format or config.data.format, split=table.split, weight=table.weight
+    )
+
+
+def open_training_data(config: RunConfig, plugins: Any) -> tuple[Records, list[dict[str, Any]]]:
+    """The training records (a single source as is, several mixed by weight from ``seed``)
+    and per-source counts: path, weight, records, examples."""
+    sources = train_sources(config)
+    opened = [(source, plugins.load_records(source, config)) for source in sources]
+    if len(opened) == 1 and sources[0].weight == 1.0:
+        records = opened[0][1]
+        return records, [{"path": sources[0].path, "weight": 1.0, "records": len(records), "examples": len(records)}]
+    from tinkerplug.mixture import MixtureRecords
+
+    mixture = MixtureRecords(opened, config.seed)
+    return mixture, mixture.counts

@@ -66,32 +66,57 @@ def sampler_opener(service: Any, sampler_path: str) -> Callable[[], tuple[str, A
     return lambda: (sampler_path, wait_result(service.create_sampling_client(model_path=sampler_path)))
 
 
-async def evaluate_checkpoint(run_dir: Path, step: int | None = None) -> tuple[CheckpointRecord, dict[str, float]]:
-    """Run every evaluator on checkpoint ``step`` of ``run_dir`` (default: the last one)
-    without training; return the checkpoint and the metrics (as ``run_evaluators``).
+async def evaluate_checkpoint(
+    run_dir: Path,
+    step: int | None = None,
+    overrides: tuple[str, ...] = (),
+    plugin_options: tuple[str, ...] = (),
+    only: set[str] | None = None,
+) -> tuple[CheckpointRecord, dict[str, float]]:
+    """Run every evaluator (or those of the plugins named in ``only``) on checkpoint ``step``
+    of ``run_dir`` (default: the last one) without training; return the checkpoint and the
+    metrics (as ``run_evaluators``).
 
-    The run's own config (``config.json``) and the installed plugins are used; the training
-    client is loaded from the checkpoint's state (for ``forward``-based evaluators and the
-    tokenizer), the sampling client from its sampler weights when an evaluator asks.
+    The run's own config (``config.json``, plus ``--set`` ``overrides``) and the installed
+    plugins (plus ``-p`` ``plugin_options``) are used; the sampling client is opened on the
+    checkpoint's sampler weights, the training client on its state only when an evaluator
+    uses it (``forward``-based evaluators; on Tinker it is a new training session).
     """
-    from tinkerplug.backend_calls import backend_call
-    from tinkerplug.context import CheckpointRecord
-    from tinkerplug.loading import load_saved_run
-    from tinkerplug.rundir import pick_checkpoint, read_jsonl
+    from tinkerplug.saved import open_checkpoint
 
-    config, plugins = load_saved_run(run_dir)
-    record = CheckpointRecord(**pick_checkpoint(read_jsonl(run_dir / "checkpoints.jsonl"), step, run_dir))
-    service = plugins.create_service_client(config, str(run_dir))
-    training_client = await backend_call(
-        lambda: service.create_training_client_from_state(record.state_path),
-        f"could not load the step-{record.step} checkpoint {record.state_path}",
-    )
-    tokenizer = training_client.get_tokenizer()
-    context = EvalContext(
-        step=record.step, renderer=plugins.resolve_renderer(config, tokenizer), tokenizer=tokenizer,
-        config=config, run_dir=run_dir, open_sampler=sampler_opener(service, record.sampler_path),
-        training_client=training_client, plugins=plugins,
-    )
-    return record, await run_evaluators(context, plugins)
+    saved = open_checkpoint(run_dir, step, overrides, plugin_options)
+    try:
+        context = EvalContext(
+            step=saved.record.step, renderer=saved.renderer, tokenizer=saved.tokenizer, config=saved.config,
+            run_dir=saved.run_dir, open_sampler=lambda: (saved.record.sampler_path, saved.sampling_client),
+            training_client=_OnFirstUse(lambda: saved.training_client), plugins=saved.plugins,
+        )
+        plugins = saved.plugins if only is None else _OnlyEvaluators(saved.plugins, only)
+        return saved.record, await run_evaluators(context, plugins)  # type: ignore[arg-type]
+    finally:
+        saved.close()
 
 
+class _OnFirstUse:
+    """Stands for an object made on first attribute access."""
+
+    def __init__(self, make: Callable[[], Any]):
+        self._make, self._value = make, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._value is None:
+            self._value = self._make()
+        return getattr(self._value, name)
+
+
+class _OnlyEvaluators:
+    """The plugins, with ``evaluators()`` narrowed to some plugins' (``eval --task``)."""
+
+    def __init__(self, plugins: Plugins, names: set[str]):
+        self._plugins, self._names = plugins, names
+
+    def evaluators(self) -> list[tuple[str, Callable[..., Any]]]:
+        return [(name, call) for name, call in self._plugins.evaluators() if name in self._names]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._plugins, name)

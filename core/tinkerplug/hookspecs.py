@@ -116,13 +116,16 @@ def create_service_client(config: RunConfig, run_dir: str) -> Any | None:
 
 @hookspec(firstresult=True)
 def load_records(source: DataSource, config: RunConfig) -> Records | None:
-    """Open the records of one data source: ``config.data.train`` or ``data.heldout``.
+    """Open the records of one data source: ``config.data.train`` (each source of a
+    mixture: the core mixes them by ``source.weight``) or ``data.heldout``.
 
     ``source.path`` is an absolute file or directory path (or a spec such as
     ``hf:NAME[:CONFIG]``, as written), ``source.role`` is ``"train"`` or ``"heldout"``,
-    ``source.format`` the format asked for (``None``: from the file name). Return a
+    ``source.format`` the record format asked for (``data.format``; ``None``: detect it from
+    the columns), ``source.split`` the split of a data set. Return a
     ``tinkerplug.data.Records``: ``len()``, ``records[i]`` (a chat record,
-    ``{"messages": [...]}``), ``where(i)`` (``"FILE:LINE"`` for messages) and
+    ``{"messages": [...]}``, or a text record, ``{"text": "..."}``), ``where(i)``
+    (``"FILE:LINE"`` or ``"FILE row N"`` for messages) and
     ``fingerprint()`` (a hash of the content). Raise ``tinkerplug.errors.DataError`` naming
     the file and line for bad input; return ``None`` for a source this plugin does not read.
 
@@ -130,7 +133,8 @@ def load_records(source: DataSource, config: RunConfig) -> Records | None:
     fails before anything is written), and by evaluators that read a data set. Stops at
     first non-None result.
 
-    First-party: ``data`` (chat JSONL, one ``{"messages": [...]}`` per line).
+    First-party: ``data`` (JSONL, JSON, CSV, Parquet and Arrow files, directories of them,
+    ``hf:`` data sets; chat, prompt/completion, Alpaca, ShareGPT and text records).
     """
 
 
@@ -159,7 +163,8 @@ def render_example(
     ``overlong`` and reports counts. Called in the prepare phase, once per record. Stops at
     first non-None result.
 
-    First-party: ``cookbook`` (``Renderer.build_supervised_example``).
+    First-party: ``cookbook`` (``Renderer.build_supervised_example``) and, for text records
+    (``{"text": ...}``: loss on every token), ``data``.
     """
 
 
@@ -214,7 +219,8 @@ def evaluate(context: EvalContext) -> Mapping[str, float] | Awaitable[Mapping[st
     ``eval_errors = "raise"``, training goes on (so this hook cannot be wrapped). May be
     ``async``: evaluators run one after another, each awaited before the next.
 
-    First-party: ``heldout`` (exact match on the held-out set), ``inspect`` (Inspect tasks).
+    First-party: ``heldout`` (exact match on the held-out set), ``nll`` (held-out loss by
+    ``forward``), ``inspect`` (Inspect tasks).
     """
 
 
@@ -288,7 +294,9 @@ def log_metrics(step: int, metrics: Mapping[str, float], run: RunContext) -> Non
     Values are floats (``NaN`` possible); ``step`` and ``epoch`` are ints.
 
     First-party: ``jsonl`` (``RUN_DIR/metrics.jsonl``, always on), ``tensorboard``
-    (``RUN_DIR/tensorboard``, with ``[tensorboard] enabled = true``) and ``terminal``.
+    (``RUN_DIR/tensorboard``, with ``[tensorboard] enabled = true``), ``wandb`` (Weights &
+    Biases, with a ``[wandb]`` table: W&B cannot replace a point, so it skips the steps it
+    already has) and ``terminal``.
     """
 
 

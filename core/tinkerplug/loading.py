@@ -137,14 +137,17 @@ def load_run_config(config_path: str, overrides: tuple[str, ...], plugin_options
     return config, plugins
 
 
-def load_saved_run(run_dir: Path) -> tuple[RunConfig, Plugins]:
-    """The ``RunConfig`` a run dir was started with (its ``config.json``) and the installed
-    plugins, for commands that work on a finished or running run (``export``, ``eval``).
+def load_saved_run(
+    run_dir: Path, overrides: tuple[str, ...] | list[str] = (), plugin_options: tuple[str, ...] | list[str] = ()
+) -> tuple[RunConfig, Plugins]:
+    """The ``RunConfig`` a run dir was started with (its ``config.json``, plus ``--set``
+    ``overrides``) and the installed plugins (plus ``-p`` files and ``no:NAME``), for commands
+    that work on a finished or running run (``export``, ``eval``, ``chat``).
 
-    Project plugin files are not loaded, and tables of plugins no longer installed are
-    dropped: such commands need the backend and evaluators, not a project's hooks.
+    The project plugin files of the run are not loaded, and tables of plugins no longer
+    installed are dropped: such commands need the backend and evaluators, not a project's hooks.
     """
-    from tinkerplug.config import build_config
+    from tinkerplug.config import RunConfig, apply_override, build_config, parse_override
     from tinkerplug.plugins import load_plugins
 
     file = run_dir / "config.json"
@@ -152,8 +155,17 @@ def load_saved_run(run_dir: Path) -> tuple[RunConfig, Plugins]:
         raise TinkerplugError(f"{run_dir} has no config.json: cannot tell which backend wrote its checkpoints")
     text = file.read_text(encoding="utf-8")
     data = json.loads(text)
-    plugins = load_plugins(disabled=data.get("disable_plugins", []))
+    original = data.get("config_file")
+    files, disabled = split_plugin_options(plugin_options)
+    plugins = load_plugins(disabled=[*data.get("disable_plugins", []), *disabled], cli_files=files)
     schema = plugin_schema(plugins)
-    data = {k: v for k, v in data.items() if not isinstance(v, dict) or k in schema.sections or k == "data"}
+    # What the run wrote beside its config (data_counts, config_file) and tables of plugins
+    # gone are dropped.
+    data = {k: v for k, v in data.items() if k in RunConfig.model_fields or k in schema.sections}
     data["plugins"] = []
-    return build_config(data, file, text, schema), plugins
+    for override in overrides:
+        apply_override(data, *parse_override(override))
+    config = build_config(data, file, text, schema, plugins.disabled)
+    if original:  # paths in plugin tables (inspect tasks, [nll] data) are relative to the TOML file
+        config._source = Path(original)
+    return config, plugins

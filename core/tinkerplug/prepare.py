@@ -14,7 +14,7 @@ from tinkerplug import rundir
 from tinkerplug.backend_calls import backend_call
 from tinkerplug.config import RunConfig
 from tinkerplug.context import CheckpointRecord, RunContext, StepExecutor
-from tinkerplug.data import heldout_source, train_source
+from tinkerplug.data import heldout_source, open_training_data
 from tinkerplug.errors import ConfigError
 from tinkerplug.plugins import Plugins
 from tinkerplug.rendering import TrainingData, render_training_data
@@ -36,7 +36,12 @@ async def prepare(config: RunConfig, plugins: Plugins, run_dir: Path, resuming: 
     if checkpoint is not None and checkpoint.final:
         plugins.note(config, f"{run_dir} already finished (final checkpoint at step {checkpoint.step}): nothing to do")
         return {"run_dir": str(run_dir), "steps_run": 0, "num_steps": checkpoint.step, "interrupted": False}
-    records = plugins.load_records(train_source(config), config)
+    records, counts = open_training_data(config, plugins)
+    config.set_data_counts(counts)  # written to config.json
+    if len(counts) > 1:
+        from tinkerplug.mixture import describe
+
+        plugins.note(config, f"data mixture: {describe(counts)}")
     heldout = heldout_source(config)
     if heldout is not None:  # evaluators read it later: a bad file must fail now, not at step 0
         plugins.load_records(heldout, config)

@@ -78,7 +78,7 @@ def render_training_data(records: Records, renderer: Any, config: RunConfig, plu
         try:
             datum = plugins.render_example(records[index], renderer, config)
         except PluginError as exc:
-            raise DataError(f"{config.data.train} record {index + 1}: {exc.message}", exc.hint) from None
+            raise DataError(f"{records.where(index)}: {exc.message}", exc.hint) from None
         example = fit_example(datum, config, stats)
         if example is not None:
             examples.append(example)
@@ -122,17 +122,17 @@ def check_enough(examples: list[Any], stats: RenderStats, config: RunConfig) -> 
     if not examples:
         if stats.dropped_overlong == stats.total:
             raise DataError(
-                f"every example in {config.data.train} is longer than max_length={config.max_length} "
+                f"every example in {config.data.label()} is longer than max_length={config.max_length} "
                 f"tokens (shortest {stats.shortest}, longest {stats.longest})",
                 hint=f"raise max_length (e.g. --set max_length={stats.longest}) or set overlong = \"truncate\"",
             )
         raise DataError(
-            f"no example in {config.data.train} has a token to train on "
+            f"no example in {config.data.label()} has a token to train on "
             f"(train_on_what = {config.train_on_what!r})",
             hint="each record needs an assistant message (or choose another train_on_what)",
         )
     if len(examples) < config.batch_size:
         raise DataError(
-            f"{config.data.train} has {len(examples)} usable examples, fewer than batch_size={config.batch_size}",
+            f"{config.data.label()} has {len(examples)} usable examples, fewer than batch_size={config.batch_size}",
             hint=f"add data or lower batch_size (e.g. --set batch_size={len(examples)})",
         )

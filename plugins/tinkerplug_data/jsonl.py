@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tinkerplug.errors import DataError
 
@@ -21,10 +21,13 @@ JSONL_HINT = 'JSONL is one JSON object per line: {"messages": [{"role": "user", 
 class JsonlRecords:
     """The records of one chat JSONL file (``tinkerplug.data.Records``)."""
 
-    def __init__(self, path: Path, what: str = "data"):
+    def __init__(self, path: Path, what: str = "data", convert: Callable[[Any, str], dict[str, Any]] | None = None):
+        """``convert(row, where)`` turns a parsed line into a record (another record format:
+        ``formats.py``); the default checks a chat record."""
         if not path.is_file():
             raise DataError(f"{what} file {path} not found", hint="paths in the config are relative to the config file")
         self.path = path
+        self._convert = convert or _checked
         self._offsets: list[int] = []
         self._lines: list[int] = []
         digest = hashlib.sha256()
@@ -32,7 +35,7 @@ class JsonlRecords:
             offset = 0
             for number, raw in enumerate(f, 1):
                 digest.update(raw)
-                if parse_line(raw, f"{path}:{number}", first=number == 1) is not None:
+                if parse_line(raw, f"{path}:{number}", number == 1, self._convert) is not None:
                     self._offsets.append(offset)
                     self._lines.append(number)
                 offset += len(raw)
@@ -48,7 +51,7 @@ class JsonlRecords:
             raise IndexError(index)
         with self.path.open("rb") as f:
             f.seek(self._offsets[index])
-            record = parse_line(f.readline(), self.where(index), first=self._offsets[index] == 0)
+            record = parse_line(f.readline(), self.where(index), self._offsets[index] == 0, self._convert)
         assert record is not None  # checked when the file was opened
         return record
 
@@ -59,8 +62,10 @@ class JsonlRecords:
         return self._fingerprint
 
 
-def parse_line(raw: bytes, where: str, first: bool = False) -> dict[str, Any] | None:
-    """One line as a checked chat record; ``None`` for a blank line."""
+def parse_line(
+    raw: bytes, where: str, first: bool = False, convert: Callable[[Any, str], dict[str, Any]] | None = None
+) -> dict[str, Any] | None:
+    """One line as a checked record (``convert``, default: a chat record); ``None`` for a blank line."""
     try:
         line = raw.decode("utf-8-sig" if first else "utf-8")
     except UnicodeDecodeError as exc:
@@ -71,6 +76,10 @@ def parse_line(raw: bytes, where: str, first: bool = False) -> dict[str, Any] | 
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise DataError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})", hint=JSONL_HINT) from None
+    return (convert or _checked)(record, where)
+
+
+def _checked(record: Any, where: str) -> dict[str, Any]:
     check_record(record, where)
     return record
 

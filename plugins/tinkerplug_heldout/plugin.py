@@ -29,9 +29,12 @@ def _load(records: Records, path: str) -> list[tuple[list[dict[str, Any]], str]]
     if key not in _cases:
         cases = []
         for index in range(len(records)):
-            messages = records[index]["messages"]
+            record = records[index]
+            if "messages" not in record:  # a text record has no reply to match (the nll evaluator scores it)
+                continue
+            messages = record["messages"]
             if messages[-1]["role"] != "assistant":
-                raise DataError(f"{path} record {index + 1}: the last message must be the assistant's expected reply")
+                raise DataError(f"{records.where(index)}: the last message must be the assistant's expected reply")
             cases.append((messages[:-1], str(messages[-1]["content"]).strip()))
         _cases[key] = cases
     return _cases[key]
@@ -49,6 +52,8 @@ async def evaluate(context: Any) -> dict[str, float] | None:
     from tinker_cookbook.renderers import get_text_content
 
     cases = _load(context.plugins.load_records(source, context.config), source.path)[: settings.limit]
+    if not cases:
+        return None
     renderer = context.renderer
     params = types.SamplingParams(
         max_tokens=settings.max_tokens, temperature=settings.temperature, stop=renderer.get_stop_sequences(), seed=0
