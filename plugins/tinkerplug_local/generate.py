@@ -53,6 +53,16 @@ def _stopped_by_string(row: Row, tokenizer: Any) -> bool:
     return any(s in text for s in row.stop_strings)
 
 
+def _last_logits_only(model: Any) -> dict[str, Any]:
+    """``logits_to_keep=1`` where the model takes it: the prefill then computes one position's
+    logits per row, not the whole prompt's (at a 152 k vocabulary, 600 KB per token)."""
+    import inspect
+
+    unwrap = getattr(model, "unwrapped", None)
+    causal = unwrap()[0] if unwrap else (model.get_base_model() if hasattr(model, "get_base_model") else model)
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(causal.forward).parameters else {}
+
+
 @torch.no_grad()
 def generate(model: Any, rows: list[Row], pad_id: int, tokenizer: Any, device: str) -> None:
     """Fill in ``tokens``, ``logprobs`` and ``stop_reason`` of every row, all rows at once."""
@@ -66,7 +76,7 @@ def generate(model: Any, rows: list[Row], pad_id: int, tokenizer: Any, device: s
         mask[i, width - len(row.prompt):] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **_last_logits_only(model))
     cache, logits = out.past_key_values, out.logits[:, -1, :]
     last_pos = positions[:, -1]
     for _ in range(max(r.max_tokens for r in rows)):
@@ -97,9 +107,13 @@ def generate(model: Any, rows: list[Row], pad_id: int, tokenizer: Any, device: s
 
 
 @torch.no_grad()
-def prompt_logprobs(model: Any, prompt: list[int], device: str) -> list[float | None]:
-    """Logprob of each prompt token given the ones before it (None for the first)."""
-    ids = torch.tensor([prompt], device=device)
-    logits = model(input_ids=ids).logits[0, :-1].float()
-    values = torch.log_softmax(logits, dim=-1).gather(-1, ids[0, 1:, None])[:, 0]
-    return [None] + [float(v) for v in values.cpu()]
+def prompt_logprobs(model: Any, prompt: list[int], device: str, options: Any = None) -> list[float | None]:
+    """Logprob of each prompt token given the ones before it (None for the first), through the
+    chunked LM head: a long prompt's logits are never all in memory."""
+    from tinkerplug_local.forward import microbatch_logprobs
+
+    if len(prompt) < 2:
+        return [None] * len(prompt)
+    targets = [torch.tensor(prompt[1:], dtype=torch.long)]
+    (batch,) = microbatch_logprobs(model, [prompt[:-1]], targets, device, 0, grad=False, options=options)
+    return [None] + [float(v) for v in batch.logprobs[0].cpu()]

@@ -87,7 +87,7 @@ class SamplingClient:
         def run() -> list[float | None]:
             from tinkerplug_local.generate import prompt_logprobs
 
-            values = prompt_logprobs(host.model_for(adapter), tokens, host.device)
+            values = prompt_logprobs(host.model_for(adapter), tokens, host.device, host.forward_options)
             if prompt_logprobs_last_n is not None:
                 values = [None] * (len(values) - prompt_logprobs_last_n) + values[-prompt_logprobs_last_n:]
             return values
@@ -185,6 +185,6 @@ def run_sample_batch(host: Any, batch: list[tuple[SampleRequest, Any]]) -> None:
                 )
                 for row in rows
             ]
-            prompt_lp = prompt_logprobs(model, request.prompt, host.device) if request.include_prompt_logprobs else None
+            prompt_lp = prompt_logprobs(model, request.prompt, host.device, host.forward_options) if request.include_prompt_logprobs else None
             future.set_result(types.SampleResponse(sequences=sequences, _prompt_logprobs_list=prompt_lp))
 

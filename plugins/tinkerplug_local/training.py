@@ -53,7 +53,8 @@ class TrainingClient:
         pad = self._host.tokenizer.pad_token_id or 0
         outputs: list[Any] = [None] * len(data)
         total = 0.0
-        for batch in microbatch_logprobs(model, tokens, targets, self._host.device, pad, grad=backward):
+        options = self._host.forward_options
+        for batch in microbatch_logprobs(model, tokens, targets, self._host.device, pad, grad=backward, options=options):
             with torch.set_grad_enabled(backward):
                 loss = sum(
                     cross_entropy(lp, data[i].loss_fn_inputs["weights"].to_torch().to(lp.device))

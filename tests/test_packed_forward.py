@@ -1,0 +1,134 @@
+"""Packed rows and the chunked LM head give the padded full-logits results, values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tinkerplug_local import lm_head
+from tinkerplug_local.forward import ForwardOptions, microbatch_logprobs
+from tinkerplug_local.packing import length_groups, packed_rows
+
+
+def _lengths() -> list[int]:
+    return [9, 31, 4, 57, 18, 2, 40, 23]
+
+
+def _tokens(vocab: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in _lengths()]
+
+
+def _targets(tokens: list[list[int]], vocab: int, k: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(0, vocab, (len(t), k) if k else (len(t),), generator=g) for t in tokens]
+
+
+def _reference(model, tokens, targets, pad_id):
+    """Today's path before packing: one right-padded batch, full fp32 logits, log_softmax."""
+    width = max(len(t) for t in tokens)
+    ids = torch.full((len(tokens), width), pad_id)
+    mask = torch.zeros((len(tokens), width), dtype=torch.long)
+    for row, t in enumerate(tokens):
+        ids[row, : len(t)] = torch.tensor(t)
+        mask[row, : len(t)] = 1
+    logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+    out = []
+    for row, target in enumerate(targets):
+        picked = logprobs[row, : len(target)]
+        out.append(picked.gather(-1, target[:, None])[:, 0] if target.dim() == 1 else picked.gather(-1, target))
+    return out
+
+
+def _trained_client(service):
+    client = service.create_lora_training_client("tiny-chat", rank=4, seed=3).result()
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():  # non-zero LoRA B everywhere, the unembedding included
+        for name, p in client._host.adapter_params(client._adapter):
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return client
+
+
+def _grads(client):
+    return [p.grad.clone() for _, p in client._host.adapter_params(client._adapter)]
+
+
+def _zero(client):
+    for _, p in client._host.adapter_params(client._adapter):
+        p.grad = None
+
+
+@pytest.mark.parametrize("k", [0, 3])
+@pytest.mark.parametrize("small_chunks", [False, True])
+def test_packed_chunked_equals_padded_full_logits(service, monkeypatch, k, small_chunks):
+    if small_chunks:  # many head chunks per row, and a chunk boundary inside each datum
+        monkeypatch.setattr(lm_head, "CHUNK_ELEMENTS", 1)
+    client = _trained_client(service)
+    host, model = client._host, client._host.model_for(client._adapter)
+    vocab = host.model.config.vocab_size
+    tokens = _tokens(vocab)
+    targets = _targets(tokens, vocab, k)
+    weights = [torch.rand(len(t), generator=torch.Generator().manual_seed(i)) for i, t in enumerate(tokens)]
+    pad = host.tokenizer.pad_token_id or 0
+
+    want = _reference(model, tokens, targets, pad)
+    sum(-(lp * w[:, None] if k else lp * w).sum() for lp, w in zip(want, weights)).backward()
+    want_grads = _grads(client)
+    _zero(client)
+
+    got = [None] * len(tokens)
+    for batch in microbatch_logprobs(model, tokens, targets, host.device, pad, grad=True, options=ForwardOptions(microbatch_tokens=64)):
+        loss = 0
+        for i, lp in zip(batch.indices, batch.logprobs):
+            got[i] = lp.detach()
+            loss = loss + -(lp * weights[i][:, None] if k else lp * weights[i]).sum()
+        loss.backward()
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w.detach(), atol=1e-5, rtol=1e-5)
+    assert len(want_grads) > 0
+    for g, w in zip(_grads(client), want_grads):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+def test_forward_without_grad_and_base_model_match(service):
+    client = _trained_client(service)
+    host = client._host
+    tokens = _tokens(host.model.config.vocab_size)
+    targets = _targets(tokens, host.model.config.vocab_size, 0)
+    pad = host.tokenizer.pad_token_id or 0
+    for adapter in (client._adapter, None):
+        model = host.model_for(adapter)
+        with torch.no_grad():
+            want = _reference(model, tokens, targets, pad)
+        for batch in microbatch_logprobs(model, tokens, targets, host.device, pad, grad=False):
+            for i, lp in zip(batch.indices, batch.logprobs):
+                assert not lp.requires_grad
+                torch.testing.assert_close(lp, want[i], atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    from tinkerplug_local import ServiceClient
+
+    results = []
+    for on in (False, True):
+        with ServiceClient(checkpoint_dir=tmp_path / str(on), gradient_checkpointing=on) as service:
+            client = _trained_client(service)
+            host = client._host
+            tokens = _tokens(host.model.config.vocab_size)
+            targets = _targets(tokens, host.model.config.vocab_size, 0)
+            model = host.model_for(client._adapter)
+            for batch in microbatch_logprobs(model, tokens, targets, host.device, 0, grad=True, options=host.forward_options):
+                sum(-lp.sum() for lp in batch.logprobs).backward()
+            results.append(_grads(client))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_layouts_cover_every_datum_once():
+    lengths = [5, 700, 30, 30, 512, 1, 300]
+    for groups in (packed_rows(lengths, 512), length_groups(lengths, 1024)):
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    rows = packed_rows(lengths, 512)
+    assert all(sum(lengths[i] for i in r) <= 512 or len(r) == 1 for r in rows)
+    assert all(max(lengths[i] for i in g) * len(g) <= 1024 or len(g) == 1 for g in length_groups(lengths, 1024))
