@@ -132,3 +132,35 @@ def test_layouts_cover_every_datum_once():
     rows = packed_rows(lengths, 512)
     assert all(sum(lengths[i] for i in r) <= 512 or len(r) == 1 for r in rows)
     assert all(max(lengths[i] for i in g) * len(g) <= 1024 or len(g) == 1 for g in length_groups(lengths, 1024))
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("generic", [False, True])
+def test_chunked_head_matches_autograd(monkeypatch, softcap, generic):
+    monkeypatch.setattr(lm_head, "CHUNK_ELEMENTS", 1)  # 16 tokens a chunk
+    g = torch.Generator().manual_seed(5)
+    linear = torch.nn.Linear(8, 50, bias=True)
+    head = torch.nn.Sequential(linear) if generic else linear  # Sequential: the checkpointed path
+    hidden = torch.randn(37, 8, generator=g, requires_grad=True)
+    targets = torch.randint(0, 50, (37, 3), generator=g)
+    upstream = torch.randn(37, 3, generator=g)
+
+    logits = linear(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    want = torch.log_softmax(logits, -1).gather(-1, targets)
+    want_grads = torch.autograd.grad((want * upstream).sum(), [hidden, linear.weight, linear.bias])
+    got = lm_head.token_logprobs(hidden, head, targets, softcap)
+    got_grads = torch.autograd.grad((got * upstream).sum(), [hidden, linear.weight, linear.bias])
+    torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-5)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_head_is_taken_apart(service):
+    client = _trained_client(service)
+    head = client._host.model.get_output_embeddings()
+    parts = lm_head._as_linear(head)
+    assert parts is not None and parts[2] is not None  # tiny-chat trains the unembedding: LoRA on the head
+    with client._host.peft.disable_adapter():
+        assert lm_head._as_linear(head)[2] is None
