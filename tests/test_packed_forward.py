@@ -122,7 +122,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
                 sum(-lp.sum() for lp in batch.logprobs).backward()
             results.append(_grads(client))
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        assert torch.equal(a, b)  # recomputation repeats the same arithmetic
 
 
 def test_layouts_cover_every_datum_once():
@@ -164,3 +164,26 @@ def test_lora_head_is_taken_apart(service):
     assert parts is not None and parts[2] is not None  # tiny-chat trains the unembedding: LoRA on the head
     with client._host.peft.disable_adapter():
         assert lm_head._as_linear(head)[2] is None
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_fallbacks_for_models_that_fail_the_check(service, monkeypatch, split):
+    """Attention that ignores position ids: padded length groups; a head that can't be split
+    off: the plain full-logits forward. Both give the same logprobs."""
+    from tinkerplug_local import forward
+
+    client = _trained_client(service)
+    host = client._host
+    model = host.model_for(client._adapter)
+    tokens = _tokens(host.model.config.vocab_size)
+    targets = _targets(tokens, host.model.config.vocab_size, 2)
+    with torch.no_grad():
+        want = _reference(model, tokens, targets, 0)
+    monkeypatch.setattr(forward, "_checked", {})
+    monkeypatch.setattr(forward, "_check_model", lambda parts, device: (split, False, (64, 64)))
+    seen = []
+    for batch in microbatch_logprobs(model, tokens, targets, host.device, 0, grad=False):
+        seen += batch.indices
+        for i, lp in zip(batch.indices, batch.logprobs):
+            torch.testing.assert_close(lp, want[i], atol=1e-5, rtol=1e-5)
+    assert sorted(seen) == list(range(len(tokens)))
