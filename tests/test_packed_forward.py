@@ -7,11 +7,11 @@ import torch
 
 from tinkerplug_local import lm_head
 from tinkerplug_local.forward import ForwardOptions, microbatch_logprobs
-from tinkerplug_local.packing import length_groups, packed_rows
+from tinkerplug_local.packing import equal_length_batches, length_groups, packed_rows
 
 
 def _lengths() -> list[int]:
-    return [9, 31, 4, 57, 18, 2, 40, 23]
+    return [9, 31, 4, 57, 18, 2, 40, 23, 31, 31]  # three of 31: an unpadded (3, 31) batch
 
 
 def _tokens(vocab: int) -> list[list[int]]:
@@ -87,8 +87,8 @@ def test_packed_chunked_equals_padded_full_logits(service, monkeypatch, k, small
         assert g.shape == w.shape
         torch.testing.assert_close(g, w.detach(), atol=1e-5, rtol=1e-5)
     assert len(want_grads) > 0
-    for g, w in zip(_grads(client), want_grads):
-        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    for g, w in zip(_grads(client), want_grads):  # sums over ~300 tokens: tolerance on their scale
+        torch.testing.assert_close(g, w, atol=1e-5 * max(1.0, float(w.abs().max())), rtol=1e-4)
 
 
 def test_forward_without_grad_and_base_model_match(service):
@@ -127,7 +127,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
 
 def test_layouts_cover_every_datum_once():
     lengths = [5, 700, 30, 30, 512, 1, 300]
-    for groups in (packed_rows(lengths, 512), length_groups(lengths, 1024)):
+    batches, rest = equal_length_batches(lengths, 40)
+    assert batches == [[2], [3]] and rest == [0, 1, 4, 5, 6]  # 30 + 30 > 40: one a batch
+    for groups in (packed_rows(lengths, 512), length_groups(lengths, 1024), batches + [rest]):
         assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
     rows = packed_rows(lengths, 512)
     assert all(sum(lengths[i] for i in r) <= 512 or len(r) == 1 for r in rows)

