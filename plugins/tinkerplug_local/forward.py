@@ -81,22 +81,22 @@ def microbatch_logprobs(
 
     options = options or ForwardOptions()
     parts = _model_parts(model, device, options)
-    lengths = [len(t) for t in tokens]
     cap = options.microbatch_tokens or parts.token_caps[options.gradient_checkpointing]
-    if not parts.split:
-        groups = length_groups(lengths, cap)
-    elif parts.packing:
-        varlen = getattr(parts.causal.config, "_attn_implementation", "") in VARLEN_ATTENTION
-        batches, rest = equal_length_batches(lengths, cap)
-        row_tokens = cap if varlen or device.startswith("cuda") else min(cap, MASKED_ROW_TOKENS)
-        groups = batches + [[rest[i] for i in row] for row in packed_rows([lengths[i] for i in rest], row_tokens)]
-    else:
-        groups = length_groups(lengths, cap)
-    for group in groups:
+    for group in _layout(parts, [len(t) for t in tokens], cap, device):
         with torch.set_grad_enabled(grad), parts.adapter_off(), _autocast(device, parts.causal):
             with _checkpointing(parts.decoder, grad and options.gradient_checkpointing):
                 rows = _group_logprobs(parts, tokens, [targets[i].to(device) for i in group], group, device, pad_id)
         yield Microbatch(indices=group, logprobs=rows)
+
+
+def _layout(parts: _Parts, lengths: list[int], cap: int, device: str) -> list[list[int]]:
+    """The datum indices of each microbatch (see packing.py)."""
+    if not (parts.split and parts.packing):
+        return length_groups(lengths, cap)
+    varlen = getattr(parts.causal.config, "_attn_implementation", "") in VARLEN_ATTENTION
+    row_tokens = cap if varlen or device.startswith("cuda") else min(cap, MASKED_ROW_TOKENS)
+    batches, rest = equal_length_batches(lengths, cap)
+    return batches + [[rest[i] for i in row] for row in packed_rows([lengths[i] for i in rest], row_tokens)]
 
 
 def _group_logprobs(parts: _Parts, tokens: list[list[int]], targets: list[Any], group: list[int], device: str, pad_id: int) -> list[Any]:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch  # this module is imported only when a model runs (lazily, by forward.py)
+
 # fp32 logits per chunk: 128 MB, ~220 tokens at a 152 k vocabulary. Measured on 2 CPU cores:
 # 4x smaller chunks make the head ~1.7x slower (the weight is read once per chunk).
 CHUNK_ELEMENTS = 1 << 25
@@ -34,7 +36,6 @@ def token_logprobs(hidden: Any, head: Any, targets: Any, softcap: float | None =
     position); returns ``(N, K)`` fp32 logprobs with the autograd graph to ``hidden`` and the
     head's trainable weights when grad is enabled.
     """
-    import torch
 
     linear = _as_linear(head)
     if linear is None:  # an unknown head module: generic, one checkpointed chunk at a time
@@ -51,7 +52,6 @@ def token_logprobs(hidden: Any, head: Any, targets: Any, softcap: float | None =
 def _as_linear(head: Any) -> tuple[Any, Any, Any] | None:
     """``(weight, bias, (lora_A, lora_B, scale) or None)`` of a Linear or a PEFT LoRA Linear
     with at most one active plain-LoRA adapter; None for anything else."""
-    import torch
 
     if type(head) is torch.nn.Linear:
         return head.weight, head.bias, None
@@ -72,7 +72,6 @@ def _as_linear(head: Any) -> tuple[Any, Any, Any] | None:
 
 
 def _chunk_logits(hidden: Any, weight: Any, bias: Any, down: Any, lora_b: Any, scale: float, softcap: float | None) -> Any:
-    import torch
 
     logits = torch.nn.functional.linear(hidden, weight, bias)
     if down is not None:  # the order of PEFT's forward: base + B(A x) * scale
@@ -83,14 +82,15 @@ def _chunk_logits(hidden: Any, weight: Any, bias: Any, down: Any, lora_b: Any, s
     return logits
 
 
-class _HeadLogprobs(__import__("torch").autograd.Function):
+class _HeadLogprobs(torch.autograd.Function):
     """Forward keeps only hidden, targets and one logsumexp per token; backward recomputes
     each chunk's logits and turns them into the softmax gradient in place:
     d logprob[t, k] / d logits[t] = onehot(target[t, k]) - softmax(logits[t])."""
 
+    # Backward runs under the forward's autocast state (bf16 on CUDA), as a module's would.
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx: Any, hidden, targets, weight, bias, down, lora_b, scale, softcap):  # type: ignore[override]
-        import torch
 
         step = chunk_tokens(weight.shape[0])
         picked, lse = [], []
@@ -108,8 +108,8 @@ class _HeadLogprobs(__import__("torch").autograd.Function):
         return torch.cat(picked)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, grad: Any):  # type: ignore[override]
-        import torch
 
         hidden, targets, weight, bias, down, lora_b, lse = ctx.saved_tensors
         need_h, _, need_w, need_b, need_down, need_lora_b = ctx.needs_input_grad[:6]
@@ -147,7 +147,6 @@ class _HeadLogprobs(__import__("torch").autograd.Function):
 
 
 def _checkpointed(hidden: Any, head: Any, targets: Any, softcap: float | None) -> Any:
-    import torch
     from torch.utils.checkpoint import checkpoint
 
     step = chunk_tokens(_vocab_size(head))
@@ -164,7 +163,6 @@ def _checkpointed(hidden: Any, head: Any, targets: Any, softcap: float | None) -
 
 
 def _module_chunk(hidden: Any, targets: Any, head: Any, softcap: float | None) -> Any:
-    import torch
 
     logits = head(hidden).float()
     if softcap:
