@@ -15,7 +15,12 @@ fraction of the one-step-per-cycle limit and the speed-up over ``sync``. Targets
 starts, or it waits for the next one. ``--joins current`` lets a request join the cycle
 running when it is submitted (completing at that cycle's end), a kinder service.
 
-    python benchmarks/pipelining.py [--cycle-ms 100] [--joins next|current] [--steps 12] [--rounds 3]
+``--http`` measures the same over the real SDK and real HTTP: it starts ``tinkerplug serve
+--clock-ms CYCLE`` (the clock runs in the server, with the documented "next cycle" rule) and
+trains through an unmodified ``tinker.ServiceClient`` pointed at it; every request then also
+pays an HTTP round trip and the SDK's own queueing.
+
+    python benchmarks/pipelining.py [--cycle-ms 100] [--joins next|current] [--steps 12] [--rounds 3] [--http]
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
+from contextlib import contextmanager, nullcontext
 
 from clocked_backend import ClockedTrainingClient, ServiceClock
 from common import machine_line, median, model_dir, offline_env
@@ -80,6 +86,41 @@ async def one_round(plugins, config, client, data, num_steps: int) -> tuple[floa
     return (num_steps - 1) / span, [r.mean_nll for r in finished]
 
 
+@contextmanager
+def served_client(model: str, cycle_ms: float, tmp: str):
+    """An SDK training client on a ``tinkerplug serve --clock-ms`` subprocess (loopback)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import tinker
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tinkerplug.cli", "serve", "--port", str(port), "--device", "cpu",
+         "--checkpoint-dir", f"{tmp}/served", "--clock-ms", str(cycle_ms)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/api/v1/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        service = tinker.ServiceClient(base_url=url, api_key="tml-benchmark")
+        yield service.create_lora_training_client(model, rank=16, seed=SEED).result()
+        service.close("success").result()
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-chat")
@@ -91,7 +132,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--submit-ahead", type=int, nargs="+", default=[0, 1, 2],
                         help="pipelined variants to time (2 is the config default)")
+    parser.add_argument("--http", action="store_true",
+                        help="over the real SDK and HTTP, against `tinkerplug serve --clock-ms` (always --joins next)")
     args = parser.parse_args()
+    if args.http and args.joins != "next":
+        parser.error("--http serves the documented clock only (--joins next)")
     offline_env()
 
     import json
@@ -121,18 +166,19 @@ def main() -> None:
             compute.append(time.perf_counter() - started)
 
         clock = ServiceClock(args.cycle_ms / 1000, joins=args.joins)
-        client = ClockedTrainingClient(local, clock)
-        rates: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
-        for round_index in range(args.rounds):
-            order = variants if round_index % 2 == 0 else variants[::-1]
-            for executor, ahead in order:
-                config = run_config(model, executor, ahead, args.steps)
-                rate, _ = asyncio.run(one_round(plugins, config, client, data, args.steps))
-                rates[(executor, ahead)].append(rate)
+        with (served_client(model, args.cycle_ms, tmp) if args.http else nullcontext(ClockedTrainingClient(local, clock))) as client:
+            rates: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
+            for round_index in range(args.rounds):
+                order = variants if round_index % 2 == 0 else variants[::-1]
+                for executor, ahead in order:
+                    config = run_config(model, executor, ahead, args.steps)
+                    rate, _ = asyncio.run(one_round(plugins, config, client, data, args.steps))
+                    rates[(executor, ahead)].append(rate)
 
     limit = 1000 / args.cycle_ms
     sync_rate = median(rates[("sync", 0)])
-    print(f"pipelining on a clocked service: cycle {args.cycle_ms:g} ms (limit {limit:.2f} steps/s), "
+    where = "tinkerplug serve --clock-ms over the real SDK and HTTP" if args.http else "a clocked service (in process)"
+    print(f"pipelining on {where}: cycle {args.cycle_ms:g} ms (limit {limit:.2f} steps/s), "
           f"requests join the {args.joins} cycle; model {args.model}, batch {args.batch} x {args.seq_len} tokens; "
           f"{args.rounds} rounds x {args.steps} steps, interleaved")
     print(f"  local compute per step (unclocked): median {1000 * median(compute):.1f} ms")
@@ -148,9 +194,10 @@ def main() -> None:
         met = rate / sync_rate >= 1.9 and rate / limit >= 0.95
         print(f"  * the default: {rate / sync_rate:.2f}x sync, {rate / limit:.3f} of the limit; "
               f"targets >= 1.9x and >= 0.95: {'met' if met else 'NOT met'}")
-    print(f"  results later than their cycle's end (local compute overran): {clock.overruns} of {clock.requests}"
-          + (f", median {1000 * median(clock.late_s):.1f} ms late" if clock.late_s else ""))
-    if clock.overruns > 0.1 * clock.requests:
+    if not args.http:
+        print(f"  results later than their cycle's end (local compute overran): {clock.overruns} of {clock.requests}"
+              + (f", median {1000 * median(clock.late_s):.1f} ms late" if clock.late_s else ""))
+    if clock.overruns > 0.1 * max(clock.requests, 1):
         print("  WARNING: the local compute often outlasts a cycle, so the backend, not the clock, "
               "limits the pipelined rates: use a longer --cycle-ms or a smaller --batch")
     print("  " + machine_line())

@@ -35,6 +35,7 @@ class Case:
     args: list[str] = field(default_factory=list)
     env: dict[str, str | None] = field(default_factory=dict)
     config_text: str | None = None  # the whole config file, instead of keys
+    text: str = ""  # appended to the config written from keys
     setup: Callable[[Path], None] | None = None
 
 
@@ -64,6 +65,21 @@ def _raising_plugin(tmp: Path) -> None:
         "def log_metrics(step, metrics, run):\n"
         "    raise ValueError('cannot reach the dashboard')\n"
     )
+
+
+def _saved_run(steps: list[int]) -> Callable[[Path], None]:
+    """A run dir with ``config.json`` and checkpoint rows at ``steps`` (nothing is loaded
+    from them: the checkpoint is picked first)."""
+
+    def setup(tmp: Path) -> None:
+        run = tmp / "saved"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"base_model": "tiny-chat", "data": {"train": str(DATA / "fast_train.jsonl")}}))
+        (run / "metrics.jsonl").write_text("")
+        rows = [{"step": s, "epoch": 0, "batch": s, "state_path": f"{run}/w/{s}", "sampler_path": f"{run}/s/{s}", "time": 0.0} for s in steps]
+        (run / "checkpoints.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    return setup
 
 
 CASES: dict[str, Case] = {
@@ -96,6 +112,42 @@ CASES: dict[str, Case] = {
          "-p no:project:my_hooks", "resumes with: tinkerplug run"],
         code=3, args=["-p", "{tmp}/my_hooks.py"], setup=_raising_plugin,
     ),
+    "unreadable Parquet file": Case(
+        ["bad.parquet: not a readable Parquet file", "cut-off download"],
+        keys={"data.train": "bad.parquet"}, setup=lambda t: (t / "bad.parquet").write_bytes(b"PAR1 not really parquet"),
+    ),
+    "column the format needs is missing": Case(
+        ["train.csv: format 'alpaca' needs column 'output'; its columns: instruction, input", "data.format picks one"],
+        keys={"data.train": "train.csv", "data.format": "alpaca"}, setup=lambda t: (t / "train.csv").write_text("instruction,input\nx,y\n"),
+    ),
+    "record fits no format": Case(
+        ["train.jsonl:1: record fits no data format (its keys: answer, question)", "alpaca"],
+        data=['{"question": "q", "answer": "a"}'],
+    ),
+    "unknown data format": Case(["unknown data format 'chatml'", "data.format is one of messages, sharegpt"], keys={"data.format": "chatml"}),
+    "mixture weight 0": Case(
+        ["config.toml:13: data.train.1.weight: Input should be greater than 0 (got 0)"],
+        keys={"data.train": None}, text='[[data.train]]\npath = "train.jsonl"\n[[data.train]]\npath = "train.jsonl"\nweight = 0\n',
+    ),
+    "hf: hub name while offline": Case(
+        ["hf:nobody/nothing", "HF_HUB_OFFLINE is set and dataset 'nobody/nothing' is neither a local directory nor in the cache"],
+        keys={"data.train": "hf:nobody/nothing"}, env={"HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent/hf-home"},
+    ),
+    "wandb not installed": Case(
+        ["the config has a [wandb] table, but the wandb package is not installed", "pip install 'tinkerplug[wandb]'"],
+        code=3, text='[wandb]\nproject = "p"\n',
+    ),
+    "eval: run dir without a checkpoint": Case(
+        ["saved has no checkpoint yet: nothing to load", "at the end of a run"], args=["eval", "{tmp}/saved"], setup=_saved_run([]),
+    ),
+    "chat: run dir without a checkpoint": Case(
+        ["saved has no checkpoint yet: nothing to load"], args=["chat", "{tmp}/saved"], setup=_saved_run([]),
+    ),
+    "eval --step that does not exist": Case(
+        ["saved has no checkpoint at step 7", "checkpoint steps: 5, 10 (--step N)"],
+        args=["eval", "{tmp}/saved", "--step", "7"], setup=_saved_run([5, 10]),
+    ),
+    "chat: not a run dir": Case(["nothing is not a run directory: it does not exist"], args=["chat", "{tmp}/nothing"]),
     "run_dir is a file": Case(["exists and is not a directory"], keys={"run_dir": "{tmp}/afile"}, setup=lambda t: (t / "afile").write_text("x")),
 }
 
@@ -112,12 +164,14 @@ def write_case(tmp: Path, case: Case) -> list[str]:
         "max_length": 64, "run_dir": str(tmp / "run"), "data.train": "train.jsonl",
     }
     keys.update(case.keys)
+    keys = {k: v for k, v in keys.items() if v is not None}
     lines = [f"{k} = {json.dumps(str(v).format(tmp=tmp) if isinstance(v, str) else v)}" for k, v in keys.items() if "." not in k]
     lines += ["[data]"] + [f"{k.split('.')[1]} = {json.dumps(v)}" for k, v in keys.items() if k.startswith("data.")]
+    lines += [case.text]
     config = tmp / "config.toml"
     config.write_text(case.config_text if case.config_text is not None else "\n".join(lines) + "\n")
     args = [a.format(tmp=tmp) for a in case.args]
-    if not args or args[0] != "run":
+    if not args or args[0] not in ("run", "eval", "chat"):
         args = ["run", str(config), *args]
     return args
 
@@ -130,6 +184,8 @@ def test_bad_input_gets_one_clear_message(name, tmp_path, monkeypatch, capsys):
         monkeypatch.delenv(key, raising=False) if value is None else monkeypatch.setenv(key, value)
     if name == "plugin fails to import":
         monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    if name == "wandb not installed":
+        monkeypatch.setattr("tinkerplug_wandb.settings.wandb_installed", lambda: False)
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -161,12 +217,12 @@ def test_some_examples_too_long_are_counted(tmp_path, capsys):
 
 
 def test_unexpected_errors_print_one_line_and_how_to_see_the_traceback(tmp_path, monkeypatch, capsys):
-    import tinkerplug.training
+    import tinkerplug.prepare
 
     def broken(*args, **kwargs):
         raise RuntimeError("something nobody expected\nsecond line")
 
-    monkeypatch.setattr(tinkerplug.training, "read_chat_jsonl", broken)
+    monkeypatch.setattr(tinkerplug.prepare, "open_training_data", broken)
     args = write_case(tmp_path, Case([]))
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -190,9 +246,9 @@ def test_errors_in_a_real_process(tmp_path):
     assert "distribution tinkerplug-broken" in result.stderr
 
     (tmp_path / "boom.py").write_text(
-        "import tinkerplug.training\n\n"
+        "import tinkerplug.prepare\n\n"
         "def _boom(*a, **k):\n    raise RuntimeError('boom')\n\n"
-        "tinkerplug.training.read_chat_jsonl = _boom\n"
+        "tinkerplug.prepare.open_training_data = _boom\n"
     )
     result = run_cli(*args, "-p", str(tmp_path / "boom.py"))
     assert result.returncode == 1 and "Traceback" not in result.stderr

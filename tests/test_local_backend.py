@@ -120,4 +120,4 @@ def test_sampling_batches_stops_and_async(service):
 
 def test_unsupported_loss_names_the_supported_ones():
     with pytest.raises(NotImplementedError, match="cross_entropy"):
-        check_loss_fn("ppo")
+        check_loss_fn("stable_reinforce")

@@ -6,90 +6,22 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
+from tinkerplug.environ import quiet_openmp
 from tinkerplug.errors import TinkerplugError
 
+# Re-exported: tests and plugins' own tests assemble runs with these.
+from tinkerplug.loading import load_plugins_for, load_run_config  # noqa: F401
 
-def _split_plugin_options(options: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """``-p ./file.py`` loads a file; ``-p no:NAME`` disables a plugin."""
-    files, disabled = [], []
-    for option in options:
-        if option.startswith("no:"):
-            disabled.append(option[3:])
-        else:
-            files.append(option)
-    return files, disabled
-
-
-def load_plugins_for(config_path: str | None, overrides: tuple[str, ...], plugin_options: tuple[str, ...]):
-    """The plugins a run of CONFIG would use: entry points, the config's ``plugins`` files and
-    ``-p`` files, minus ``disable_plugins`` and ``-p no:NAME``. Returns (plugins, raw config)."""
-    import tomllib
-
-    from tinkerplug.errors import ConfigError
-    from tinkerplug.plugins import load_plugins
-
-    raw: dict[str, Any] = {}
-    base_dir = None
-    if config_path is not None:
-        from tinkerplug.config import apply_override, parse_override  # pydantic: only when needed
-
-        path = Path(config_path)
-        base_dir = path.parent.resolve()
-        if path.is_file():
-            try:
-                raw = tomllib.loads(path.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError:
-                raw = {}  # load_config reports it with the file name
-            for override in overrides:
-                apply_override(raw, *parse_override(override))
-    for key in ("plugins", "disable_plugins"):
-        if not isinstance(raw.get(key, []), list) or not all(isinstance(v, str) for v in raw.get(key, [])):
-            raise ConfigError(f"{config_path}: {key} must be a list of strings, e.g. {key} = [\"...\"]")
-    files, disabled = _split_plugin_options(plugin_options)
-    plugins = load_plugins(
-        files=raw.get("plugins", []),
-        disabled=[*raw.get("disable_plugins", []), *disabled],
-        base_dir=base_dir,
-        cli_files=files,
-    )
-    return plugins, raw
-
-
-def load_run_config(config_path: str, overrides: tuple[str, ...], plugin_options: tuple[str, ...]):
-    """Config + plugins: the config names plugin files, the plugins add config tables."""
-    from tinkerplug.config import load_config
-
-    plugins, _ = load_plugins_for(config_path, overrides, plugin_options)
-    plugins.check_required()
-    sections: dict[str, Any] = {}
-    owners: dict[str, str] = {}
-    _register_sections(plugins, sections, owners)
-    config = load_config(
-        Path(config_path), list(overrides), {k: (v, owners[k]) for k, v in sections.items()}, plugins.disabled
-    )
-    return config, plugins
-
-
-def _register_sections(plugins: Any, sections: dict[str, Any], owners: dict[str, str]) -> None:
-    """Collect plugin config tables; two plugins may not claim the same table."""
-    from tinkerplug.errors import PluginError
-
-    for impl in plugins.impls("register_config_sections"):
-
-        def register(name: str, model: Any, _owner: str = impl.plugin_name) -> None:
-            if name in sections:
-                raise PluginError(
-                    f"plugins {owners[name]!r} and {_owner!r} both register config table [{name}]",
-                    hint=f"disable one with -p no:{_owner}",
-                )
-            sections[name] = model
-            owners[name] = _owner
-
-        impl.function(register=register)
+if __name__ == "__main__":
+    # `python -m tinkerplug.cli` puts the current directory first on sys.path: a stray
+    # tinkerplug_*.py there would be imported in place of an installed plugin (and plugins
+    # load below, for their commands). Plugin files load only when named (-p, `plugins =
+    # [...]`), so the current directory goes before anything is imported.
+    if sys.path and not sys.flags.safe_path and Path(sys.path[0] or ".").resolve() == Path.cwd().resolve():
+        del sys.path[0]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,19 +35,20 @@ def cli() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. --set lora_rank=8 --set heldout.limit=20.")
 @click.option("--resume", is_flag=True, help="Continue the run in run_dir from its last checkpoint.")
 @click.option("-p", "plugin_options", multiple=True, metavar="FILE|no:NAME", help="Load a plugin file, or disable a plugin with no:NAME.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes ([terminal] quiet = true).")
 def run(config_path: str, overrides: tuple[str, ...], resume: bool, plugin_options: tuple[str, ...], quiet: bool) -> None:
     """Train (and evaluate) as CONFIG says."""
     import asyncio
 
-    from tinkerplug.progress import Reporter
     from tinkerplug.training import train
 
     command = _resume_command(config_path, overrides, plugin_options)
     if resume:
         overrides = (*overrides, "resume=true")
+    if quiet:  # the terminal reporter's setting; ignored when it is disabled (-p no:terminal)
+        overrides = (*overrides, "terminal.quiet=true")
     config, plugins = load_run_config(config_path, overrides, plugin_options)
-    summary = asyncio.run(train(config, plugins, Reporter(quiet=quiet), resume_command=command))
+    summary = asyncio.run(train(config, plugins, resume_command=command))
     if summary.get("interrupted"):
         sys.exit(130)
 
@@ -188,7 +121,7 @@ def hooks_cmd(name: str | None, markdown: bool) -> None:
     """Print every hookspec (or hook NAME) with its signature and documentation."""
     import inspect
 
-    from tinkerplug.plugins import hook_reference_markdown, hook_signature, hookspec_functions, is_firstresult
+    from tinkerplug.plugins import hook_groups, hook_reference_markdown, hook_signature, hookspec_functions, is_firstresult
 
     if markdown:
         click.echo(hook_reference_markdown(), nl=False)
@@ -198,19 +131,27 @@ def hooks_cmd(name: str | None, markdown: bool) -> None:
         specs = [(n, f) for n, f in specs if n == name]
         if not specs:
             raise TinkerplugError(f"no hook named {name!r}", hint="`tinkerplug hooks` lists them")
+    groups, heading = hook_groups(), None
     for hook_name, func in specs:
+        if groups.get(hook_name) != heading and not name:
+            heading = groups.get(hook_name)
+            click.echo(f"== {heading} ==\n")
         first = "  [firstresult]" if is_firstresult(func) else ""
         click.echo(f"{hook_signature(hook_name, func)}{first}")
         click.echo("    " + (inspect.getdoc(func) or "").replace("\n", "\n    ").replace("\n    \n", "\n\n") + "\n")
 
 
-def _add_extra_commands() -> None:
-    from tinkerplug.commands import add_commands
+def _add_plugin_commands() -> None:
+    """Commands of installed plugins (``register_commands``): entry points only, since project
+    files are named by a config or ``-p`` that is not parsed yet. A plugin that fails to import
+    is skipped here; a command that loads plugins reports it."""
+    from tinkerplug.plugins import load_command_plugins
 
-    add_commands(cli)
+    for error in load_command_plugins().register_commands(cli):
+        click.echo(f"warning: {error.message}; its commands are missing", err=True)
 
 
-_add_extra_commands()
+_add_plugin_commands()
 
 
 DEBUG_ENV = "TINKERPLUG_DEBUG"
@@ -220,8 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI. Errors the user can fix print one message and exit non-zero; anything else
     prints one line and how to see the traceback (``TINKERPLUG_DEBUG=1``, which shows every
     traceback)."""
-    # Before torch loads: spinning OpenMP threads collapse throughput on shared cores.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    quiet_openmp(os.environ)
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         cli.main(args=argv, standalone_mode=False)
@@ -254,9 +194,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # `python -m tinkerplug.cli` puts the current directory first on sys.path: a stray
-    # tinkerplug_*.py there would be imported in place of an installed plugin. Plugin files
-    # load only when named (-p, `plugins = [...]`), so the current directory goes.
-    if sys.path and not sys.flags.safe_path and Path(sys.path[0] or ".").resolve() == Path.cwd().resolve():
-        del sys.path[0]
     main()

@@ -11,11 +11,12 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, model_validator
 
 from tinkerplug.errors import ConfigError
+from tinkerplug.loading import PluginSchema
 
 TRAIN_ON_WHAT = (
     "last_assistant_message",
@@ -28,11 +29,60 @@ TRAIN_ON_WHAT = (
 )
 
 
+class SourceConfig(BaseModel):
+    """One data source written as a table: ``[[data.train]] path = ... weight = ...``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(description="A data file, a directory of them, or hf:NAME[:CONFIG].")
+    format: str | None = Field(None, description="Record format; default: data.format, else detected.")
+    split: str | None = Field(None, description="Split of an hf: data set (default: train / validation or test).")
+    weight: float = Field(1.0, gt=0, description="Examples per epoch = records x weight (mixtures).")
+
+
+def _source_form(value: Any) -> str:
+    return "source-list" if isinstance(value, list) else "source-table" if isinstance(value, (dict, SourceConfig)) else "source-path"
+
+
+# A path, a table or a list of tables, told apart by the value's type, so an error names the
+# form that was written (not all three).
+SOURCE_FORMS = ("source-path", "source-table", "source-list")
+Sources = Annotated[
+    Union[Annotated[Path, Tag("source-path")], Annotated[SourceConfig, Tag("source-table")], Annotated[list[SourceConfig], Tag("source-list")]],
+    Discriminator(_source_form),
+]
+OptionalSource = Annotated[
+    Union[Annotated[Path, Tag("source-path")], Annotated[SourceConfig, Tag("source-table")]], Discriminator(_source_form)
+]
+
+
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    train: Path = Field(description="JSONL file of chat records: one {\"messages\": [...]} per line.")
-    heldout: Path | None = Field(None, description="JSONL of held-out records for evaluators.")
+    train: Sources = Field(
+        description="A data file (JSONL, JSON, Parquet, CSV, Arrow), a directory of them, hf:NAME[:CONFIG], "
+        "or a list of weighted sources ([[data.train]] tables)."
+    )
+    heldout: OptionalSource | None = Field(None, description="Held-out data for evaluators (same forms).")
+    format: str | None = Field(
+        None, description="Record format of every source: messages, prompt_completion, alpaca, sharegpt, text; default: detected."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if isinstance(self.train, list) and not self.train:
+            raise ValueError("train: give at least one source")
+        return self
+
+    def sources(self, role: str) -> list[SourceConfig]:
+        """The ``train`` or ``heldout`` sources as tables (a plain path is one, weight 1)."""
+        value = self.train if role == "train" else self.heldout
+        items = value if isinstance(value, list) else [] if value is None else [value]
+        return [s if isinstance(s, SourceConfig) else SourceConfig(path=s) for s in items]
+
+    def label(self, role: str = "train") -> str:
+        """How messages name the data: the path, or the paths of a mixture."""
+        return " + ".join(str(s.path) for s in self.sources(role))
 
 
 class RunConfig(BaseModel):
@@ -41,8 +91,10 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     base_model: str = Field(description="HF model dir, hub name, or a shipped model (tiny-chat).")
-    backend: Literal["local", "tinker"] | None = Field(
-        None, description="local (in-process) or tinker (remote); default: tinker when TINKER_API_KEY is set."
+    backend: str | None = Field(
+        None,
+        description="A registered backend: local (in-process), tinker (remote), or a plugin's; "
+        "default: tinker when TINKER_API_KEY is set, else local.",
     )
     renderer: str | None = Field(None, description="Cookbook renderer name; default: from the model name.")
     lora_rank: int = Field(16, gt=0)
@@ -89,7 +141,9 @@ class RunConfig(BaseModel):
     disable_plugins: list[str] = Field(default_factory=list)
 
     _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+    _plugin_result_keys: tuple[str, ...] = PrivateAttr(())
     _source: Path | None = PrivateAttr(None)
+    _data_counts: list[dict[str, Any]] | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -116,11 +170,26 @@ class RunConfig(BaseModel):
         """The validated ``[name]`` table of a plugin (its defaults when absent)."""
         return self._sections[name]
 
+    def result_keys(self) -> tuple[str, ...]:
+        """The dotted keys that decide what this run computes: the core's and those the
+        plugins declared (``register(name, Model, result_keys=...)``). ``--resume`` keeps them."""
+        from tinkerplug.rundir import RESULT_KEYS
+
+        return RESULT_KEYS + self._plugin_result_keys
+
+    def set_data_counts(self, counts: list[dict[str, Any]]) -> None:
+        """Per training source: path, weight, records, examples (written to ``config.json``)."""
+        self._data_counts = counts
+
     def to_json(self) -> dict[str, Any]:
         """The resolved config as written to ``RUN_DIR/config.json`` (no secrets: keys come
         only from the environment and are never part of the config)."""
         data = self.model_dump(mode="json")
         data["backend"] = self.resolved_backend
+        if self._data_counts is not None:
+            data["data_counts"] = self._data_counts
+        if self._source is not None:  # commands on the run dir resolve plugin paths from it
+            data["config_file"] = str(self._source)
         for name, section in sorted(self._sections.items()):
             data[name] = section.model_dump(mode="json")
         return data
@@ -181,14 +250,14 @@ def _where(file: Path, text: str, loc: tuple[Any, ...]) -> str:
 def load_config(
     path: str | Path,
     overrides: list[str] = (),  # type: ignore[assignment]
-    sections: dict[str, tuple[type[BaseModel], str]] | None = None,
+    schema: PluginSchema | None = None,
     disabled: frozenset[str] | set[str] = frozenset(),
 ) -> RunConfig:
     """Read, override and validate a config file.
 
-    ``sections`` maps a table name to (pydantic model, plugin name), from the
-    ``register_config_sections`` hook. Tables named after a ``disabled`` plugin are ignored,
-    so ``-p no:inspect`` works on a config that has an ``[inspect]`` table.
+    ``schema`` holds what the plugins add (``tinkerplug.loading.plugin_schema``): tables, the
+    keys of theirs that decide a result, backend names. Tables named after a ``disabled``
+    plugin are ignored, so ``-p no:inspect`` works on a config that has an ``[inspect]`` table.
     """
     file = Path(path)
     if not file.is_file():
@@ -204,60 +273,107 @@ def load_config(
     for override in overrides:
         key, value = parse_override(override)
         apply_override(data, key, value)
-    return build_config(data, file, text, sections or {}, disabled)
+    return build_config(data, file, text, schema or PluginSchema(), disabled)
 
 
 def build_config(
     data: dict[str, Any],
     file: Path,
     text: str,
-    sections: dict[str, tuple[type[BaseModel], str]],
+    schema: PluginSchema,
     disabled: frozenset[str] | set[str] = frozenset(),
 ) -> RunConfig:
-    base = file.parent.resolve()
+    """Validate parsed config ``data`` (from ``file``, whose ``text`` gives line numbers)."""
     core_fields = set(RunConfig.model_fields)
     core = {k: v for k, v in data.items() if k in core_fields}
     plugin_tables = {
-        k: v for k, v in data.items() if k not in core_fields and not (k in disabled and k not in sections)
+        k: v for k, v in data.items() if k not in core_fields and not (k in disabled and k not in schema.sections)
     }
     _reject_secrets(data, file, text)
     for name in plugin_tables:
-        if name not in sections:
-            known = sorted(core_fields | set(sections))
+        if name not in schema.sections:
+            known = sorted(core_fields | set(schema.sections))
             raise ConfigError(
                 f"{_where(file, text, (name,))}: unknown key {name!r}",
                 hint=f"known keys and tables: {', '.join(known)}",
             )
-
     try:
         config = RunConfig.model_validate(core)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, file, text, prefix=())) from None
+    _check_backend(config, schema, file, text, disabled)
+    config._sections = _validate_sections(plugin_tables, schema, file, text)
+    config._plugin_result_keys = tuple(schema.result_keys)
+    # Paths in the file are relative to it; run_dir to the current directory.
+    base = file.parent.resolve()
+    config.data.train = _rel_source(config.data.train, base)
+    if config.data.heldout is not None:
+        config.data.heldout = _rel_source(config.data.heldout, base)
+    config._source = file.resolve()
+    return config
 
+
+def _check_backend(
+    config: RunConfig, schema: PluginSchema, file: Path, text: str, disabled: frozenset[str] | set[str]
+) -> None:
+    """``backend`` must be a name some plugin registered (checked only when plugins are known)."""
+    if config.backend is None or not schema.backends or config.backend in schema.backends:
+        return
+    if disabled:  # a plugin problem, as for a disabled renderer: exit 3
+        from tinkerplug.errors import PluginError
+
+        raise PluginError(
+            f"no plugin provides backend {config.backend!r} (disabled: {', '.join(sorted(disabled))})",
+            hint=f"re-enable it, or choose one of the registered backends: {', '.join(sorted(schema.backends))}",
+        )
+    raise ConfigError(
+        f"{_where(file, text, ('backend',))}: backend {config.backend!r} is not a registered backend"
+        + schema.did_you_mean(config.backend),
+        hint=f"backends: {', '.join(sorted(schema.backends))} "
+        "(a plugin adds one with the register_backends hook; `tinkerplug plugins --hook register_backends`)",
+    )
+
+
+def _validate_sections(
+    tables: dict[str, Any], schema: PluginSchema, file: Path, text: str
+) -> dict[str, BaseModel]:
     parsed: dict[str, BaseModel] = {}
-    for name, (model, plugin) in sections.items():
-        raw = plugin_tables.get(name, {})
+    for name, model in schema.sections.items():
+        raw = tables.get(name, {})
         if not isinstance(raw, dict):
             raise ConfigError(f"{_where(file, text, (name,))}: {name!r} must be a table ([{name}])")
         try:
             parsed[name] = model.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError(
-                _format_validation(exc, file, text, prefix=(name,), plugin=plugin)
-            ) from None
-
-    # Paths in the file are relative to it; run_dir to the current directory.
-    config.data.train = _rel(config.data.train, base)
-    if config.data.heldout is not None:
-        config.data.heldout = _rel(config.data.heldout, base)
-    config._sections = parsed
-    config._source = file.resolve()
-    return config
+            plugin = schema.owners.get(name)
+            raise ConfigError(_format_validation(exc, file, text, prefix=(name,), plugin=plugin)) from None
+    return parsed
 
 
 def _rel(path: Path, base: Path) -> Path:
     path = path.expanduser()
     return path if path.is_absolute() else (base / path)
+
+
+def is_spec(path: str | Path) -> bool:
+    """``hf:NAME`` and the like: a scheme before the first ``/``, not a file path."""
+    return ":" in str(path).split("/")[0]
+
+
+def _rel_source(value: Any, base: Path) -> Any:
+    """A data path (or each source's) relative to the config file; specs stay as written,
+    except a local ``hf:./dir``, which is made absolute too."""
+    if isinstance(value, list):
+        return [_rel_source(v, base) for v in value]
+    if isinstance(value, SourceConfig):
+        return value.model_copy(update={"path": _rel_source(value.path, base)})
+    if is_spec(value):
+        scheme, _, rest = str(value).partition(":")
+        name, sep, option = rest.partition(":")
+        if name.startswith((".", "~")):  # hf:./saved_dir: a local directory, relative to the file
+            name = str(_rel(Path(name), base).resolve())
+        return Path(f"{scheme}:{name}{sep}{option}")
+    return _rel(value, base)
 
 
 def _reject_secrets(data: Any, file: Path, text: str, loc: tuple[str, ...] = ()) -> None:
@@ -276,7 +392,7 @@ def _format_validation(
 ) -> str:
     lines = []
     for err in exc.errors():
-        loc = prefix + tuple(err["loc"])
+        loc = prefix + tuple(p for p in err["loc"] if p not in SOURCE_FORMS)
         key = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":

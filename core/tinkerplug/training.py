@@ -1,65 +1,39 @@
-"""The training loop, as a sequence of hook calls.
+"""A run, as four phases of hook calls.
 
-Per step: evals due (save sampler weights, ``evaluate``), ``lr_for_step``, submit the step
-through the executor, log what finished, checkpoint when due. Steps are identified by the
-number of optimizer steps completed before them, so "step n" weights are the weights after n
-updates, evals at step n see those weights, and a checkpoint at step n resumes at step n.
+*prepare* (``prepare.py``) reads and checks every input and renders the data, writing
+nothing; *open* creates and locks the run dir, writes ``config.json`` and calls
+``on_run_start``; *steps* (``steps.py``) trains, with evals and checkpoints when due;
+*finish* runs the last evals, saves the final checkpoint and builds the summary.
+``on_run_end`` is called from a ``finally`` for every run that opened, with
+``summary["error"]`` or ``summary["interrupted"]`` when it did not get to its end.
 """
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import json
-import signal
+import shlex
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tinkerplug import rundir
-from tinkerplug.batches import BatchPlan
 from tinkerplug.config import RunConfig
-from tinkerplug.context import CheckpointRecord, EvalContext, RunContext, StepResult
-from tinkerplug.data import read_chat_jsonl
-from tinkerplug.errors import BackendError, ConfigError, DataError, PluginError, TinkerplugError
-from tinkerplug.plugins import Plugins, call_impl, hook_error
-from tinkerplug.progress import Reporter
+from tinkerplug.errors import TinkerplugError
+from tinkerplug.plugins import Plugins
+from tinkerplug.prepare import Prepared, prepare
+from tinkerplug.steps import LoopState, Steps, stop_on_sigint
 from tinkerplug.watchdog import watch_for_stalls
-
-
-@dataclass
-class RenderStats:
-    total: int = 0
-    kept: int = 0
-    dropped_overlong: int = 0
-    truncated: int = 0
-    dropped_untrained: int = 0
-    longest: int = 0
-    shortest: int = 1 << 30
-
-
-@dataclass
-class LoopState:
-    eval_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    last_finished: float = 0.0
-    started: float = 0.0
-    stop_requested: bool = False
-    checkpointed_steps: set[int] = field(default_factory=set)
 
 
 def default_resume_command(config: RunConfig) -> str:
     """The command that resumes ``config``'s run (the CLI passes a better one: the user's own
     command line, with its ``--set`` and ``-p`` options)."""
-    import shlex
-
     src = config.source or Path("CONFIG")
     return shlex.join(["tinkerplug", "run", str(src), "--resume", "--set", f"run_dir={config.run_dir}"])
 
 
-async def train(
-    config: RunConfig, plugins: Plugins, reporter: Reporter, resume_command: str | None = None
-) -> dict[str, Any]:
+async def train(config: RunConfig, plugins: Plugins, resume_command: str | None = None) -> dict[str, Any]:
     """Run (or resume) the training ``config`` describes; return the summary.
 
     Every input is checked (data read, backend and training client created, examples
@@ -70,114 +44,74 @@ async def train(
     rundir.check_run_dir(run_dir, config.resume, command)
     resuming = config.resume and (run_dir / rundir.CONFIG_JSON).is_file()
     if resuming:  # before the lock, which rewrites .lock: a refused resume touches nothing
-        rundir.check_resume_config(run_dir, config.to_json(), command)
-    lock = rundir.RunDirLock(run_dir).acquire() if resuming else None
+        rundir.check_resume_config(run_dir, config.to_json(), command, config.result_keys())
+    with contextlib.ExitStack() as locks:
+        if resuming:
+            locks.callback(rundir.RunDirLock(run_dir).acquire().release)
+        prepared = await prepare(config, plugins, run_dir, resuming)
+        if isinstance(prepared, dict):  # already finished: nothing to open
+            return prepared
+        if not resuming:  # inputs are good: only now does the run dir come into being
+            locks.callback(rundir.create_run_dir(run_dir, config.resume, command).release)
+        return await open_and_run(prepared, command)
+
+
+async def open_and_run(prepared: Prepared, command: str) -> dict[str, Any]:
+    """The open, steps and finish phases, with one exit: ``on_run_end`` in a ``finally``."""
+    run, plugins, config = prepared.run, prepared.run.plugins, prepared.run.config
+    state = LoopState(started=time.perf_counter())
+    state.last_finished = state.started
+    if prepared.checkpoint is not None:
+        state.checkpointed_steps.add(prepared.checkpoint.step)
+    steps = Steps(run, prepared.data, prepared.executor, state)
+    config_file = run.run_dir / rundir.CONFIG_JSON
+    if not config_file.exists():
+        rundir.atomic_write_text(config_file, json.dumps(config.to_json(), indent=2) + "\n")
+    summary: dict[str, Any] = {}
     try:
-        return await _train(config, plugins, reporter, run_dir, resuming, command, lock)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-async def _train(
-    config: RunConfig,
-    plugins: Plugins,
-    reporter: Reporter,
-    run_dir: Path,
-    resuming: bool,
-    command: str,
-    lock: rundir.RunDirLock | None,
-) -> dict[str, Any]:
-    checkpoint = None
-    if resuming:
-        checkpoint = rundir.last_checkpoint(run_dir)
-        if checkpoint is None:
-            reporter.note("no complete checkpoint in the run dir yet: starting from step 0")
-        elif checkpoint.final:
-            reporter.note(f"{run_dir} already finished (final checkpoint at step {checkpoint.step}): nothing to do")
-            return {"run_dir": str(run_dir), "steps_run": 0, "num_steps": checkpoint.step, "interrupted": False}
-    elif config.resume:
-        reporter.note(f"nothing to resume in {run_dir} yet: starting a new run")
-
-    records = read_chat_jsonl(config.data.train, "training data")
-    if config.data.heldout is not None:  # evaluators read it later: a bad file must fail now, not at step 0
-        read_chat_jsonl(config.data.heldout, "held-out data")
-
-    service = plugins.first("create_service_client", config=config, run_dir=str(run_dir))
-    if service is None:  # a plugin problem (disabled or missing), like a missing renderer: exit 3
-        raise PluginError(
-            f"no plugin provides backend {config.resolved_backend!r}{plugins.disabled_note()}",
-            hint="backends: local, tinker; check `tinkerplug plugins --hook create_service_client`",
-        )
-    reporter.note(f"backend {config.resolved_backend}, base model {config.base_model}")
-    if checkpoint is not None:
-        training_client = await _backend_call(
-            lambda: service.create_training_client_from_state_with_optimizer(checkpoint.state_path),
-            f"could not load the step-{checkpoint.step} checkpoint {checkpoint.state_path}",
-            hint=f"{run_dir / rundir.CHECKPOINTS_JSONL} lists the checkpoints; remove its last row "
-            "to resume from the one before",
-        )
-        start_step = checkpoint.step
-        reporter.note(f"resuming from step {start_step} ({checkpoint.state_path})")
-    else:
-        training_client = await _backend_call(
-            lambda: service.create_lora_training_client(
-                base_model=config.base_model,
-                rank=config.lora_rank,
-                seed=config.seed,
-                train_mlp=config.train_mlp,
-                train_attn=config.train_attn,
-                train_unembed=config.train_unembed,
-            ),
-            f"could not create a LoRA training client for base_model {config.base_model!r}",
-        )
-        start_step = 0
-
-    tokenizer = training_client.get_tokenizer()
-    renderer = plugins.first("resolve_renderer", config=config, tokenizer=tokenizer)
-    if renderer is None:
-        raise PluginError(f"no plugin resolved a renderer{plugins.disabled_note()}", hint="is the cookbook plugin disabled?")
-    data, stats = render_all(records, renderer, config, plugins)
-    reporter.render_stats(stats, config)
-
-    plan = BatchPlan(len(data), config.batch_size, config.seed)
-    num_steps = config.num_steps or (config.num_epochs or 1) * plan.steps_per_epoch
-    if start_step > num_steps:
-        raise ConfigError(f"--resume: the last checkpoint is at step {start_step}, past num_steps={num_steps}")
-    executor = plugins.first("make_step_executor", config=config, training_client=training_client)
-    if executor is None:
-        raise PluginError(
-            f"no plugin provides executor {config.executor!r}{plugins.disabled_note()}",
-            hint="executors: sync, pipelined; check `tinkerplug plugins --hook make_step_executor`",
-        )
-
-    # Inputs are good: only now does the run dir come into being.
-    own_lock = rundir.create_run_dir(run_dir, config.resume, command) if lock is None else None
-    if not (run_dir / rundir.CONFIG_JSON).exists():
-        rundir.atomic_write_text(run_dir / rundir.CONFIG_JSON, json.dumps(config.to_json(), indent=2) + "\n")
-    try:
-        run = RunContext(
-            config=config,
-            run_dir=run_dir,
-            plugins=plugins,
-            num_steps=num_steps,
-            start_step=start_step,
-            service_client=service,
-            training_client=training_client,
-            tokenizer=tokenizer,
-            renderer=renderer,
-            steps_per_epoch=plan.steps_per_epoch,
-        )
-        return await _loop(run, plan, data, executor, reporter, checkpoint, command)
+        plugins.on_run_start(run)
+        warn = lambda text: plugins.warn(config, text)  # noqa: E731
+        with stop_on_sigint(state, warn), watch_for_stalls(config, state, warn, command):
+            interrupted = await steps.run_all()
+        if not interrupted:
+            await finish(steps)
+        summary = make_summary(steps, interrupted, command)
+        return summary
     except BaseException as exc:
-        _tell_how_to_resume(exc, run_dir, command, reporter)
+        summary = make_summary(steps, isinstance(exc, KeyboardInterrupt), command)
+        summary["error"] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TinkerplugError) else exc.message
+        tell_how_to_resume(exc, run.run_dir, command, plugins, config)
         raise
     finally:
-        if own_lock is not None:
-            own_lock.release()
+        end_run(steps, summary)
 
 
-def _tell_how_to_resume(exc: BaseException, run_dir: Path, command: str, reporter: Reporter) -> None:
+async def finish(steps: Steps) -> None:
+    """The last evals (logged as a row of their own) and the final checkpoint."""
+    run, state, num_steps = steps.run, steps.state, steps.run.num_steps
+    await steps.evaluate(num_steps)
+    if num_steps in state.eval_metrics:
+        row = {"step": num_steps, **state.eval_metrics.pop(num_steps)}
+        state.history.append(row)
+        run.plugins.log_metrics(num_steps, row, run)
+    if num_steps not in state.checkpointed_steps:
+        await steps.checkpoint(num_steps, final=True)
+
+
+def end_run(steps: Steps, summary: dict[str, Any]) -> None:
+    """``on_run_end``, also on the way out of an error: a failing end hook then must not hide
+    the error that stopped the run, so it is reported as a warning instead."""
+    run = steps.run
+    if "error" not in summary:
+        run.plugins.on_run_end(run, summary)
+        return
+    try:
+        run.plugins.on_run_end(run, summary)
+    except Exception as exc:  # noqa: BLE001 - the run's own error is the one raised
+        run.plugins.warn(run.config, f"while ending the run after an error: {exc}")
+
+
+def tell_how_to_resume(exc: BaseException, run_dir: Path, command: str, plugins: Plugins, config: RunConfig) -> None:
     """A run that dies mid-way has lost nothing: say where it can pick up again."""
     last = rundir.last_checkpoint(run_dir)
     where = f"from its step-{last.step} checkpoint" if last else "from step 0 (no checkpoint yet)"
@@ -185,281 +119,31 @@ def _tell_how_to_resume(exc: BaseException, run_dir: Path, command: str, reporte
     if isinstance(exc, TinkerplugError):
         exc.hint = f"{exc.hint}\n  {text}" if exc.hint else text
     else:
-        reporter.warn(text)
+        plugins.warn(config, text)
 
 
-async def _loop(
-    run: RunContext,
-    plan: BatchPlan,
-    data: list[Any],
-    executor: Any,
-    reporter: Reporter,
-    checkpoint: CheckpointRecord | None,
-    command: str,
-) -> dict[str, Any]:
-    config, plugins, num_steps, start_step = run.config, run.plugins, run.num_steps, run.start_step
-    state = LoopState(started=time.perf_counter())
-    state.last_finished = state.started
-    if checkpoint is not None:
-        state.checkpointed_steps.add(checkpoint.step)
-    plugins.each("on_run_start", run=run)
-
-    from tinker import types  # heavy: imported once training starts
-
-    def finish(results: list[StepResult]) -> None:
-        for result in results:
-            _log_step(run, state, plan, result, reporter)
-
-    stalls = watch_for_stalls(config, state, reporter, command)
-    with reporter.progress(num_steps, start_step), _stop_on_sigint(state, reporter), stalls:
-        for step in range(start_step, num_steps):
-            if _due(step, config.eval_every) or step == 0:
-                await run_evals(run, state, step, reporter)
-            batch = [data[i] for i in plan.indices(step)]
-            lr = plugins.first("lr_for_step", step=step, num_steps=num_steps, config=config)
-            if lr is None:
-                raise PluginError("no plugin returned a learning rate (lr_for_step)")
-            adam = types.AdamParams(
-                learning_rate=float(lr),
-                beta1=config.adam_beta1,
-                beta2=config.adam_beta2,
-                eps=config.adam_eps,
-                weight_decay=config.weight_decay,
-                grad_clip_norm=config.grad_clip_norm,
-            )
-            finish(await _call_executor(executor.submit(step, batch, adam)))
-            done = step + 1
-            if state.stop_requested and done < num_steps:
-                finish(await _call_executor(executor.drain()))
-                if done not in state.checkpointed_steps:
-                    await save_checkpoint(run, state, plan, done, executor, reporter)
-                reporter.stopped(done, command)
-                summary = _summary(run, state, interrupted=True)
-                plugins.each("on_run_end", run=run, summary=summary)
-                return summary
-            if _due(done, config.save_every) and done < num_steps:
-                await save_checkpoint(run, state, plan, done, executor, reporter)
-        finish(await _call_executor(executor.drain()))
-
-    await run_evals(run, state, num_steps, reporter)
-    if num_steps in state.eval_metrics:
-        row = {"step": num_steps, **state.eval_metrics.pop(num_steps)}
-        state.history.append(row)
-        plugins.each("log_metrics", step=num_steps, metrics=row, run=run)
-    if num_steps not in state.checkpointed_steps:
-        await save_checkpoint(run, state, plan, num_steps, executor, reporter, final=True)
-    summary = _summary(run, state, interrupted=False)
-    reporter.summary(summary)
-    plugins.each("on_run_end", run=run, summary=summary)
-    return summary
-
-
-async def _backend_call(make: Any, what: str, hint: str | None = None) -> Any:
-    """Call the backend and await the result; its failures become one ``BackendError``."""
-    try:
-        return await _result(make())
-    except TinkerplugError:
-        raise
-    except Exception as exc:
-        raise BackendError(f"{what}: {type(exc).__name__}: {exc}", hint=hint) from exc
-
-
-def _due(step: int, every: int) -> bool:
-    return every > 0 and step % every == 0
-
-
-async def _result(future: Any) -> Any:
-    """Await an SDK future (``result_async``), or take a plain value as is."""
-    if hasattr(future, "result_async"):
-        return await future.result_async()
-    if inspect.isawaitable(future):
-        return await future
-    return future
-
-
-async def _call_executor(awaitable: Any) -> list[StepResult]:
-    try:
-        return await awaitable
-    except TinkerplugError:
-        raise
-    except Exception as exc:
-        raise BackendError(f"training step failed: {type(exc).__name__}: {exc}") from exc
-
-
-def render_all(
-    records: list[dict[str, Any]], renderer: Any, config: RunConfig, plugins: Plugins
-) -> tuple[list[Any], RenderStats]:
-    """Render every record once; apply ``max_length`` / ``overlong`` and weight reduction."""
-    from tinker import types
-
-    stats = RenderStats(total=len(records))
-    data = []
-    for index, record in enumerate(records):
-        try:
-            datum = plugins.first("render_example", example=record, renderer=renderer, config=config)
-        except PluginError as exc:
-            raise DataError(f"{config.data.train} record {index + 1}: {exc.message}", exc.hint) from None
-        if datum is None:
-            raise PluginError("no plugin rendered the example (render_example)")
-        length = datum.model_input.length
-        stats.longest = max(stats.longest, length)
-        stats.shortest = min(stats.shortest, length)
-        tokens = datum.model_input.to_ints()
-        targets = datum.loss_fn_inputs["target_tokens"].to_numpy()
-        weights = datum.loss_fn_inputs["weights"].to_numpy().astype("float32")
-        if length > config.max_length:
-            if config.overlong == "drop":
-                stats.dropped_overlong += 1
-                continue
-            stats.truncated += 1
-            tokens, targets, weights = tokens[: config.max_length], targets[: config.max_length], weights[: config.max_length]
-        total = float(weights.sum())
-        if total <= 0:
-            stats.dropped_untrained += 1
-            continue
-        if config.loss_reduction == "mean":
-            weights = weights / total
-        data.append(
-            types.Datum(
-                model_input=types.ModelInput.from_ints([int(t) for t in tokens]),
-                loss_fn_inputs={
-                    "target_tokens": types.TensorData.from_numpy(targets.astype("int64")),
-                    "weights": types.TensorData.from_numpy(weights.astype("float32")),
-                },
-            )
-        )
-    stats.kept = len(data)
-    if not data:
-        if stats.dropped_overlong == stats.total:
-            raise DataError(
-                f"every example in {config.data.train} is longer than max_length={config.max_length} "
-                f"tokens (shortest {stats.shortest}, longest {stats.longest})",
-                hint=f"raise max_length (e.g. --set max_length={stats.longest}) or set overlong = \"truncate\"",
-            )
-        raise DataError(
-            f"no example in {config.data.train} has a token to train on "
-            f"(train_on_what = {config.train_on_what!r})",
-            hint="each record needs an assistant message (or choose another train_on_what)",
-        )
-    if len(data) < config.batch_size:
-        raise DataError(
-            f"{config.data.train} has {len(data)} usable examples, fewer than batch_size={config.batch_size}",
-            hint=f"add data or lower batch_size (e.g. --set batch_size={len(data)})",
-        )
-    return data, stats
-
-
-async def run_evals(run: RunContext, state: LoopState, step: int, reporter: Reporter) -> None:
-    """Save sampler weights for ``step``, open a sampling client on them, run every evaluator."""
-    impls = run.plugins.impls("evaluate")
-    if not impls:
-        return
-    saved = await _result(run.training_client.save_weights_for_sampler(f"eval-{step:06d}"))
-    sampling_client = await _result(run.service_client.create_sampling_client(model_path=saved.path))
-    context = EvalContext(
-        step=step,
-        sampling_client=sampling_client,
-        sampler_path=saved.path,
-        renderer=run.renderer,
-        tokenizer=run.tokenizer,
-        config=run.config,
-        run_dir=run.run_dir,
-    )
-    merged: dict[str, float] = {}
-    for impl in impls:
-        started = time.perf_counter()
-        try:
-            value = call_impl(impl, context=context)
-            if inspect.isawaitable(value):
-                value = await value
-        except Exception as exc:  # noqa: BLE001 - reported by plugin name below
-            error = hook_error(impl.plugin_name, "evaluate", exc)
-            if run.config.eval_errors == "raise":
-                raise error from exc
-            reporter.warn(f"step {step}: {error.message} (training continues; eval_errors = \"raise\" stops it)")
-            continue
-        for key, metric in (value or {}).items():
-            merged[f"eval/{key}"] = float(metric)
-        merged[f"time/eval/{impl.plugin_name}_s"] = time.perf_counter() - started
-    state.eval_metrics[step] = merged
-    reporter.evals(step, {k: v for k, v in merged.items() if k.startswith("eval/")})
-
-
-async def save_checkpoint(
-    run: RunContext,
-    state: LoopState,
-    plan: BatchPlan,
-    step: int,
-    executor: Any,
-    reporter: Reporter,
-    final: bool = False,
-) -> None:
-    """Checkpoint the weights after ``step`` updates.
-
-    Requests run in submission order, so ``save_state`` submitted now captures exactly the
-    steps submitted before it (no later step leaks in: cookbook bug #940). The executor is
-    drained so every step up to ``step`` is logged before the checkpoint row that covers it.
-    """
-    name = f"step-{step:06d}"
-    state_future = run.training_client.save_state(name)
-    sampler_future = run.training_client.save_weights_for_sampler(name)
-    finished = await _call_executor(executor.drain())
-    state_path = (await _result(state_future)).path
-    sampler_path = (await _result(sampler_future)).path
-    epoch, batch = plan.position(step)
-    record = CheckpointRecord(
-        step=step, epoch=epoch, batch=batch, state_path=state_path, sampler_path=sampler_path,
-        time=time.time(), final=final,
-    )
-    # Steps finished by the drain are logged before the row that covers them.
-    for result in finished:
-        _log_step(run, state, plan, result, reporter)
-    rundir.append_checkpoint(run.run_dir, record)
-    state.checkpointed_steps.add(step)
-    run.plugins.each("on_checkpoint", record=record, run=run)
-    reporter.checkpoint(record)
-
-
-def _log_step(run: RunContext, state: LoopState, plan: BatchPlan, result: StepResult, reporter: Reporter) -> None:
-    epoch, _ = plan.position(result.step)
-    now = result.finished_at
-    row: dict[str, Any] = {
-        "step": result.step,
-        "epoch": epoch,
-        "train/loss": result.mean_nll,
-        "train/loss_sum": result.loss_sum,
-        "lr": result.learning_rate,
-        "train/examples": result.num_examples,
-        **result.metrics,
-        "time/step_s": now - state.last_finished,
-        "time/elapsed_s": now - state.started,
-    }
-    state.last_finished = now
-    row.update(state.eval_metrics.pop(result.step, {}))
-    state.history.append(row)
-    run.plugins.each("log_metrics", step=result.step, metrics=row, run=run)
-    reporter.step(row)
-
-
-def _summary(run: RunContext, state: LoopState, interrupted: bool) -> dict[str, Any]:
-    steps = [r for r in state.history if "train/loss" in r]
-    evals = [r for r in state.history if any(k.startswith("eval/") for k in r)]
+def make_summary(steps: Steps, interrupted: bool, command: str) -> dict[str, Any]:
+    """What ``on_run_end`` gets and ``train`` returns: counts, timing, first/last loss and evals."""
+    run, state = steps.run, steps.state
+    rows = [r for r in state.history if "train/loss" in r]
     elapsed = time.perf_counter() - state.started
     summary: dict[str, Any] = {
         "run_dir": str(run.run_dir),
-        "steps_run": len(steps),
+        "steps_run": len(rows),
         "num_steps": run.num_steps,
         "interrupted": interrupted,
         "elapsed_s": elapsed,
-        "s_per_step": (steps[-1]["time/elapsed_s"] - steps[0]["time/elapsed_s"]) / max(1, len(steps) - 1)
-        if len(steps) > 1
-        else None,
+        "s_per_step": (rows[-1]["time/elapsed_s"] - rows[0]["time/elapsed_s"]) / (len(rows) - 1) if len(rows) > 1 else None,
     }
-    if steps:
-        k = max(1, min(10, len(steps) // 5))
-        summary["train/loss_first"] = sum(r["train/loss"] for r in steps[:k]) / k
-        summary["train/loss_last"] = sum(r["train/loss"] for r in steps[-k:]) / k
-        summary["train/tokens_per_s"] = sum(r["train/input_tokens"] for r in steps) / max(elapsed, 1e-9)
+    if interrupted:
+        summary["steps_done"] = rows[-1]["step"] + 1 if rows else run.start_step
+        summary["resume_command"] = command
+    if rows:
+        k = max(1, min(10, len(rows) // 5))
+        summary["train/loss_first"] = sum(r["train/loss"] for r in rows[:k]) / k
+        summary["train/loss_last"] = sum(r["train/loss"] for r in rows[-k:]) / k
+        summary["train/tokens_per_s"] = sum(r["train/input_tokens"] for r in rows) / max(elapsed, 1e-9)
+    evals = [r for r in state.history if any(k.startswith("eval/") for k in r)]
     if evals:
         first, last = evals[0], evals[-1]
         summary["eval"] = {
@@ -467,29 +151,3 @@ def _summary(run: RunContext, state: LoopState, interrupted: bool) -> dict[str, 
             for key in sorted({k for r in evals for k in r if k.startswith("eval/")})
         }
     return summary
-
-
-class _stop_on_sigint:
-    """First Ctrl-C: finish the step in flight, checkpoint, exit. Second: stop at once."""
-
-    def __init__(self, state: LoopState, reporter: Reporter):
-        self.state = state
-        self.reporter = reporter
-        self.previous: Any = None
-
-    def __enter__(self) -> "_stop_on_sigint":
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self.previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.state.stop_requested:
-            raise KeyboardInterrupt
-        self.state.stop_requested = True
-        self.reporter.warn("Ctrl-C: stopping after the step in flight (press again to abort now)")
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)

@@ -107,13 +107,42 @@ def generate(model: Any, rows: list[Row], pad_id: int, tokenizer: Any, device: s
 
 
 @torch.no_grad()
-def prompt_logprobs(model: Any, prompt: list[int], device: str, options: Any = None) -> list[float | None]:
-    """Logprob of each prompt token given the ones before it (None for the first), through the
-    chunked LM head: a long prompt's logits are never all in memory."""
+def prompt_scores(
+    model: Any, prompt: list[int], device: str, topk: int = 0, last_n: int | None = None, options: Any = None
+) -> tuple[Any, Any]:
+    """Logprob of each prompt token given the ones before it (NaN for the first, and for all but
+    the last ``last_n``), and with ``topk`` the K likeliest tokens at each position, as the SDK's
+    ``SampleResponse.prompt_logprobs_np`` / ``topk_prompt_logprobs_np`` hold them.
+
+    The logprobs go through forward.py's chunked LM head (``options``: the host's
+    ``ForwardOptions``): without ``topk`` a long prompt's logits are never all in memory."""
+    import numpy as np
+    from tinker.types.topk_logprobs import MASK_LOGPROB, TopkLogprobs
+
     from tinkerplug_local.forward import microbatch_logprobs
 
-    if len(prompt) < 2:
-        return [None] * len(prompt)
-    targets = [torch.tensor(prompt[1:], dtype=torch.long)]
-    (batch,) = microbatch_logprobs(model, [prompt[:-1]], targets, device, 0, grad=False, options=options)
-    return [None] + [float(v) for v in batch.logprobs[0].cpu()]
+    values = np.full(len(prompt), np.nan, dtype=np.float32)
+    first = len(prompt) - min(len(prompt) - 1, len(prompt) if last_n is None else last_n)
+    if len(prompt) > 1:  # the same arithmetic as compute_logprobs and forward, to the last bit
+        targets = [torch.tensor(prompt[1:], dtype=torch.long)]
+        (batch,) = microbatch_logprobs(model, [prompt[:-1]], targets, device, 0, grad=False, options=options)
+        values[1:] = batch.logprobs[0].cpu().numpy()
+    values[:first] = np.nan
+    if topk <= 0:
+        return values, None
+    # Top-k needs every position's whole distribution: the full logits, only when asked for.
+    ids = torch.tensor([prompt], device=device)
+    logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+    k = min(topk, logprobs.shape[-1])
+    top = torch.topk(logprobs, k, dim=-1)
+    token_ids = np.zeros((len(prompt), k), dtype=np.int32)
+    top_lp = np.full((len(prompt), k), MASK_LOGPROB, dtype=np.float32)
+    token_ids[1:], top_lp[1:] = top.indices.cpu().numpy(), top.values.cpu().numpy()
+    token_ids[:first], top_lp[:first] = 0, MASK_LOGPROB
+    return values, TopkLogprobs(token_ids=token_ids, logprobs=top_lp)
+
+
+def prompt_logprobs(model: Any, prompt: list[int], device: str, last_n: int | None = None, options: Any = None) -> list[float | None]:
+    """``prompt_scores`` as the SDK's ``compute_logprobs`` returns them: None where not computed."""
+    values, _ = prompt_scores(model, prompt, device, 0, last_n, options)
+    return [None if v != v else float(v) for v in values.tolist()]

@@ -15,6 +15,7 @@ from tinkerplug_local.futures import Worker
 from tinkerplug_local.loading import ModelSource, load_model_and_tokenizer
 
 LORA_ALPHA = 32  # fixed, as on the service: with alpha/r scaling the best LR barely depends on rank
+SPARE_SNAPSHOTS = 2  # released sampler adapters kept for the next snapshots to copy into
 
 
 class ModelHost:
@@ -29,9 +30,11 @@ class ModelHost:
             lambda: load_model_and_tokenizer(source, device, dtype)
         ).result()
         self._linear_groups = self._classify_linears()
+        self.vocab_size: int = self.model.get_input_embeddings().num_embeddings  # token ids are checked against it
         self.peft: Any = None  # the PeftModel, once the first adapter exists
         self._names = itertools.count()
         self._pending_samples: list[tuple[Any, Future]] = []
+        self._spares: list[str] = []  # sampler adapters whose clients are gone
         self._lock = threading.Lock()
 
     # -- adapters (worker thread) ------------------------------------------------------------
@@ -89,6 +92,49 @@ class ModelHost:
             else:
                 self.peft.load_adapter(path, adapter_name=name, is_trainable=False)
         return name
+
+    def snapshot_adapter(self, source: str) -> str:
+        """A frozen in-memory copy of adapter ``source``: what it is now, whatever training does
+        to ``source`` later. No disk round trip (an RL loop takes one every step), and a spare
+        adapter of the same shape is reused: a copy then costs ~1 ms instead of ~40 ms."""
+        import torch
+
+        name = self._take_spare(source) or self._add_snapshot_adapter(source)
+        copies = dict(self.adapter_params(name))
+        with torch.no_grad():
+            for param_name, tensor in self.adapter_params(source):
+                copies[param_name.replace(f".{source}.", f".{name}.")].copy_(tensor)
+        for tensor in copies.values():
+            tensor.requires_grad_(False)
+        return name
+
+    def _add_snapshot_adapter(self, source: str) -> str:
+        import copy
+
+        name = f"sampler{next(self._names)}"
+        config = copy.deepcopy(self.peft.peft_config[source])
+        config.inference_mode = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.peft.add_adapter(name, config)
+        return name
+
+    def _take_spare(self, source: str) -> str | None:
+        want = self.peft.peft_config[source]
+        for name in self._spares:
+            have = self.peft.peft_config[name]
+            if (have.r, have.lora_alpha, set(have.target_modules)) == (want.r, want.lora_alpha, set(want.target_modules)):
+                self._spares.remove(name)
+                return name
+        return None
+
+    def release_adapter(self, name: str) -> None:
+        """A sampler's adapter once its client is gone: kept as a spare for the next snapshot,
+        or deleted when there are enough spares."""
+        if self.peft is not None and name in self.peft.peft_config and len(self._spares) < SPARE_SNAPSHOTS:
+            self._spares.append(name)
+        else:
+            self.delete_adapter(name)
 
     def activate(self, name: str) -> None:
         if self.peft.active_adapter != name:

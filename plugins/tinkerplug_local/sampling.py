@@ -20,6 +20,8 @@ class SampleRequest:
     num_samples: int
     params: types.SamplingParams
     include_prompt_logprobs: bool
+    topk_prompt_logprobs: int = 0
+    prompt_logprobs_last_n: int | None = None
 
 
 class SamplingClient:
@@ -35,6 +37,18 @@ class SamplingClient:
             # ... but not at interpreter exit: torch work on a daemon thread then aborts Python.
             weakref.finalize(self, _release, host, adapter).atexit = False
 
+    @classmethod
+    def from_saved(cls, host: Any, model_path: str) -> "SamplingClient":
+        """Runs on the worker: sampler weights read back from a ``save_weights_for_sampler`` dir."""
+        from tinkerplug_local.store import to_path
+
+        return cls(host, host.load_frozen_adapter(str(to_path(model_path))), host.source.name, model_path)
+
+    @classmethod
+    def from_snapshot(cls, host: Any, adapter: str, model_path: str | None) -> "SamplingClient":
+        """Runs on the worker: a frozen in-memory copy of training adapter ``adapter`` as it is now."""
+        return cls(host, host.snapshot_adapter(adapter), host.source.name, model_path)
+
     def sample(
         self,
         prompt: types.ModelInput,
@@ -48,19 +62,23 @@ class SamplingClient:
         prompt_logprobs_last_n: int | None = None,
     ) -> Any:
         unsupported = dict(
-            topk_prompt_logprobs=topk_prompt_logprobs,
             topk_sample_logprobs=topk_sample_logprobs,
             target_prompt_logprobs=target_prompt_logprobs,
             prompt_alt_tokens_k=prompt_alt_tokens_k,
-            prompt_logprobs_last_n=prompt_logprobs_last_n,
         )
         names = [name for name, value in unsupported.items() if value]
         if names:
-            raise NotImplementedError(f"the local backend does not support {', '.join(names)}")
+            raise NotImplementedError(
+                f"the local backend does not support {', '.join(names)}; it supports include_prompt_logprobs, "
+                "topk_prompt_logprobs and prompt_logprobs_last_n"
+            )
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
+        if topk_prompt_logprobs < 0 or (prompt_logprobs_last_n is not None and prompt_logprobs_last_n < 0):
+            raise ValueError("topk_prompt_logprobs and prompt_logprobs_last_n must be >= 0")
         request = SampleRequest(
-            self._adapter, prompt.to_ints(), num_samples, sampling_params, include_prompt_logprobs
+            self._adapter, prompt.to_ints(), num_samples, sampling_params, include_prompt_logprobs,
+            topk_prompt_logprobs, prompt_logprobs_last_n,
         )
         return self._host.submit_sample(request)
 
@@ -87,10 +105,7 @@ class SamplingClient:
         def run() -> list[float | None]:
             from tinkerplug_local.generate import prompt_logprobs
 
-            values = prompt_logprobs(host.model_for(adapter), tokens, host.device, host.forward_options)
-            if prompt_logprobs_last_n is not None:
-                values = [None] * (len(values) - prompt_logprobs_last_n) + values[-prompt_logprobs_last_n:]
-            return values
+            return prompt_logprobs(host.model_for(adapter), tokens, host.device, prompt_logprobs_last_n, host.forward_options)
 
         return host.worker.submit(run)
 
@@ -109,7 +124,7 @@ class SamplingClient:
 
 def _release(host: Any, adapter: str) -> None:
     try:
-        host.worker.submit(lambda: host.delete_adapter(adapter))
+        host.worker.submit(lambda: host.release_adapter(adapter))
     except Exception:  # noqa: BLE001 - interpreter shutdown
         pass
 
@@ -134,7 +149,7 @@ def run_sample_batch(host: Any, batch: list[tuple[SampleRequest, Any]]) -> None:
     """Generate every sample of every queued request, grouped by adapter, in batches."""
     import torch
 
-    from tinkerplug_local.generate import Row, generate, prompt_logprobs
+    from tinkerplug_local.generate import Row, generate
 
     by_adapter: dict[str | None, list[tuple[SampleRequest, Any]]] = {}
     for request, future in batch:
@@ -185,6 +200,23 @@ def run_sample_batch(host: Any, batch: list[tuple[SampleRequest, Any]]) -> None:
                 )
                 for row in rows
             ]
-            prompt_lp = prompt_logprobs(model, request.prompt, host.device, host.forward_options) if request.include_prompt_logprobs else None
-            future.set_result(types.SampleResponse(sequences=sequences, _prompt_logprobs_list=prompt_lp))
+            try:
+                future.set_result(_response(model, host, request, sequences))
+            except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+                future.set_exception(exc)
 
+
+def _response(model: Any, host: Any, request: SampleRequest, sequences: list[Any]) -> types.SampleResponse:
+    """The SDK's response type, with prompt logprobs (and their top-k) when asked for."""
+    from tinkerplug_local.generate import prompt_scores
+
+    if not (request.include_prompt_logprobs or request.topk_prompt_logprobs):
+        return types.SampleResponse(sequences=sequences)
+    values, topk = prompt_scores(
+        model, request.prompt, host.device, request.topk_prompt_logprobs, request.prompt_logprobs_last_n, host.forward_options
+    )
+    return types.SampleResponse(
+        sequences=sequences,
+        prompt_logprobs_np=values if request.include_prompt_logprobs else None,
+        topk_prompt_logprobs_np=topk,
+    )

@@ -177,14 +177,7 @@ class ServiceClient:
         if not config_file.is_file():
             raise FileNotFoundError(f"{model_path} is not sampler weights (no adapter_config.json)")
         host = self._host(json.loads(config_file.read_text())["base_model_name_or_path"])
-        return host.worker.submit(lambda: self._sampler_on_worker(host, str(model_path)), wrapper=ClientFuture)
-
-    def _sampler_on_worker(self, host: Any, model_path: str) -> Any:
-        """Runs on the worker: read the saved adapter back from disk as a frozen snapshot."""
-        from tinkerplug_local.sampling import SamplingClient
-
-        adapter = host.load_frozen_adapter(str(to_path(model_path)))
-        return SamplingClient(host, adapter, host.source.name, model_path)
+        return host.worker.submit(lambda: SamplingClient.from_saved(host, str(model_path)), wrapper=ClientFuture)
 
     # -- info --------------------------------------------------------------------------------
 

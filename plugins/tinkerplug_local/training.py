@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from tinker import types
 
-from tinkerplug_local.losses import check_loss_fn, cross_entropy
+from tinkerplug_local.losses import check_datums, check_loss_fn, datum_inputs, resolve_config
 from tinkerplug_local.store import OPTIMIZER_FILE, STATE_META, to_path, write_adapter
 
 
@@ -25,16 +25,24 @@ class TrainingClient:
     # -- training ----------------------------------------------------------------------------
 
     def forward(self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None) -> Any:
-        check_loss_fn(loss_fn)
-        _check_data(data)
-        return self._host.worker.submit(lambda: self._run_forward(data, backward=False))
+        loss_of = _loss_of_datum(data, loss_fn, loss_fn_config, self._host.vocab_size)
+        return self._host.worker.submit(lambda: self._run_forward(data, loss_of, backward=False))
 
     def forward_backward(
         self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None
     ) -> Any:
-        check_loss_fn(loss_fn)
-        _check_data(data)
-        return self._host.worker.submit(lambda: self._run_forward(data, backward=True))
+        loss_of = _loss_of_datum(data, loss_fn, loss_fn_config, self._host.vocab_size)
+        return self._host.worker.submit(lambda: self._run_forward(data, loss_of, backward=True))
+
+    def forward_backward_custom(self, data: list[types.Datum], loss_fn: Any, *, loss_type_input: Any = None) -> Any:
+        """The SDK's custom loss, in one forward pass where the SDK makes two (see ``custom.py``)."""
+        from tinkerplug_local.custom import check_custom_request, run_custom
+
+        check_custom_request(data, loss_fn, loss_type_input, self._host.vocab_size)
+        return self._host.worker.submit(lambda: run_custom(self, data, loss_fn))
+
+    async def forward_backward_custom_async(self, data: list[types.Datum], loss_fn: Any, *, loss_type_input: Any = None) -> Any:
+        return self.forward_backward_custom(data, loss_fn, loss_type_input=loss_type_input)
 
     def optim_step(self, optim_params: types.AdamParams | None = None, *, adam_params: types.AdamParams | None = None) -> Any:
         params = optim_params or adam_params or types.AdamParams()
@@ -42,32 +50,31 @@ class TrainingClient:
             raise NotImplementedError("the local backend implements the Adam optimizer only")
         return self._host.worker.submit(lambda: self._run_optim(params))
 
-    def _run_forward(self, data: list[types.Datum], backward: bool) -> types.ForwardBackwardOutput:
-        import torch
-
+    def _logprobs(self, data: list[types.Datum], grad: bool) -> Any:
+        """``forward.microbatch_logprobs`` over ``data``: per-datum target logprobs, a microbatch at a time."""
         from tinkerplug_local.forward import microbatch_logprobs
 
         tokens = [d.model_input.to_ints() for d in data]
-        targets = [d.loss_fn_inputs["target_tokens"].to_torch().long() for d in data]
+        targets = [d.loss_fn_inputs["target_tokens"].to_torch().long() for d in data]  # (T,) or (T, K)
         model = self._host.model_for(self._adapter)
         pad = self._host.tokenizer.pad_token_id or 0
+        options = self._host.forward_options
+        return microbatch_logprobs(model, tokens, targets, self._host.device, pad, grad=grad, options=options)
+
+    def _run_forward(self, data: list[types.Datum], loss_of: Any, backward: bool) -> types.ForwardBackwardOutput:
+        import torch
+
         outputs: list[Any] = [None] * len(data)
         total = 0.0
-        options = self._host.forward_options
-        for batch in microbatch_logprobs(model, tokens, targets, self._host.device, pad, grad=backward, options=options):
+        for batch in self._logprobs(data, grad=backward):
             with torch.set_grad_enabled(backward):
-                loss = sum(
-                    cross_entropy(lp, data[i].loss_fn_inputs["weights"].to_torch().to(lp.device))
-                    for i, lp in zip(batch.indices, batch.logprobs)
-                )
+                loss = sum(loss_of(i, lp) for i, lp in zip(batch.indices, batch.logprobs))
                 if backward:
                     loss.backward()  # gradients accumulate until optim_step, as on the service
             total += float(loss.detach())
             for i, lp in zip(batch.indices, batch.logprobs):
                 outputs[i] = {"logprobs": types.TensorData.from_torch(lp.detach().cpu())}
-        return types.ForwardBackwardOutput(
-            loss_fn_output_type="TensorData", loss_fn_outputs=outputs, metrics={"loss:sum": total}
-        )
+        return _output(outputs, {"loss:sum": total})
 
     def _params(self) -> list[Any]:
         # Looked up once: walking every module's parameters costs ~4 ms a step on tiny models,
@@ -157,16 +164,19 @@ class TrainingClient:
     def save_weights_and_get_sampling_client(
         self, name: str | None = None, retry_config: Any = None, record_stability_info: bool = False, kind: str = "snapshot"
     ) -> Any:
-        import uuid
-
+        """A sampler of the weights as they are once the requests before this one have run: a
+        frozen in-memory snapshot (training on does not change it). With ``name`` the weights are
+        also saved for the sampler on disk, and the client's ``model_path`` is that dir."""
         from tinkerplug_local.futures import ClientFuture
+        from tinkerplug_local.sampling import SamplingClient
 
         if kind != "snapshot":
             raise NotImplementedError(f"the local backend supports kind='snapshot' only, not {kind!r}")
-        saved = self.save_weights_for_sampler(name or f"sampler-{uuid.uuid4().hex[:8]}")
+        saved = self.save_weights_for_sampler(name) if name else None
         # Jobs run in order: by the time this one runs, the save above has finished.
         return self._host.worker.submit(
-            lambda: self._service._sampler_on_worker(self._host, saved.result().path), wrapper=ClientFuture
+            lambda: SamplingClient.from_snapshot(self._host, self._adapter, saved.result().path if saved else None),
+            wrapper=ClientFuture,
         )
 
     def create_sampling_client(self, model_path: str, retry_config: Any = None, record_stability_info: bool = False) -> Any:
@@ -229,12 +239,17 @@ class TrainingClient:
         return self.get_info()
 
 
-def _check_data(data: list[types.Datum]) -> None:
-    for index, datum in enumerate(data):
-        n = datum.model_input.length
-        for key in ("target_tokens", "weights"):
-            if key not in datum.loss_fn_inputs:
-                raise ValueError(f"datum {index}: cross_entropy needs loss_fn_inputs[{key!r}]")
-            got = datum.loss_fn_inputs[key].to_numpy().size
-            if got != n:
-                raise ValueError(f"datum {index}: {key} has {got} entries, model_input has {n} tokens")
+def _output(outputs: list[Any], metrics: dict[str, float]) -> types.ForwardBackwardOutput:
+    return types.ForwardBackwardOutput(loss_fn_output_type="TensorData", loss_fn_outputs=outputs, metrics=metrics)
+
+
+def _loss_of_datum(data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None, vocab_size: int) -> Any:
+    """Check the request now (not later on the worker); return ``loss_of(index, logprobs)``."""
+    spec = check_loss_fn(loss_fn)
+    config = resolve_config(loss_fn, spec, loss_fn_config)
+    check_datums(loss_fn, spec, data, vocab_size)
+
+    def loss_of(index: int, logprobs: Any) -> Any:
+        return spec.fn(logprobs, datum_inputs(spec, data[index], logprobs.device), config)
+
+    return loss_of

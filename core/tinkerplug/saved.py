@@ -1,0 +1,105 @@
+"""A saved checkpoint of a run dir, opened for use without training (``tinkerplug eval``,
+``tinkerplug chat``): the run's config and plugins, its backend, a sampling client on the
+checkpoint's sampler weights, the tokenizer and renderer; a training client on its state only
+when something asks for one (``forward`` for loss-based evaluators).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tinkerplug.errors import BackendError, TinkerplugError
+
+if TYPE_CHECKING:
+    from tinkerplug.config import RunConfig
+    from tinkerplug.context import CheckpointRecord
+    from tinkerplug.plugins import Plugins
+
+
+def checkpoint_at(run_dir: Path, step: int | None) -> CheckpointRecord:
+    """Checkpoint ``step`` (default: the last) of ``run_dir``; an error listing the steps
+    there are when it has none at ``step``, or that says what a run dir is."""
+    from tinkerplug.commands.runs import read_run
+    from tinkerplug.context import CheckpointRecord
+    from tinkerplug.rundir import pick_checkpoint
+
+    info = read_run(run_dir)  # "not a run directory" before anything else
+    try:
+        row = pick_checkpoint(info.checkpoints, step, run_dir)
+    except TinkerplugError as exc:
+        if step is not None and info.checkpoints:
+            exc.hint = f"{exc.hint} (--step N)"
+        else:
+            exc.message += ": nothing to load"
+        raise
+    known = set(CheckpointRecord.__dataclass_fields__)
+    return CheckpointRecord(**{k: v for k, v in row.items() if k in known})
+
+
+@dataclass
+class SavedCheckpoint:
+    config: RunConfig
+    plugins: Plugins
+    run_dir: Path
+    record: CheckpointRecord
+    service: Any
+    sampling_client: Any
+    tokenizer: Any
+    renderer: Any
+    _training_client: Any = field(default=None, repr=False)
+
+    @property
+    def training_client(self) -> Any:
+        """A training client on the checkpoint's state (created on first use: on Tinker it is
+        a new training session)."""
+        if self._training_client is None:
+            self._training_client = wait_backend(
+                self.service.create_training_client_from_state(self.record.state_path),
+                f"could not load the step-{self.record.step} state {self.record.state_path}",
+            )
+        return self._training_client
+
+    def close(self) -> None:
+        """Stop the backend's workers (the local backend has threads; Tinker has nothing to stop)."""
+        close = getattr(self.service, "close", None)
+        if callable(close):
+            close()
+
+    def base_sampling_client(self) -> Any:
+        """A sampling client on the base model, for comparisons."""
+        return wait_backend(
+            self.service.create_sampling_client(base_model=self.config.base_model),
+            f"could not open base model {self.config.base_model!r}",
+        )
+
+
+def open_checkpoint(
+    run_dir: Path, step: int | None, overrides: tuple[str, ...] = (), plugin_options: tuple[str, ...] = ()
+) -> SavedCheckpoint:
+    from tinkerplug.loading import load_saved_run
+
+    run_dir = Path(run_dir).resolve()
+    record = checkpoint_at(run_dir, step)  # before the plugins: a bad RUN_DIR or --step fails fast
+    config, plugins = load_saved_run(run_dir, overrides, plugin_options)
+    service = plugins.create_service_client(config, str(run_dir))
+    sampling_client = wait_backend(
+        service.create_sampling_client(model_path=record.sampler_path),
+        f"could not open the step-{record.step} sampler weights {record.sampler_path}",
+    )
+    tokenizer = sampling_client.get_tokenizer()
+    renderer = plugins.resolve_renderer(config, tokenizer)
+    return SavedCheckpoint(config, plugins, run_dir, record, service, sampling_client, tokenizer, renderer)
+
+
+def wait_backend(future: Any, what: str) -> Any:
+    """Block on an SDK future (or take a plain value); backend failures as one ``BackendError``."""
+    from tinkerplug.backend_calls import wait_result
+
+    try:
+        return wait_result(future)
+    except TinkerplugError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the backend's own error types
+        raise BackendError(f"{what}: {type(exc).__name__}: {exc}") from exc

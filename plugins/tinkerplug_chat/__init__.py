@@ -1,0 +1,2 @@
+"""``tinkerplug chat RUN_DIR``: talk to a checkpoint with the run's renderer
+(``register_commands``)."""

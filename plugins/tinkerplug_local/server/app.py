@@ -1,0 +1,89 @@
+"""The ASGI app: the routes, API-key check, body size limit, and errors in the service's shape."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tinkerplug_local.server.http import HTTPError, endpoint, error_response
+
+DEFAULT_MAX_BODY = 512 * 1024 * 1024
+UNSIGNED_PREFIX = "/api/v1/files/"  # download URLs carry their own signature instead of a key
+
+
+async def not_served(request: Request) -> Any:
+    raise HTTPError(404, f"{endpoint(request)} is not served by tinkerplug serve (the local backend)")
+
+
+async def _http_error(request: Request, exc: Exception) -> Any:
+    assert isinstance(exc, HTTPError)
+    return error_response(exc.status, exc.detail)
+
+
+async def _server_error(request: Request, exc: Exception) -> Any:
+    return error_response(500, f"{endpoint(request)}: {type(exc).__name__}: {exc}")
+
+
+def create_app(state: Any, api_keys: list[str], max_body: int = DEFAULT_MAX_BODY) -> Any:
+    from tinkerplug_local.server import routes_rest, routes_sampling, routes_service, routes_training
+
+    routes = [*routes_service.ROUTES, *routes_training.ROUTES, *routes_sampling.ROUTES, *routes_rest.ROUTES]
+    routes.append(Route("/{path:path}", not_served, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]))
+    app = Starlette(routes=routes, exception_handlers={HTTPError: _http_error, Exception: _server_error})
+    app.state.server = state
+    return Guard(app, api_keys, max_body)
+
+
+class _TooLarge(HTTPError):
+    """Raised while a route reads a body that outgrows the limit: answered 413 by its handler."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body over the server's limit of {limit} bytes")
+
+
+class Guard:
+    """Checks the API key (when keys are set) and the body size before any route runs."""
+
+    def __init__(self, app: Any, api_keys: list[str], max_body: int):
+        self.app = app
+        self._keys = [k.encode() for k in api_keys]
+        self.max_body = max_body
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self._keys and not scope["path"].startswith(UNSIGNED_PREFIX):
+            key = headers.get(b"x-api-key", b"")
+            if not any(hmac.compare_digest(key, k) for k in self._keys):  # never echoed or logged
+                return await _send(send, 401, "the API key was not accepted by this tinkerplug serve (set TINKER_API_KEY to one of its --api-key keys)")
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_body:
+            return await _send(send, 413, f"request body over the server's limit of {self.max_body} bytes")
+        received = 0
+
+        async def limited() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise _TooLarge(self.max_body)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _send(send: Any, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"x-should-retry", b"false")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

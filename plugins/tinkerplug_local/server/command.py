@@ -1,0 +1,94 @@
+"""``tinkerplug serve``: the click command. Imports nothing heavy until it runs."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from tinkerplug.errors import TinkerplugError
+
+KEYS_ENV = "TINKERPLUG_SERVE_KEYS"
+DEFAULT_DIR = Path("~/.cache/tinkerplug/serve")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def api_keys(given: tuple[str, ...]) -> list[str]:
+    """``--api-key`` values and ``$TINKERPLUG_SERVE_KEYS`` (comma or space separated)."""
+    keys = [k.strip() for k in given if k.strip()]
+    keys += [k for k in re.split(r"[,\s]+", os.environ.get(KEYS_ENV, "")) if k]
+    for key in keys:
+        if not key.startswith("tml-"):
+            # The SDK refuses to send a key without the prefix: the server could never match it.
+            raise TinkerplugError("an API key for tinkerplug serve must start with 'tml-' (the SDK sends no other)",
+                                  hint=f"e.g. --api-key tml-$(openssl rand -hex 16), or in ${KEYS_ENV}")
+    return sorted(set(keys))
+
+
+def check_bind(host: str, keys: list[str]) -> None:
+    if not is_loopback(host) and not keys:
+        raise TinkerplugError(
+            f"refusing to serve on {host}, which is not a loopback address, without an API key: "
+            "anyone who can reach it could train and read your checkpoints",
+            hint=f"set --api-key tml-... (or ${KEYS_ENV}); clients send it as TINKER_API_KEY",
+        )
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; a non-loopback one needs --api-key.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
+              help=f"Where checkpoints are written and tinker:// paths resolve (default {DEFAULT_DIR}).")
+@click.option("--device", default=None, help="torch device: auto (default), cpu, cuda, cuda:1, ...")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True)
+@click.option("--api-key", "api_key", multiple=True, metavar="KEY",
+              help=f"Accept only clients sending this key (repeatable; also ${KEYS_ENV}).")
+@click.option("--clock-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Release training results at clock-cycle boundaries of this length, as the service does (0: at once).")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=512.0, show_default=True,
+              help="Larger request bodies are refused with HTTP 413.")
+def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, dtype: str,
+          api_key: tuple[str, ...], clock_ms: float, max_body_mb: float) -> None:
+    """Serve the local backend over the Tinker HTTP API, for the unmodified tinker SDK.
+
+    \b
+    tinkerplug serve --port 8000 &
+    TINKER_BASE_URL=http://127.0.0.1:8000 TINKER_API_KEY=tml-anything python my_tinker_script.py
+
+    Binds to 127.0.0.1 unless --host says otherwise; any other address needs --api-key.
+    Checkpoints are tinker://<run>/weights/<name> paths inside --checkpoint-dir; they load
+    again after a restart.
+    """
+    keys = api_keys(api_key)
+    check_bind(host, keys)
+    root = Path(checkpoint_dir).expanduser() if checkpoint_dir else DEFAULT_DIR.expanduser()
+    import uvicorn
+
+    from tinkerplug_local.server.app import create_app
+    from tinkerplug_local.server.state import ServerState
+
+    state = ServerState(root, device=device, dtype=dtype, clock_ms=clock_ms)
+    app = create_app(state, keys, max_body=int(max_body_mb * 1024 * 1024))
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"tinkerplug serve: http://{shown}:{port} on {state.service.device}; checkpoints in {state.paths.root}; "
+        f"{'API key required (' + str(len(keys)) + ' accepted)' if keys else 'no API key required (loopback only)'}"
+        + (f"; clock {clock_ms:g} ms" if clock_ms else ""),
+        file=sys.stderr, flush=True,
+    )
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    finally:
+        state.close()

@@ -1,0 +1,115 @@
+"""Server-side futures: what ``/retrieve_future`` answers for each submitted request.
+
+Every submitting endpoint answers at once with a request id; the work runs on the local
+backend's worker (in order per base model). ``retrieve_future`` long-polls: it waits up to
+``LONG_POLL_S`` for the result, then answers HTTP 408 with a queue state ("try again"), which
+the SDK retries at once, as it does with the service. In clocked mode a result is held back
+until the end of the clock cycle its request joined (``clock.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+LONG_POLL_S = 20.0  # under the SDK's 45 s read timeout for retrieve_future
+KEEP_RETRIEVED_S = 120.0  # a client whose answer was lost on the way may ask again
+KEEP_UNRETRIEVED_S = 3600.0
+
+USER_ERRORS = (ValueError, TypeError, KeyError, NotImplementedError, FileNotFoundError, FileExistsError, IndexError)
+
+
+@dataclass
+class Pending:
+    future: Future
+    encode: Callable[[Any], Any]  # result -> dict (JSON) or bytes (protobuf)
+    release_at: float | None = None  # perf_counter time; None: as soon as done
+    created: float = field(default_factory=time.monotonic)
+    retrieved: float | None = None
+
+
+class FutureTable:
+    def __init__(self) -> None:
+        self._pending: dict[str, Pending] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._prefix = uuid.uuid4().hex[:8]  # ids of an earlier server process never match
+
+    def add(self, future: Any, encode: Callable[[Any], Any], release_at: float | None = None) -> str:
+        """Track ``future`` (concurrent, or the SDK's ``AwaitableConcurrentFuture``)."""
+        if not isinstance(future, Future):
+            future = future.future()
+        request_id = f"{self._prefix}-{next(self._ids)}"
+        with self._lock:
+            self._sweep()
+            self._pending[request_id] = Pending(future, encode, release_at)
+        return request_id
+
+    def get(self, request_id: str) -> Pending | None:
+        with self._lock:
+            return self._pending.get(request_id)
+
+    async def wait(self, pending: Pending, timeout: float = LONG_POLL_S) -> bool:
+        """True when the result is ready to be delivered within ``timeout`` seconds."""
+        deadline = time.perf_counter() + timeout
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(pending.future)), timeout)
+        except asyncio.TimeoutError:
+            return False
+        except BaseException:  # noqa: BLE001 - a failed request is ready too
+            if not pending.future.done():
+                raise
+        if pending.release_at is not None:
+            now = time.perf_counter()
+            if pending.release_at > deadline:
+                await asyncio.sleep(max(0.0, deadline - now))
+                return False
+            await asyncio.sleep(max(0.0, pending.release_at - now))
+        return True
+
+    def mark_retrieved(self, pending: Pending) -> None:
+        pending.retrieved = time.monotonic()
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        stale = [
+            rid for rid, p in self._pending.items()
+            if (p.retrieved is not None and now - p.retrieved > KEEP_RETRIEVED_S)
+            or (p.future.done() and now - p.created > KEEP_UNRETRIEVED_S)
+        ]
+        for rid in stale:
+            del self._pending[rid]
+
+
+def failed(exc: BaseException) -> Future:
+    future: Future = Future()
+    future.set_exception(exc)
+    return future
+
+
+def then(future: Any, convert: Callable[[Any], Any]) -> Future:
+    """A future of ``convert(result)``; ``future`` is a concurrent or SDK-style future."""
+    inner = future.future() if hasattr(future, "future") and callable(future.future) else future
+    out: Future = Future()
+
+    def done(f: Future) -> None:
+        try:
+            out.set_result(convert(f.result()))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future
+            out.set_exception(exc)
+
+    inner.add_done_callback(done)
+    return out
+
+
+def error_body(exc: BaseException) -> dict[str, str]:
+    """The service's failed-request shape (``RequestFailedResponse``)."""
+    category = "user" if isinstance(exc, USER_ERRORS) else "server"
+    text = str(exc) or type(exc).__name__
+    return {"error": f"{type(exc).__name__}: {text}" if category == "server" else text, "category": category}
