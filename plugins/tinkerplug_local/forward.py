@@ -6,20 +6,61 @@ them into a loss (``losses.py``) and calls ``backward`` before asking for the ne
 one microbatch's activations are alive at a time. Targets are ``(T,)`` token ids (one target per
 position) or ``(T, K)`` (K candidate targets per position, as off-policy distillation sends);
 logprobs come back in the same shape.
+
+The decoder runs on packed rows (``packing.py``: no padding) and the LM head on a few tokens at
+a time (``lm_head.py``: the batch's logits never exist). Both are checked once per model
+against a plain forward (``_check_model``); a model that fails a check gets padded length
+groups, or as a last resort the plain forward with full logits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-MAX_TOKENS_PER_MICROBATCH = 16384  # bounds activation memory; results do not depend on it
+from tinkerplug_local import packing
+from tinkerplug_local.packing import (
+    MASKED_ROW_TOKENS,
+    VARLEN_ATTENTION,
+    equal_length_batches,
+    length_groups,
+    packed_inputs,
+    padded_inputs,
+    packed_rows,
+    split_logprobs,
+    stacked_targets,
+)
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    """How the model runs; none of these change what is computed beyond float rounding."""
+
+    gradient_checkpointing: bool = False  # recompute each layer in backward: less memory, ~30 % more time
+    microbatch_tokens: int = 0  # 0: chosen from the device's memory (memory.py)
 
 
 @dataclass
 class Microbatch:
     indices: list[int]  # positions of these datums in the request
     logprobs: list[Any]  # per datum: a tensor shaped like its target_tokens
+
+
+@dataclass
+class _Parts:
+    causal: Any  # the transformers *ForCausalLM (LoRA layers injected, when an adapter exists)
+    decoder: Any  # its body: hidden states out
+    head: Any  # its output embedding (maybe PEFT-wrapped)
+    adapter_off: Any  # context manager factory: no adapter (the base model), or a no-op
+    softcap: float | None
+    packing: bool = True  # attention follows position ids
+    split: bool = True  # decoder + head reproduce the model's logits
+    token_caps: tuple[int, int] = (0, 0)  # without, with gradient checkpointing
+
+
+_checked: "weakref.WeakKeyDictionary[Any, tuple[bool, bool, tuple[int, int]]]" = weakref.WeakKeyDictionary()
 
 
 def microbatch_logprobs(
@@ -29,6 +70,7 @@ def microbatch_logprobs(
     device: str,
     pad_id: int,
     grad: bool,
+    options: ForwardOptions | None = None,
 ) -> Iterator[Microbatch]:
     """Run ``model`` on every token list; yield target logprobs a microbatch at a time.
 
@@ -37,45 +79,129 @@ def microbatch_logprobs(
     """
     import torch
 
-    lengths = [len(t) for t in tokens]
-    for chunk in _microbatches(lengths, MAX_TOKENS_PER_MICROBATCH):
-        width = max(lengths[i] for i in chunk)
-        ids, mask = _padded(tokens, chunk, width, pad_id)
-        with torch.set_grad_enabled(grad):
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            rows = []
-            for row, i in enumerate(chunk):
-                target = targets[i].to(device)
-                picked = logprobs[row, : lengths[i]]
-                if target.dim() == 1:
-                    rows.append(picked.gather(-1, target[:, None])[:, 0])
-                else:
-                    rows.append(picked.gather(-1, target))
-        yield Microbatch(indices=chunk, logprobs=rows)
+    options = options or ForwardOptions()
+    parts = _model_parts(model, device, options)
+    cap = options.microbatch_tokens or parts.token_caps[options.gradient_checkpointing]
+    for group in _layout(parts, [len(t) for t in tokens], cap, device):
+        with torch.set_grad_enabled(grad), parts.adapter_off(), _autocast(device, parts.causal):
+            with _checkpointing(parts.decoder, grad and options.gradient_checkpointing):
+                rows = _group_logprobs(parts, tokens, [targets[i].to(device) for i in group], group, device, pad_id)
+        yield Microbatch(indices=group, logprobs=rows)
 
 
-def _padded(tokens: list[list[int]], chunk: list[int], width: int, pad_id: int) -> tuple[Any, Any]:
-    """Right-padded ids and attention mask (filled in numpy: ~6x cheaper than per-row writes)."""
-    import numpy as np
+def _layout(parts: _Parts, lengths: list[int], cap: int, device: str) -> list[list[int]]:
+    """The datum indices of each microbatch (see packing.py)."""
+    if not (parts.split and parts.packing):
+        return length_groups(lengths, cap)
+    varlen = getattr(parts.causal.config, "_attn_implementation", "") in VARLEN_ATTENTION
+    row_tokens = cap if varlen or device.startswith("cuda") else min(cap, MASKED_ROW_TOKENS)
+    batches, rest = equal_length_batches(lengths, cap)
+    return batches + [[rest[i] for i in row] for row in packed_rows([lengths[i] for i in rest], row_tokens)]
+
+
+def _group_logprobs(parts: _Parts, tokens: list[list[int]], targets: list[Any], group: list[int], device: str, pad_id: int) -> list[Any]:
+    from tinkerplug_local.lm_head import token_logprobs
+
+    if not parts.split:
+        return _full_logits(parts.causal, tokens, targets, group, device, pad_id)
+    if parts.packing and len(group) > 1 and len({len(tokens[i]) for i in group}) == 1:
+        ids, _ = padded_inputs(tokens, group, pad_id)  # equal lengths: nothing is padded
+        hidden = parts.decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state.flatten(0, 1)
+    elif parts.packing:
+        ids, positions = packed_inputs(tokens, group)
+        out = parts.decoder(input_ids=ids.to(device), position_ids=positions.to(device), use_cache=False)
+        hidden = out.last_hidden_state[0]
+    else:
+        ids, mask = padded_inputs(tokens, group, pad_id)
+        mask = mask.to(device)
+        out = parts.decoder(input_ids=ids.to(device), attention_mask=mask, use_cache=False)
+        hidden = out.last_hidden_state[mask.bool()]  # row-major: the datums' tokens, concatenated
+    return split_logprobs(token_logprobs(hidden, parts.head, stacked_targets(targets), parts.softcap), targets)
+
+
+def _full_logits(causal: Any, tokens: list[list[int]], targets: list[Any], group: list[int], device: str, pad_id: int) -> list[Any]:
+    """The plain path: padded batch, full logits. Only for models the split path cannot run."""
     import torch
 
-    ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(chunk), width), dtype=np.int64)
-    for row, i in enumerate(chunk):
-        ids[row, : len(tokens[i])] = tokens[i]
-        mask[row, : len(tokens[i])] = 1
-    return torch.from_numpy(ids), torch.from_numpy(mask)
+    ids, mask = padded_inputs(tokens, group, pad_id)
+    logprobs = torch.log_softmax(causal(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), dim=-1)
+    rows = []
+    for row, target in enumerate(targets):
+        picked = logprobs[row, : target.shape[0]]
+        rows.append(picked.gather(-1, target[:, None])[:, 0] if target.dim() == 1 else picked.gather(-1, target))
+    return rows
 
 
-def _microbatches(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    chunks: list[list[int]] = [[]]
-    width = 0
-    for i, n in enumerate(lengths):
-        new_width = max(width, n)
-        if chunks[-1] and new_width * (len(chunks[-1]) + 1) > max_tokens:
-            chunks.append([])
-            new_width = n
-        chunks[-1].append(i)
-        width = new_width
-    return chunks
+def _model_parts(model: Any, device: str, options: ForwardOptions) -> _Parts:
+    unwrap = getattr(model, "unwrapped", None)  # host.py's base-only view: model plus adapter-off context
+    if unwrap is not None:
+        causal, adapter_off = unwrap()
+    elif hasattr(model, "get_base_model"):  # a PeftModel
+        causal, adapter_off = model.get_base_model(), contextlib.nullcontext
+    else:
+        causal, adapter_off = model, contextlib.nullcontext
+    if options.gradient_checkpointing and not getattr(causal, "is_gradient_checkpointing", True):
+        causal.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    decoder = getattr(causal, "base_model", None)
+    head = causal.get_output_embeddings() if hasattr(causal, "get_output_embeddings") else None
+    softcap = getattr(causal.config, "final_logit_softcapping", None)
+    parts = _Parts(causal, decoder, head, adapter_off, softcap)
+    if causal not in _checked:
+        with adapter_off():
+            _checked[causal] = _check_model(parts, device)
+    parts.split, parts.packing, parts.token_caps = _checked[causal]
+    return parts
+
+
+def _check_model(parts: _Parts, device: str) -> tuple[bool, bool, tuple[int, int]]:
+    """Once per model: do decoder + head give the model's logits, and does packing keep datums
+    apart? Two short sequences, compared with plain forwards of each."""
+    import torch
+
+    from tinkerplug_local.memory import microbatch_token_cap
+
+    cap = microbatch_token_cap(parts.causal, device, False), microbatch_token_cap(parts.causal, device, True)
+    if parts.decoder is None or parts.decoder is parts.causal or parts.head is None:
+        return False, False, cap
+    vocab = int(parts.causal.config.vocab_size)
+    a, b = [(7 * i + 3) % vocab for i in range(5)], [(11 * i + 5) % vocab for i in range(7)]
+    with torch.no_grad(), _autocast(device, parts.causal):
+        ref = [parts.causal(input_ids=torch.tensor([s], device=device), use_cache=False).logits[0].float() for s in (a, b)]
+        alone = [parts.decoder(input_ids=torch.tensor([s], device=device), use_cache=False).last_hidden_state[0] for s in (a, b)]
+        logits = parts.head(alone[0]).float()
+        if parts.softcap:
+            logits = torch.tanh(logits / parts.softcap) * parts.softcap
+        split = _close(logits, ref[0])
+        ids, positions = packing.packed_inputs([a, b], [0, 1])  # by module: benchmarks count the rest
+        packed = parts.decoder(input_ids=ids.to(device), position_ids=positions.to(device), use_cache=False).last_hidden_state[0]
+        packs = _close(packed, torch.cat(alone))
+    return split, packs, cap
+
+
+def _close(got: Any, want: Any) -> bool:
+    tolerance = 1e-4 if want.dtype == got.dtype == __import__("torch").float32 else 3e-2
+    return bool((got.float() - want.float()).abs().max() <= tolerance * (1 + want.float().abs().max()))
+
+
+@contextlib.contextmanager
+def _checkpointing(decoder: Any, on: bool) -> Iterator[None]:
+    """transformers checkpoints a layer only in training mode; the model stays in eval mode (no
+    dropout), so only the layers' own flag is switched, for this forward."""
+    layers = [m for m in decoder.modules() if getattr(m, "gradient_checkpointing", False)] if on else []
+    before = [layer.training for layer in layers]
+    for layer in layers:
+        layer.training = True
+    try:
+        yield
+    finally:
+        for layer, mode in zip(layers, before):
+            layer.training = mode
+
+
+def _autocast(device: str, causal: Any) -> Any:
+    """bf16 matmuls on CUDA when the weights are bf16 (LoRA weights stay fp32 there)."""
+    import torch
+
+    if device.startswith("cuda") and getattr(causal, "dtype", None) == torch.bfloat16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -53,6 +53,16 @@ def _stopped_by_string(row: Row, tokenizer: Any) -> bool:
     return any(s in text for s in row.stop_strings)
 
 
+def _last_logits_only(model: Any) -> dict[str, Any]:
+    """``logits_to_keep=1`` where the model takes it: the prefill then computes one position's
+    logits per row, not the whole prompt's (at a 152 k vocabulary, 600 KB per token)."""
+    import inspect
+
+    unwrap = getattr(model, "unwrapped", None)
+    causal = unwrap()[0] if unwrap else (model.get_base_model() if hasattr(model, "get_base_model") else model)
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(causal.forward).parameters else {}
+
+
 @torch.no_grad()
 def generate(model: Any, rows: list[Row], pad_id: int, tokenizer: Any, device: str) -> None:
     """Fill in ``tokens``, ``logprobs`` and ``stop_reason`` of every row, all rows at once."""
@@ -66,7 +76,7 @@ def generate(model: Any, rows: list[Row], pad_id: int, tokenizer: Any, device: s
         mask[i, width - len(row.prompt):] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **_last_logits_only(model))
     cache, logits = out.past_key_values, out.logits[:, -1, :]
     last_pos = positions[:, -1]
     for _ in range(max(r.max_tokens for r in rows)):
@@ -97,21 +107,32 @@ def generate(model: Any, rows: list[Row], pad_id: int, tokenizer: Any, device: s
 
 
 @torch.no_grad()
-def prompt_scores(model: Any, prompt: list[int], device: str, topk: int = 0, last_n: int | None = None) -> tuple[Any, Any]:
+def prompt_scores(
+    model: Any, prompt: list[int], device: str, topk: int = 0, last_n: int | None = None, options: Any = None
+) -> tuple[Any, Any]:
     """Logprob of each prompt token given the ones before it (NaN for the first, and for all but
     the last ``last_n``), and with ``topk`` the K likeliest tokens at each position, as the SDK's
-    ``SampleResponse.prompt_logprobs_np`` / ``topk_prompt_logprobs_np`` hold them."""
+    ``SampleResponse.prompt_logprobs_np`` / ``topk_prompt_logprobs_np`` hold them.
+
+    The logprobs go through forward.py's chunked LM head (``options``: the host's
+    ``ForwardOptions``): without ``topk`` a long prompt's logits are never all in memory."""
     import numpy as np
     from tinker.types.topk_logprobs import MASK_LOGPROB, TopkLogprobs
 
-    ids = torch.tensor([prompt], device=device)
-    logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+    from tinkerplug_local.forward import microbatch_logprobs
+
     values = np.full(len(prompt), np.nan, dtype=np.float32)
-    values[1:] = logprobs.gather(-1, ids[0, 1:, None])[:, 0].cpu().numpy()
     first = len(prompt) - min(len(prompt) - 1, len(prompt) if last_n is None else last_n)
+    if len(prompt) > 1:  # the same arithmetic as compute_logprobs and forward, to the last bit
+        targets = [torch.tensor(prompt[1:], dtype=torch.long)]
+        (batch,) = microbatch_logprobs(model, [prompt[:-1]], targets, device, 0, grad=False, options=options)
+        values[1:] = batch.logprobs[0].cpu().numpy()
     values[:first] = np.nan
     if topk <= 0:
         return values, None
+    # Top-k needs every position's whole distribution: the full logits, only when asked for.
+    ids = torch.tensor([prompt], device=device)
+    logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
     k = min(topk, logprobs.shape[-1])
     top = torch.topk(logprobs, k, dim=-1)
     token_ids = np.zeros((len(prompt), k), dtype=np.int32)
@@ -121,7 +142,7 @@ def prompt_scores(model: Any, prompt: list[int], device: str, topk: int = 0, las
     return values, TopkLogprobs(token_ids=token_ids, logprobs=top_lp)
 
 
-def prompt_logprobs(model: Any, prompt: list[int], device: str, last_n: int | None = None) -> list[float | None]:
+def prompt_logprobs(model: Any, prompt: list[int], device: str, last_n: int | None = None, options: Any = None) -> list[float | None]:
     """``prompt_scores`` as the SDK's ``compute_logprobs`` returns them: None where not computed."""
-    values, _ = prompt_scores(model, prompt, device, 0, last_n)
+    values, _ = prompt_scores(model, prompt, device, 0, last_n, options)
     return [None if v != v else float(v) for v in values.tolist()]

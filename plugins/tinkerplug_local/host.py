@@ -19,9 +19,12 @@ SPARE_SNAPSHOTS = 2  # released sampler adapters kept for the next snapshots to 
 
 
 class ModelHost:
-    def __init__(self, source: ModelSource, device: str, dtype: Any):
+    def __init__(self, source: ModelSource, device: str, dtype: Any, forward_options: Any = None):
+        from tinkerplug_local.forward import ForwardOptions
+
         self.source = source
         self.device = device
+        self.forward_options = forward_options or ForwardOptions()
         self.worker = Worker(f"tinkerplug-local:{source.name}")
         self.model, self.tokenizer = self.worker.submit(
             lambda: load_model_and_tokenizer(source, device, dtype)
@@ -180,6 +183,13 @@ class _BaseOnly:
 
     def __init__(self, host: ModelHost):
         self.host = host
+
+    def unwrapped(self) -> tuple[Any, Any]:
+        """The transformers model and a factory of the context that turns adapters off."""
+        import contextlib
+
+        peft = self.host.peft
+        return self.host.model, (peft.disable_adapter if peft is not None else contextlib.nullcontext)
 
     def __call__(self, **kwargs: Any) -> Any:
         if self.host.peft is None:

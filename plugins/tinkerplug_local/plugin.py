@@ -44,5 +44,9 @@ def create_service_client(config: Any, run_dir: str) -> Any:
     resolve_model(config.base_model)  # fail fast, before anything loads
     settings: LocalSettings = config.section("local")
     return ServiceClient(
-        checkpoint_dir=Path(run_dir) / "checkpoints", device=settings.device, dtype=settings.dtype
+        checkpoint_dir=Path(run_dir) / "checkpoints",
+        device=settings.device,
+        dtype=settings.dtype,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        microbatch_tokens=settings.microbatch_tokens,
     )

@@ -105,7 +105,7 @@ class SamplingClient:
         def run() -> list[float | None]:
             from tinkerplug_local.generate import prompt_logprobs
 
-            return prompt_logprobs(host.model_for(adapter), tokens, host.device, prompt_logprobs_last_n)
+            return prompt_logprobs(host.model_for(adapter), tokens, host.device, prompt_logprobs_last_n, host.forward_options)
 
         return host.worker.submit(run)
 
@@ -212,7 +212,9 @@ def _response(model: Any, host: Any, request: SampleRequest, sequences: list[Any
 
     if not (request.include_prompt_logprobs or request.topk_prompt_logprobs):
         return types.SampleResponse(sequences=sequences)
-    values, topk = prompt_scores(model, request.prompt, host.device, request.topk_prompt_logprobs, request.prompt_logprobs_last_n)
+    values, topk = prompt_scores(
+        model, request.prompt, host.device, request.topk_prompt_logprobs, request.prompt_logprobs_last_n, host.forward_options
+    )
     return types.SampleResponse(
         sequences=sequences,
         prompt_logprobs_np=values if request.include_prompt_logprobs else None,

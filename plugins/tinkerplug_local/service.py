@@ -16,6 +16,8 @@ from tinkerplug_local.store import CheckpointStore, read_state_meta, to_path
 
 DEFAULT_ROOT_ENV = "TINKERPLUG_LOCAL_DIR"
 DEVICE_ENV = "TINKERPLUG_LOCAL_DEVICE"
+CHECKPOINTING_ENV = "TINKERPLUG_LOCAL_GRADIENT_CHECKPOINTING"
+MICROBATCH_ENV = "TINKERPLUG_LOCAL_MICROBATCH_TOKENS"
 
 
 class ServiceClient:
@@ -24,7 +26,11 @@ class ServiceClient:
     ``checkpoint_dir`` holds every ``save_state`` / ``save_weights_for_sampler`` (default
     ``$TINKERPLUG_LOCAL_DIR`` or ``~/.cache/tinkerplug/local``); returned paths are plain
     directories that this client accepts back (``local://`` in front is accepted too).
-    ``device`` defaults to ``$TINKERPLUG_LOCAL_DEVICE`` or ``auto``. ``base_url``, ``api_key``
+    ``device`` defaults to ``$TINKERPLUG_LOCAL_DEVICE`` or ``auto``. ``gradient_checkpointing``
+    (default ``$TINKERPLUG_LOCAL_GRADIENT_CHECKPOINTING`` = 1, or off) recomputes each layer in
+    backward: less memory for more time. ``microbatch_tokens`` caps the tokens run at once
+    (default ``$TINKERPLUG_LOCAL_MICROBATCH_TOKENS``, or 0: chosen from the device's memory).
+    ``base_url``, ``api_key``
     and the SDK's other arguments are accepted and ignored, so scripts written for the
     service run unchanged; no API key is needed.
     """
@@ -37,12 +43,23 @@ class ServiceClient:
         checkpoint_dir: str | Path | None = None,
         device: str | None = None,
         dtype: str = "auto",
+        gradient_checkpointing: bool | None = None,
+        microbatch_tokens: int | None = None,
         **sdk_kwargs: Any,
     ):
+        from tinkerplug_local.forward import ForwardOptions
+
         root = checkpoint_dir or os.environ.get(DEFAULT_ROOT_ENV) or Path.home() / ".cache" / "tinkerplug" / "local"
         self.store = CheckpointStore(Path(root).expanduser().resolve())
         self.device = pick_device(device or os.environ.get(DEVICE_ENV) or "auto")
         self.dtype = pick_dtype(dtype, self.device)
+        if gradient_checkpointing is None:
+            gradient_checkpointing = os.environ.get(CHECKPOINTING_ENV, "") not in ("", "0", "false")
+        if microbatch_tokens is None:
+            microbatch_tokens = int(os.environ.get(MICROBATCH_ENV) or 0)
+        if microbatch_tokens < 0:
+            raise ValueError(f"microbatch_tokens must be >= 0 (0: from the device's memory), got {microbatch_tokens}")
+        self.forward_options = ForwardOptions(bool(gradient_checkpointing), int(microbatch_tokens))
         self._hosts: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -64,7 +81,7 @@ class ServiceClient:
         source = resolve_model(base_model)
         with self._lock:  # one loaded copy of each base model per client
             if source.location not in self._hosts:
-                self._hosts[source.location] = ModelHost(source, self.device, self.dtype)
+                self._hosts[source.location] = ModelHost(source, self.device, self.dtype, self.forward_options)
             return self._hosts[source.location]
 
     # -- training clients --------------------------------------------------------------------

@@ -58,7 +58,8 @@ class TrainingClient:
         targets = [d.loss_fn_inputs["target_tokens"].to_torch().long() for d in data]  # (T,) or (T, K)
         model = self._host.model_for(self._adapter)
         pad = self._host.tokenizer.pad_token_id or 0
-        return microbatch_logprobs(model, tokens, targets, self._host.device, pad, grad=grad)
+        options = self._host.forward_options
+        return microbatch_logprobs(model, tokens, targets, self._host.device, pad, grad=grad, options=options)
 
     def _run_forward(self, data: list[types.Datum], loss_of: Any, backward: bool) -> types.ForwardBackwardOutput:
         import torch
