@@ -17,7 +17,7 @@ def register_config_sections(register: Any) -> None:
     from tinkerplug_local.settings import LocalSettings
 
     # dtype changes the numbers a run computes; device only where they are computed.
-    register("local", LocalSettings, result_keys=("dtype",))
+    register("local", LocalSettings, result_keys=("dtype", "microbatch_tokens"))
 
 
 @tinkerplug.hookimpl

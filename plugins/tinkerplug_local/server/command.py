@@ -59,8 +59,12 @@ def check_bind(host: str, keys: list[str]) -> None:
               help="Release training results at clock-cycle boundaries of this length, as the service does (0: at once).")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=512.0, show_default=True,
               help="Larger request bodies are refused with HTTP 413.")
+@click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in backward: less memory, same results.")
+@click.option("--microbatch-tokens", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Tokens run through the model at once; 0 picks it from the device's memory.")
 def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, dtype: str,
-          api_key: tuple[str, ...], clock_ms: float, max_body_mb: float) -> None:
+          api_key: tuple[str, ...], clock_ms: float, max_body_mb: float, gradient_checkpointing: bool,
+          microbatch_tokens: int) -> None:
     """Serve the local backend over the Tinker HTTP API, for the unmodified tinker SDK.
 
     \b
@@ -79,7 +83,10 @@ def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, 
     from tinkerplug_local.server.app import create_app
     from tinkerplug_local.server.state import ServerState
 
-    state = ServerState(root, device=device, dtype=dtype, clock_ms=clock_ms)
+    state = ServerState(
+        root, device=device, dtype=dtype, clock_ms=clock_ms,
+        gradient_checkpointing=gradient_checkpointing, microbatch_tokens=microbatch_tokens,
+    )
     app = create_app(state, keys, max_body=int(max_body_mb * 1024 * 1024))
     shown = f"[{host}]" if ":" in host else host
     print(

@@ -38,11 +38,12 @@ class Sampler:
 
 
 class ServerState:
-    def __init__(self, checkpoint_dir: Path, device: str | None, dtype: str = "auto", clock_ms: float = 0.0):
+    def __init__(self, checkpoint_dir: Path, device: str | None, dtype: str = "auto", clock_ms: float = 0.0, **backend: Any):
+        """``backend``: further ``ServiceClient`` options (gradient_checkpointing, microbatch_tokens)."""
         from tinkerplug_local.service import ServiceClient
 
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        self.service = ServiceClient(checkpoint_dir=checkpoint_dir, device=device, dtype=dtype)
+        self.service = ServiceClient(checkpoint_dir=checkpoint_dir, device=device, dtype=dtype, **backend)
         self.paths = CheckpointPaths(self.service.store.root)
         self.futures = FutureTable()
         self.clock_s = clock_ms / 1000.0
