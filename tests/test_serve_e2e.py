@@ -120,7 +120,7 @@ def test_cookbook_sl_loop_and_the_example_script_through_tinker_base_url(tmp_pat
         # sl_loop, unchanged; the driver swaps only the dataset and teaches the cookbook where
         # the tiny-chat tokenizer lives (no hub here), as `tinkerplug local` does.
         driver = tmp_path / "driver.py"
-        driver.write_text("from tinkerplug_local.dropin import _teach_cookbook\n_teach_cookbook()\n" + SL_LOOP_DRIVER)
+        driver.write_text("from tinkerplug_local.patching import _teach_cookbook\n_teach_cookbook()\n" + SL_LOOP_DRIVER)
         log = tmp_path / "log"
         def sl_loop(crash_after: int) -> subprocess.CompletedProcess:
             return subprocess.run(

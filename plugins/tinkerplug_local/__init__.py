@@ -22,7 +22,7 @@ def __getattr__(name: str) -> Any:
 
         return ServiceClient
     if name in ("patch", "unpatch"):
-        from tinkerplug_local import dropin
+        from tinkerplug_local import patching
 
-        return getattr(dropin, name)
+        return getattr(patching, name)
     raise AttributeError(name)

@@ -11,7 +11,8 @@ from typing import Any
 
 from tinker.lib.public_interfaces.api_future import AwaitableConcurrentFuture
 
-from tinkerplug_local.futures import Worker
+from tinkerplug_local.sample_batches import run_sample_batch
+from tinkerplug_local.worker import Worker
 from tinkerplug_local.loading import ModelSource, load_model_and_tokenizer
 
 LORA_ALPHA = 32  # fixed, as on the service: with alpha/r scaling the best LR barely depends on rank
@@ -170,8 +171,6 @@ class ModelHost:
         return AwaitableConcurrentFuture(future)
 
     def _run_pending_samples(self) -> None:
-        from tinkerplug_local.sampling import run_sample_batch
-
         with self._lock:
             batch, self._pending_samples = self._pending_samples, []
         if batch:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tinker import types
 
-from tinkerplug_local.futures import completed
+from tinkerplug_local.worker import completed
 from tinkerplug_local.store import read_state_meta, to_path
 
 

@@ -1,27 +1,15 @@
-"""The local ``SamplingClient``: frozen sampler weights, batched generation, prompt logprobs."""
+"""The local ``SamplingClient``: frozen sampler weights (read back from disk, or an in-memory
+snapshot) and what the SDK asks of them: samples, prompt logprobs. Generation runs in
+``sample_batches.py``."""
 
 from __future__ import annotations
 
-import uuid
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 from tinker import types
 
-
-MAX_BATCH_ROWS = 64
-
-
-@dataclass
-class SampleRequest:
-    adapter: str | None
-    prompt: list[int]
-    num_samples: int
-    params: types.SamplingParams
-    include_prompt_logprobs: bool
-    topk_prompt_logprobs: int = 0
-    prompt_logprobs_last_n: int | None = None
+from tinkerplug_local.sample_batches import SampleRequest
 
 
 class SamplingClient:
@@ -127,96 +115,3 @@ def _release(host: Any, adapter: str) -> None:
         host.worker.submit(lambda: host.release_adapter(adapter))
     except Exception:  # noqa: BLE001 - interpreter shutdown
         pass
-
-
-def _stops(params: types.SamplingParams, host: Any) -> tuple[set[int], list[str]]:
-    stop = params.stop
-    if stop is None:  # the SDK's default: stop at end-of-sequence
-        eos = host.tokenizer.eos_token_id
-        extra = getattr(getattr(host.model, "generation_config", None), "eos_token_id", None)
-        ids = {eos} if eos is not None else set()
-        ids |= set(extra) if isinstance(extra, list) else ({extra} if extra is not None else set())
-        return ids, []
-    if isinstance(stop, str):
-        return set(), [stop]
-    stop = list(stop)
-    if all(isinstance(s, int) for s in stop):
-        return set(stop), []
-    return set(), [str(s) for s in stop]
-
-
-def run_sample_batch(host: Any, batch: list[tuple[SampleRequest, Any]]) -> None:
-    """Generate every sample of every queued request, grouped by adapter, in batches."""
-    import torch
-
-    from tinkerplug_local.generate import Row, generate
-
-    by_adapter: dict[str | None, list[tuple[SampleRequest, Any]]] = {}
-    for request, future in batch:
-        if future.set_running_or_notify_cancel():
-            by_adapter.setdefault(request.adapter, []).append((request, future))
-    pad_id = host.tokenizer.pad_token_id or 0
-    for adapter, items in by_adapter.items():
-        try:
-            model = host.model_for(adapter)
-            rows_of: list[list[Row]] = []
-            all_rows: list[Row] = []
-            for request, _ in items:
-                stop_ids, stop_strings = _stops(request.params, host)
-                rows = []
-                for k in range(request.num_samples):
-                    generator = None
-                    if request.params.seed is not None:
-                        generator = torch.Generator().manual_seed(request.params.seed + k)
-                    rows.append(
-                        Row(
-                            prompt=request.prompt,
-                            max_tokens=request.params.max_tokens or 128,
-                            temperature=request.params.temperature,
-                            top_k=request.params.top_k,
-                            top_p=request.params.top_p,
-                            stop_ids=stop_ids,
-                            stop_strings=stop_strings,
-                            generator=generator,
-                        )
-                    )
-                rows_of.append(rows)
-                all_rows.extend(rows)
-            # Similar lengths together: less padding per batch.
-            ordered = sorted(all_rows, key=lambda r: len(r.prompt))
-            for start in range(0, len(ordered), MAX_BATCH_ROWS):
-                generate(model, ordered[start : start + MAX_BATCH_ROWS], pad_id, host.tokenizer, host.device)
-        except BaseException as exc:  # noqa: BLE001 - each caller gets the error
-            for _, future in items:
-                future.set_exception(exc)
-            continue
-        for (request, future), rows in zip(items, rows_of):
-            sequences = [
-                types.SampledSequence(
-                    stop_reason=row.stop_reason,
-                    sequence_id=uuid.uuid4().hex,
-                    _tokens_list=row.tokens,
-                    _logprobs_list=row.logprobs,
-                )
-                for row in rows
-            ]
-            try:
-                future.set_result(_response(model, host, request, sequences))
-            except BaseException as exc:  # noqa: BLE001 - delivered to the caller
-                future.set_exception(exc)
-
-
-def _response(model: Any, host: Any, request: SampleRequest, sequences: list[Any]) -> types.SampleResponse:
-    """The SDK's response type, with prompt logprobs (and their top-k) when asked for."""
-    from tinkerplug_local.generate import prompt_scores
-
-    if not (request.include_prompt_logprobs or request.topk_prompt_logprobs):
-        return types.SampleResponse(sequences=sequences)
-    values, topk = prompt_scores(
-        model, request.prompt, host.device, request.topk_prompt_logprobs, request.prompt_logprobs_last_n, host.forward_options
-    )
-    return types.SampleResponse(
-        sequences=sequences,
-        prompt_logprobs_np=values if request.include_prompt_logprobs else None,
-        topk_prompt_logprobs_np=topk,
-    )

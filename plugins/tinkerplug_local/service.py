@@ -10,7 +10,7 @@ from typing import Any
 
 from tinker import types
 
-from tinkerplug_local.futures import ClientFuture, completed
+from tinkerplug_local.worker import ClientFuture, completed
 from tinkerplug_local.loading import pick_device, pick_dtype, resolve_model
 from tinkerplug_local.store import CheckpointStore, read_state_meta, to_path
 

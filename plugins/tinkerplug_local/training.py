@@ -167,7 +167,7 @@ class TrainingClient:
         """A sampler of the weights as they are once the requests before this one have run: a
         frozen in-memory snapshot (training on does not change it). With ``name`` the weights are
         also saved for the sampler on disk, and the client's ``model_path`` is that dir."""
-        from tinkerplug_local.futures import ClientFuture
+        from tinkerplug_local.worker import ClientFuture
         from tinkerplug_local.sampling import SamplingClient
 
         if kind != "snapshot":

@@ -23,7 +23,7 @@ def _run_shadowed_sitecustomize() -> None:
 
 def _install() -> None:
     try:
-        from tinkerplug_local.dropin import install_import_hook
+        from tinkerplug_local.patching import install_import_hook
     except ImportError as exc:
         message = (
             f"tinkerplug local: this Python ({sys.executable}) cannot import the local backend "

@@ -1,4 +1,5 @@
-"""Futures with the SDK's interface: ``result()``, ``await f``, ``await f.result_async()``."""
+"""The worker thread that runs a model's requests in submission order, and futures with the SDK's
+interface: ``result()``, ``await f``, ``await f.result_async()``."""
 
 from __future__ import annotations
 
