@@ -20,12 +20,16 @@ if TYPE_CHECKING:
     from tinkerplug.plugins import Plugins
 
 
-async def run_evaluators(context: EvalContext, plugins: Plugins) -> dict[str, float]:
+TRAINING_GOES_ON = 'training continues; eval_errors = "raise" stops it'
+
+
+async def run_evaluators(context: EvalContext, plugins: Plugins, after_error: str = TRAINING_GOES_ON) -> dict[str, float]:
     """Call every ``evaluate`` implementation with ``context``, one after another; return
     ``eval/<name>/<metric>`` values and ``time/eval/<plugin>_s``.
 
-    An evaluator that raises is reported by plugin name (``on_message`` warning) and the
-    others still run, unless ``eval_errors = "raise"``, which stops with its error.
+    An evaluator that raises is reported by plugin name (``on_message`` warning, ending with
+    ``after_error``: what happens next) and the others still run, unless
+    ``eval_errors = "raise"``, which stops with its error.
     """
     config = context.config
     merged: dict[str, float] = {}
@@ -39,7 +43,7 @@ async def run_evaluators(context: EvalContext, plugins: Plugins) -> dict[str, fl
             error = hook_error(name, "evaluate", exc)
             if config.eval_errors == "raise":
                 raise error from exc
-            plugins.warn(config, f"step {context.step}: {error.message} (training continues; eval_errors = \"raise\" stops it)")
+            plugins.warn(config, f"step {context.step}: {error.message} ({after_error})")
             continue
         for key, metric in (value or {}).items():
             merged[f"eval/{key}"] = float(metric)
@@ -92,7 +96,8 @@ async def evaluate_checkpoint(
             training_client=_OnFirstUse(lambda: saved.training_client), plugins=saved.plugins,
         )
         plugins = saved.plugins if only is None else _OnlyEvaluators(saved.plugins, only)
-        return saved.record, await run_evaluators(context, plugins)  # type: ignore[arg-type]
+        after = "the other evaluators still run"
+        return saved.record, await run_evaluators(context, plugins, after)  # type: ignore[arg-type]
     finally:
         saved.close()
 
