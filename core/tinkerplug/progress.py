@@ -28,7 +28,12 @@ class Reporter:
         self.console.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False)
 
     def render_stats(self, stats: Any, config: Any) -> None:
-        parts = [f"{stats.kept}/{stats.total} examples"]
+        """The data counts: of every record when all are rendered (at start-up, from the render
+        cache), else of those rendered so far (at the end of a run)."""
+        if getattr(stats, "complete", True):
+            parts = [f"{stats.kept}/{stats.total} examples"]
+        else:
+            parts = [f"{stats.kept}/{stats.rendered} examples kept of the {stats.total} records rendered so far"]
         if stats.dropped_overlong:
             parts.append(f"{stats.dropped_overlong} dropped as longer than max_length={config.max_length}")
         if stats.truncated:

@@ -21,21 +21,13 @@ from tinkerplug.batches import BatchPlan
 from tinkerplug.config import RunConfig
 from tinkerplug.context import CheckpointRecord, EvalContext, RunContext, StepResult
 from tinkerplug.data import read_chat_jsonl
+from tinkerplug.jsonl_records import JsonlRecords
+from tinkerplug.prefetch import Prefetcher
+from tinkerplug.streaming import RenderStats, StreamingData, check_stats, open_training_data, render_all  # noqa: F401
 from tinkerplug.errors import BackendError, ConfigError, DataError, PluginError, TinkerplugError
 from tinkerplug.plugins import Plugins, call_impl, hook_error
 from tinkerplug.progress import Reporter
 from tinkerplug.watchdog import watch_for_stalls
-
-
-@dataclass
-class RenderStats:
-    total: int = 0
-    kept: int = 0
-    dropped_overlong: int = 0
-    truncated: int = 0
-    dropped_untrained: int = 0
-    longest: int = 0
-    shortest: int = 1 << 30
 
 
 @dataclass
@@ -69,14 +61,45 @@ async def train(
     command = resume_command or default_resume_command(config)
     rundir.check_run_dir(run_dir, config.resume, command)
     resuming = config.resume and (run_dir / rundir.CONFIG_JSON).is_file()
+    records = load_train_records(config)
+    run_json = {**config.to_json(), "data_fingerprint": {"train": records.fingerprint()}}
     if resuming:  # before the lock, which rewrites .lock: a refused resume touches nothing
-        rundir.check_resume_config(run_dir, config.to_json(), command)
+        rundir.check_resume_config(run_dir, run_json, command)
     lock = rundir.RunDirLock(run_dir).acquire() if resuming else None
     try:
-        return await _train(config, plugins, reporter, run_dir, resuming, command, lock)
+        return await _train(config, plugins, reporter, run_dir, resuming, command, lock, records, run_json)
     finally:
         if lock is not None:
             lock.release()
+
+
+def load_train_records(config: RunConfig) -> JsonlRecords:
+    """The training records, indexed (not parsed): a byte scan that also fingerprints them."""
+    return JsonlRecords(Path(config.data.train), "training data")
+
+
+class _CheckInBackground:
+    """Parse and check every record in a thread while the model loads; ``join`` raises the
+    first bad record's error, before the run dir exists."""
+
+    def __init__(self, records: JsonlRecords):
+        import threading
+
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(records,), name="tinkerplug-check", daemon=True)
+        self.thread.start()
+
+    def _run(self, records: JsonlRecords) -> None:
+        try:
+            records.check_all(self.stop)
+        except BaseException as exc:  # noqa: BLE001 - raised by join
+            self.error = exc
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 async def _train(
@@ -87,6 +110,27 @@ async def _train(
     resuming: bool,
     command: str,
     lock: rundir.RunDirLock | None,
+    records: JsonlRecords,
+    run_json: dict[str, Any],
+) -> dict[str, Any]:
+    checked = _CheckInBackground(records)
+    try:
+        return await _train_checked(config, plugins, reporter, run_dir, resuming, command, lock, records, run_json, checked)
+    finally:
+        checked.stop.set()
+
+
+async def _train_checked(
+    config: RunConfig,
+    plugins: Plugins,
+    reporter: Reporter,
+    run_dir: Path,
+    resuming: bool,
+    command: str,
+    lock: rundir.RunDirLock | None,
+    records: JsonlRecords,
+    run_json: dict[str, Any],
+    checked: _CheckInBackground,
 ) -> dict[str, Any]:
     checkpoint = None
     if resuming:
@@ -99,7 +143,6 @@ async def _train(
     elif config.resume:
         reporter.note(f"nothing to resume in {run_dir} yet: starting a new run")
 
-    records = read_chat_jsonl(config.data.train, "training data")
     if config.data.heldout is not None:  # evaluators read it later: a bad file must fail now, not at step 0
         read_chat_jsonl(config.data.heldout, "held-out data")
 
@@ -137,11 +180,8 @@ async def _train(
     renderer = plugins.first("resolve_renderer", config=config, tokenizer=tokenizer)
     if renderer is None:
         raise PluginError(f"no plugin resolved a renderer{plugins.disabled_note()}", hint="is the cookbook plugin disabled?")
-    data, stats = render_all(records, renderer, config, plugins)
-    reporter.render_stats(stats, config)
-
-    plan = BatchPlan(len(data), config.batch_size, config.seed)
-    num_steps = config.num_steps or (config.num_epochs or 1) * plan.steps_per_epoch
+    data = prepare_data(records, renderer, tokenizer, config, plugins, start_step, reporter)
+    num_steps = config.num_steps or (config.num_epochs or 1) * data.steps_per_epoch
     if start_step > num_steps:
         raise ConfigError(f"--resume: the last checkpoint is at step {start_step}, past num_steps={num_steps}")
     executor = plugins.first("make_step_executor", config=config, training_client=training_client)
@@ -151,10 +191,11 @@ async def _train(
             hint="executors: sync, pipelined; check `tinkerplug plugins --hook make_step_executor`",
         )
 
+    checked.join()
     # Inputs are good: only now does the run dir come into being.
     own_lock = rundir.create_run_dir(run_dir, config.resume, command) if lock is None else None
     if not (run_dir / rundir.CONFIG_JSON).exists():
-        rundir.atomic_write_text(run_dir / rundir.CONFIG_JSON, json.dumps(config.to_json(), indent=2) + "\n")
+        rundir.atomic_write_text(run_dir / rundir.CONFIG_JSON, json.dumps(run_json, indent=2) + "\n")
     try:
         run = RunContext(
             config=config,
@@ -166,15 +207,40 @@ async def _train(
             training_client=training_client,
             tokenizer=tokenizer,
             renderer=renderer,
-            steps_per_epoch=plan.steps_per_epoch,
+            steps_per_epoch=data.steps_per_epoch,
         )
-        return await _loop(run, plan, data, executor, reporter, checkpoint, command)
+        return await _loop(run, data, executor, reporter, checkpoint, command)
     except BaseException as exc:
         _tell_how_to_resume(exc, run_dir, command, reporter)
         raise
     finally:
+        data.cache.flush()
         if own_lock is not None:
             own_lock.release()
+
+
+def prepare_data(
+    records: JsonlRecords, renderer: Any, tokenizer: Any, config: RunConfig, plugins: Plugins, start_step: int, reporter: Reporter
+) -> StreamingData:
+    """Open the render cache and render the first step's examples now, so a renderer that
+    fails on the data fails before the run dir exists; the rest renders ahead of training."""
+    if len(records) < config.batch_size:
+        raise DataError(
+            f"{config.data.train} has {len(records)} examples, fewer than batch_size={config.batch_size}",
+            hint=f"add data or lower batch_size (e.g. --set batch_size={len(records)})",
+        )
+    data = open_training_data(records, renderer, tokenizer, config, plugins)
+    stats = data.stats
+    check_stats(stats, config)
+    data.batch_indices(start_step)
+    if stats.complete:
+        reporter.render_stats(stats, config)
+    else:
+        reporter.note(
+            f"data: {len(records)} records; rendering runs ahead of training "
+            f"({stats.rendered} in the cache {data.cache.directory}); counts at the end"
+        )
+    return data
 
 
 def _tell_how_to_resume(exc: BaseException, run_dir: Path, command: str, reporter: Reporter) -> None:
@@ -190,8 +256,7 @@ def _tell_how_to_resume(exc: BaseException, run_dir: Path, command: str, reporte
 
 async def _loop(
     run: RunContext,
-    plan: BatchPlan,
-    data: list[Any],
+    data: StreamingData,
     executor: Any,
     reporter: Reporter,
     checkpoint: CheckpointRecord | None,
@@ -203,19 +268,44 @@ async def _loop(
     if checkpoint is not None:
         state.checkpointed_steps.add(checkpoint.step)
     plugins.each("on_run_start", run=run)
+    plan = data.plan
+    complete_at_start = data.stats.complete
+    stalls = watch_for_stalls(config, state, reporter, command)
+    batches = Prefetcher(data.batch, start_step, num_steps, ahead=8)
+    try:
+        return await _steps(run, state, plan, data, batches, executor, reporter, checkpoint, command, stalls)
+    finally:
+        batches.close()
+        data.cache.flush()
+        if not complete_at_start:
+            reporter.render_stats(data.stats, config)
 
+
+async def _steps(
+    run: RunContext,
+    state: LoopState,
+    plan: Any,
+    data: StreamingData,
+    batches: Prefetcher,
+    executor: Any,
+    reporter: Reporter,
+    checkpoint: CheckpointRecord | None,
+    command: str,
+    stalls: Any,
+) -> dict[str, Any]:
+    config, plugins, num_steps, start_step = run.config, run.plugins, run.num_steps, run.start_step
     from tinker import types  # heavy: imported once training starts
 
     def finish(results: list[StepResult]) -> None:
         for result in results:
             _log_step(run, state, plan, result, reporter)
 
-    stalls = watch_for_stalls(config, state, reporter, command)
     with reporter.progress(num_steps, start_step), _stop_on_sigint(state, reporter), stalls:
         for step in range(start_step, num_steps):
             if _due(step, config.eval_every) or step == 0:
-                await run_evals(run, state, step, reporter)
-            batch = [data[i] for i in plan.indices(step)]
+                with batches.paused():  # evaluators use the tokenizer the renderer uses
+                    await run_evals(run, state, step, reporter)
+            batch = batches.get(step)
             lr = plugins.first("lr_for_step", step=step, num_steps=num_steps, config=config)
             if lr is None:
                 raise PluginError("no plugin returned a learning rate (lr_for_step)")
@@ -241,7 +331,8 @@ async def _loop(
                 await save_checkpoint(run, state, plan, done, executor, reporter)
         finish(await _call_executor(executor.drain()))
 
-    await run_evals(run, state, num_steps, reporter)
+    with batches.paused():
+        await run_evals(run, state, num_steps, reporter)
     if num_steps in state.eval_metrics:
         row = {"step": num_steps, **state.eval_metrics.pop(num_steps)}
         state.history.append(row)
@@ -284,69 +375,6 @@ async def _call_executor(awaitable: Any) -> list[StepResult]:
         raise
     except Exception as exc:
         raise BackendError(f"training step failed: {type(exc).__name__}: {exc}") from exc
-
-
-def render_all(
-    records: list[dict[str, Any]], renderer: Any, config: RunConfig, plugins: Plugins
-) -> tuple[list[Any], RenderStats]:
-    """Render every record once; apply ``max_length`` / ``overlong`` and weight reduction."""
-    from tinker import types
-
-    stats = RenderStats(total=len(records))
-    data = []
-    for index, record in enumerate(records):
-        try:
-            datum = plugins.first("render_example", example=record, renderer=renderer, config=config)
-        except PluginError as exc:
-            raise DataError(f"{config.data.train} record {index + 1}: {exc.message}", exc.hint) from None
-        if datum is None:
-            raise PluginError("no plugin rendered the example (render_example)")
-        length = datum.model_input.length
-        stats.longest = max(stats.longest, length)
-        stats.shortest = min(stats.shortest, length)
-        tokens = datum.model_input.to_ints()
-        targets = datum.loss_fn_inputs["target_tokens"].to_numpy()
-        weights = datum.loss_fn_inputs["weights"].to_numpy().astype("float32")
-        if length > config.max_length:
-            if config.overlong == "drop":
-                stats.dropped_overlong += 1
-                continue
-            stats.truncated += 1
-            tokens, targets, weights = tokens[: config.max_length], targets[: config.max_length], weights[: config.max_length]
-        total = float(weights.sum())
-        if total <= 0:
-            stats.dropped_untrained += 1
-            continue
-        if config.loss_reduction == "mean":
-            weights = weights / total
-        data.append(
-            types.Datum(
-                model_input=types.ModelInput.from_ints([int(t) for t in tokens]),
-                loss_fn_inputs={
-                    "target_tokens": types.TensorData.from_numpy(targets.astype("int64")),
-                    "weights": types.TensorData.from_numpy(weights.astype("float32")),
-                },
-            )
-        )
-    stats.kept = len(data)
-    if not data:
-        if stats.dropped_overlong == stats.total:
-            raise DataError(
-                f"every example in {config.data.train} is longer than max_length={config.max_length} "
-                f"tokens (shortest {stats.shortest}, longest {stats.longest})",
-                hint=f"raise max_length (e.g. --set max_length={stats.longest}) or set overlong = \"truncate\"",
-            )
-        raise DataError(
-            f"no example in {config.data.train} has a token to train on "
-            f"(train_on_what = {config.train_on_what!r})",
-            hint="each record needs an assistant message (or choose another train_on_what)",
-        )
-    if len(data) < config.batch_size:
-        raise DataError(
-            f"{config.data.train} has {len(data)} usable examples, fewer than batch_size={config.batch_size}",
-            hint=f"add data or lower batch_size (e.g. --set batch_size={len(data)})",
-        )
-    return data, stats
 
 
 async def run_evals(run: RunContext, state: LoopState, step: int, reporter: Reporter) -> None:
