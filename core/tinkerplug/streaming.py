@@ -166,14 +166,17 @@ class StreamingData:
         """Render every record (once; through the cache) and refuse data with fewer kept
         examples than a batch: called when drops are so common that replacements keep failing,
         and when the counts are complete anyway."""
+        self.render_missing()
+        check_stats(self.stats, self.config)
+
+    def render_missing(self) -> None:
+        """Render every record not in the cache yet (so the counts are complete)."""
         with self._lock:
             if not self._checked:
                 for index in self.cache.missing():
                     self.example(index)
                 self.cache.flush()
                 self._checked = True
-        stats = self.stats
-        check_stats(stats, self.config)
 
 
 def check_stats(stats: RenderStats, config: Any) -> None:

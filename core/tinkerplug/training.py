@@ -180,6 +180,7 @@ async def _train_checked(
     renderer = plugins.first("resolve_renderer", config=config, tokenizer=tokenizer)
     if renderer is None:
         raise PluginError(f"no plugin resolved a renderer{plugins.disabled_note()}", hint="is the cookbook plugin disabled?")
+    checked.join()  # every record parses: checked while the model loaded
     data = prepare_data(records, renderer, tokenizer, config, plugins, start_step, reporter)
     num_steps = config.num_steps or (config.num_epochs or 1) * data.steps_per_epoch
     if start_step > num_steps:
@@ -191,7 +192,6 @@ async def _train_checked(
             hint="executors: sync, pipelined; check `tinkerplug plugins --hook make_step_executor`",
         )
 
-    checked.join()
     # Inputs are good: only now does the run dir come into being.
     own_lock = rundir.create_run_dir(run_dir, config.resume, command) if lock is None else None
     if not (run_dir / rundir.CONFIG_JSON).exists():
@@ -219,6 +219,9 @@ async def _train_checked(
             own_lock.release()
 
 
+RENDER_ALL_UP_TO = 2048  # records left to render: fewer are rendered before step 0
+
+
 def prepare_data(
     records: JsonlRecords, renderer: Any, tokenizer: Any, config: RunConfig, plugins: Plugins, start_step: int, reporter: Reporter
 ) -> StreamingData:
@@ -230,6 +233,8 @@ def prepare_data(
             hint=f"add data or lower batch_size (e.g. --set batch_size={len(records)})",
         )
     data = open_training_data(records, renderer, tokenizer, config, plugins)
+    if len(records) - data.stats.rendered <= RENDER_ALL_UP_TO:  # about a second: exact counts now
+        data.render_missing()
     stats = data.stats
     check_stats(stats, config)
     data.batch_indices(start_step)
