@@ -270,3 +270,13 @@ def test_a_resume_on_a_changed_data_file_is_refused(tmp_path, streaming, capsys)
     assert exit_info.value.code == 2
     assert f'data_fingerprint.train: "{old}" -> "' in err and "Traceback" not in err
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before
+
+
+def test_a_bad_line_deep_in_a_big_file_stops_the_run_with_its_line(tmp_path, streaming, capsys):
+    """A file too big to check before step 0 goes on being checked while training runs."""
+    data = _data(tmp_path)
+    data.write_text(data.read_text() + '{"messages": "nope"}\n')
+    streaming.setattr(training, "WAIT_FOR_CHECK_UP_TO", 0)
+    _run(tmp_path, "run", fail_at=-1, monkeypatch=streaming)
+    err = capsys.readouterr().err
+    assert 'train.jsonl:97: "messages" must be a non-empty list' in err and "start a new run" in err

@@ -103,6 +103,39 @@ def to_datum(example: RenderedExample) -> Any:
     )
 
 
+class BackgroundCheck:
+    """Parse and check every record in a thread (while the model loads, and on into training
+    for a big file); ``wait`` raises the first bad record's error."""
+
+    def __init__(self, records: Any):
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(records,), name="tinkerplug-check", daemon=True)
+        self.thread.start()
+
+    def _run(self, records: Any) -> None:
+        try:
+            records.check_all(self.stop)
+        except BaseException as exc:  # noqa: BLE001 - raised by wait
+            self.error = exc
+
+    def wait(self, until_done: bool = True) -> None:
+        """Raise the error found so far (``until_done``: once the whole file is checked)."""
+        if until_done:
+            self.thread.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            if not until_done and isinstance(error, DataError):
+                error.hint = (f"{error.hint}\n  " if error.hint else "") + (
+                    "found by the background check while training; fix the file and start a new run "
+                    "(a resume on a changed file is refused)"
+                )
+            raise error
+
+    def close(self) -> None:
+        self.stop.set()
+
+
 class StreamingData:
     """The training data of a run: ``batch(step)`` renders (or reads from the cache) just the
     records that step uses."""
@@ -116,6 +149,7 @@ class StreamingData:
         self.plan = BatchPlan(len(records), config.batch_size, config.seed)
         self._checked = False
         self._lock = threading.Lock()
+        self.check: BackgroundCheck | None = None  # the records' parse check, when one runs
 
     @property
     def num_examples(self) -> int:

@@ -23,7 +23,7 @@ from tinkerplug.context import CheckpointRecord, EvalContext, RunContext, StepRe
 from tinkerplug.data import read_chat_jsonl
 from tinkerplug.jsonl_records import JsonlRecords
 from tinkerplug.prefetch import Prefetcher
-from tinkerplug.streaming import RenderStats, StreamingData, check_stats, open_training_data, render_all  # noqa: F401
+from tinkerplug.streaming import BackgroundCheck, RenderStats, StreamingData, check_stats, open_training_data, render_all  # noqa: F401
 from tinkerplug.errors import BackendError, ConfigError, DataError, PluginError, TinkerplugError
 from tinkerplug.plugins import Plugins, call_impl, hook_error
 from tinkerplug.progress import Reporter
@@ -78,30 +78,6 @@ def load_train_records(config: RunConfig) -> JsonlRecords:
     return JsonlRecords(Path(config.data.train), "training data")
 
 
-class _CheckInBackground:
-    """Parse and check every record in a thread while the model loads; ``join`` raises the
-    first bad record's error, before the run dir exists."""
-
-    def __init__(self, records: JsonlRecords):
-        import threading
-
-        self.error: BaseException | None = None
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(records,), name="tinkerplug-check", daemon=True)
-        self.thread.start()
-
-    def _run(self, records: JsonlRecords) -> None:
-        try:
-            records.check_all(self.stop)
-        except BaseException as exc:  # noqa: BLE001 - raised by join
-            self.error = exc
-
-    def join(self) -> None:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 async def _train(
     config: RunConfig,
     plugins: Plugins,
@@ -113,11 +89,11 @@ async def _train(
     records: JsonlRecords,
     run_json: dict[str, Any],
 ) -> dict[str, Any]:
-    checked = _CheckInBackground(records)
+    checked = BackgroundCheck(records)
     try:
         return await _train_checked(config, plugins, reporter, run_dir, resuming, command, lock, records, run_json, checked)
     finally:
-        checked.stop.set()
+        checked.close()
 
 
 async def _train_checked(
@@ -130,7 +106,7 @@ async def _train_checked(
     lock: rundir.RunDirLock | None,
     records: JsonlRecords,
     run_json: dict[str, Any],
-    checked: _CheckInBackground,
+    checked: BackgroundCheck,
 ) -> dict[str, Any]:
     checkpoint = None
     if resuming:
@@ -180,8 +156,11 @@ async def _train_checked(
     renderer = plugins.first("resolve_renderer", config=config, tokenizer=tokenizer)
     if renderer is None:
         raise PluginError(f"no plugin resolved a renderer{plugins.disabled_note()}", hint="is the cookbook plugin disabled?")
-    checked.join()  # every record parses: checked while the model loaded
+    # Every record parses (checked while the model loaded; a big file goes on being checked
+    # in the background, and a bad record stops the run at the step after it is found).
+    checked.wait(len(records) <= WAIT_FOR_CHECK_UP_TO)
     data = prepare_data(records, renderer, tokenizer, config, plugins, start_step, reporter)
+    data.check = checked
     num_steps = config.num_steps or (config.num_epochs or 1) * data.steps_per_epoch
     if start_step > num_steps:
         raise ConfigError(f"--resume: the last checkpoint is at step {start_step}, past num_steps={num_steps}")
@@ -220,6 +199,7 @@ async def _train_checked(
 
 
 RENDER_ALL_UP_TO = 2048  # records left to render: fewer are rendered before step 0
+WAIT_FOR_CHECK_UP_TO = 200_000  # records: a bigger file's check may go on after step 0 (~10 us each)
 
 
 def prepare_data(
@@ -310,6 +290,8 @@ async def _steps(
             if _due(step, config.eval_every) or step == 0:
                 with batches.paused():  # evaluators use the tokenizer the renderer uses
                     await run_evals(run, state, step, reporter)
+            if data.check is not None:
+                data.check.wait(False)
             batch = batches.get(step)
             lr = plugins.first("lr_for_step", step=step, num_steps=num_steps, config=config)
             if lr is None:
