@@ -277,6 +277,16 @@ def test_a_bad_line_deep_in_a_big_file_stops_the_run_with_its_line(tmp_path, str
     data = _data(tmp_path)
     data.write_text(data.read_text() + '{"messages": "nope"}\n')
     streaming.setattr(training, "WAIT_FOR_CHECK_UP_TO", 0)
-    _run(tmp_path, "run", fail_at=-1, monkeypatch=streaming)
+    real = JsonlRecords.check_all
+
+    def after_the_first_step(self, stop=None):
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        while not (metrics.exists() and metrics.stat().st_size) and not stop.is_set():
+            time.sleep(0.01)
+        real(self, stop)
+
+    streaming.setattr(JsonlRecords, "check_all", after_the_first_step)
+    rows = _run(tmp_path, "run", steps=500, fail_at=-1, monkeypatch=streaming)
     err = capsys.readouterr().err
+    assert 0 < len(rows) < 500
     assert 'train.jsonl:97: "messages" must be a non-empty list' in err and "start a new run" in err
