@@ -17,7 +17,9 @@ def offline_env() -> None:
     (spinning threads are ~50x slower when cores are shared)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from tinkerplug.environ import quiet_openmp
+
+    quiet_openmp(os.environ)
 
 
 def machine_line() -> str:

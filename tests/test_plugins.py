@@ -304,12 +304,29 @@ def test_hookimpl_with_an_argument_the_spec_lacks_is_rejected(tmp_path):
     assert "plugin 'project:bad_args'" in result.stderr and "total_steps" in result.stderr
 
 
-def test_wrapper_on_a_fan_out_hook_is_rejected(tmp_path):
+def test_a_wrapper_wraps_a_fan_out_hook(tmp_path):
+    """Fan-out hooks go through pluggy, so a wrapper sees the call and every result."""
+    from tinkerplug.plugins import load_plugins
+
     wrapper = write_plugin(
-        tmp_path, "wrap", "@tinkerplug.hookimpl(wrapper=True)\ndef log_metrics(step, metrics, run):\n    return (yield)\n"
+        tmp_path, "wrap",
+        "seen = []\n\n"
+        "@tinkerplug.hookimpl(wrapper=True)\ndef log_metrics(step, metrics, run):\n"
+        "    results = yield\n    seen.append((step, len(results)))\n    return results\n\n"
+        "@tinkerplug.hookimpl(specname='log_metrics')\ndef log_row(step):\n    return 'logged'\n",
+    )
+    plugins = load_plugins(cli_files=[str(wrapper)], disabled=["jsonl", "tensorboard"])
+    plugins.log_metrics(5, {}, None)
+    assert sys.modules["tinkerplug_project_wrap"].seen == [(5, 1)]
+
+
+def test_wrapper_on_evaluate_is_rejected(tmp_path):
+    """Evaluators are called one by one (a failing one must not stop the others): no wrapping."""
+    wrapper = write_plugin(
+        tmp_path, "wrap", "@tinkerplug.hookimpl(wrapper=True)\ndef evaluate(context):\n    return (yield)\n"
     )
     result = run_cli("plugins", "-p", str(wrapper))
-    assert result.returncode == 3 and "plugin 'project:wrap'" in result.stderr and "log_metrics" in result.stderr
+    assert result.returncode == 3 and "plugin 'project:wrap'" in result.stderr and "evaluate" in result.stderr
 
 
 def test_a_raising_hook_is_reported_by_plugin_name(tmp_path):

@@ -14,9 +14,8 @@ import pytest
 from conftest import DATA, read_jsonl
 from tinkerplug import training
 from tinkerplug.cli import main
-from tinkerplug.data import read_chat_jsonl
 from tinkerplug.errors import DataError
-from tinkerplug.jsonl_records import JsonlRecords
+from tinkerplug_data.jsonl import JsonlRecords, parse_line
 from tinkerplug.prefetch import Prefetcher
 from tinkerplug.render_cache import KEPT, RenderCache, RenderedExample
 
@@ -37,7 +36,8 @@ def test_records_match_the_parsed_file_and_name_their_line(tmp_path):
     path.write_bytes(("\ufeff" + lines[0] + "\r\n\n  \n" + "\n".join(lines[1:])).encode())  # BOM, CRLF, blanks, no final newline
     records = JsonlRecords(path)
     assert len(records) == 5
-    assert [records[i] for i in range(5)] == read_chat_jsonl(path)
+    parsed = [parse_line(line.encode(), 'x') for line in lines]
+    assert [records[i] for i in range(5)] == parsed
     assert [records.where(i) for i in (0, 1, 4)] == [f"{path}:1", f"{path}:4", f"{path}:7"]
 
 

@@ -11,85 +11,11 @@ from typing import Any
 import click
 
 from tinkerplug.errors import TinkerplugError
+from tinkerplug.environ import quiet_openmp
 
 
-def _split_plugin_options(options: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """``-p ./file.py`` loads a file; ``-p no:NAME`` disables a plugin."""
-    files, disabled = [], []
-    for option in options:
-        if option.startswith("no:"):
-            disabled.append(option[3:])
-        else:
-            files.append(option)
-    return files, disabled
-
-
-def load_plugins_for(config_path: str | None, overrides: tuple[str, ...], plugin_options: tuple[str, ...]):
-    """The plugins a run of CONFIG would use: entry points, the config's ``plugins`` files and
-    ``-p`` files, minus ``disable_plugins`` and ``-p no:NAME``. Returns (plugins, raw config)."""
-    import tomllib
-
-    from tinkerplug.errors import ConfigError
-    from tinkerplug.plugins import load_plugins
-
-    raw: dict[str, Any] = {}
-    base_dir = None
-    if config_path is not None:
-        from tinkerplug.config import apply_override, parse_override  # pydantic: only when needed
-
-        path = Path(config_path)
-        base_dir = path.parent.resolve()
-        if path.is_file():
-            try:
-                raw = tomllib.loads(path.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError:
-                raw = {}  # load_config reports it with the file name
-            for override in overrides:
-                apply_override(raw, *parse_override(override))
-    for key in ("plugins", "disable_plugins"):
-        if not isinstance(raw.get(key, []), list) or not all(isinstance(v, str) for v in raw.get(key, [])):
-            raise ConfigError(f"{config_path}: {key} must be a list of strings, e.g. {key} = [\"...\"]")
-    files, disabled = _split_plugin_options(plugin_options)
-    plugins = load_plugins(
-        files=raw.get("plugins", []),
-        disabled=[*raw.get("disable_plugins", []), *disabled],
-        base_dir=base_dir,
-        cli_files=files,
-    )
-    return plugins, raw
-
-
-def load_run_config(config_path: str, overrides: tuple[str, ...], plugin_options: tuple[str, ...]):
-    """Config + plugins: the config names plugin files, the plugins add config tables."""
-    from tinkerplug.config import load_config
-
-    plugins, _ = load_plugins_for(config_path, overrides, plugin_options)
-    plugins.check_required()
-    sections: dict[str, Any] = {}
-    owners: dict[str, str] = {}
-    _register_sections(plugins, sections, owners)
-    config = load_config(
-        Path(config_path), list(overrides), {k: (v, owners[k]) for k, v in sections.items()}, plugins.disabled
-    )
-    return config, plugins
-
-
-def _register_sections(plugins: Any, sections: dict[str, Any], owners: dict[str, str]) -> None:
-    """Collect plugin config tables; two plugins may not claim the same table."""
-    from tinkerplug.errors import PluginError
-
-    for impl in plugins.impls("register_config_sections"):
-
-        def register(name: str, model: Any, _owner: str = impl.plugin_name) -> None:
-            if name in sections:
-                raise PluginError(
-                    f"plugins {owners[name]!r} and {_owner!r} both register config table [{name}]",
-                    hint=f"disable one with -p no:{_owner}",
-                )
-            sections[name] = model
-            owners[name] = _owner
-
-        impl.function(register=register)
+# Re-exported: tests and plugins' own tests assemble runs with these.
+from tinkerplug.loading import load_plugins_for, load_run_config  # noqa: E402,F401
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -204,13 +130,16 @@ def hooks_cmd(name: str | None, markdown: bool) -> None:
         click.echo("    " + (inspect.getdoc(func) or "").replace("\n", "\n    ").replace("\n    \n", "\n\n") + "\n")
 
 
-def _add_extra_commands() -> None:
-    from tinkerplug.commands import add_commands
+def _add_plugin_commands() -> None:
+    """Commands of installed plugins (``register_commands``): entry points only, since project
+    files are named by a config or ``-p`` that is not parsed yet. A plugin that fails to import
+    is skipped here; a command that loads plugins reports it."""
+    from tinkerplug.plugins import load_command_plugins
 
-    add_commands(cli)
+    load_command_plugins().register_commands(cli)
 
 
-_add_extra_commands()
+_add_plugin_commands()
 
 
 DEBUG_ENV = "TINKERPLUG_DEBUG"
@@ -220,8 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI. Errors the user can fix print one message and exit non-zero; anything else
     prints one line and how to see the traceback (``TINKERPLUG_DEBUG=1``, which shows every
     traceback)."""
-    # Before torch loads: spinning OpenMP threads collapse throughput on shared cores.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    quiet_openmp(os.environ)
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         cli.main(args=argv, standalone_mode=False)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from tinkerplug.errors import ConfigError
+from tinkerplug.loading import PluginSchema
 
 TRAIN_ON_WHAT = (
     "last_assistant_message",
@@ -41,8 +42,10 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     base_model: str = Field(description="HF model dir, hub name, or a shipped model (tiny-chat).")
-    backend: Literal["local", "tinker"] | None = Field(
-        None, description="local (in-process) or tinker (remote); default: tinker when TINKER_API_KEY is set."
+    backend: str | None = Field(
+        None,
+        description="A registered backend: local (in-process), tinker (remote), or a plugin's; "
+        "default: tinker when TINKER_API_KEY is set, else local.",
     )
     renderer: str | None = Field(None, description="Cookbook renderer name; default: from the model name.")
     lora_rank: int = Field(16, gt=0)
@@ -89,6 +92,7 @@ class RunConfig(BaseModel):
     disable_plugins: list[str] = Field(default_factory=list)
 
     _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+    _plugin_result_keys: tuple[str, ...] = PrivateAttr(())
     _source: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")
@@ -115,6 +119,13 @@ class RunConfig(BaseModel):
     def section(self, name: str) -> Any:
         """The validated ``[name]`` table of a plugin (its defaults when absent)."""
         return self._sections[name]
+
+    def result_keys(self) -> tuple[str, ...]:
+        """The dotted keys that decide what this run computes: the core's and those the
+        plugins declared (``register(name, Model, result_keys=...)``). ``--resume`` keeps them."""
+        from tinkerplug.rundir import RESULT_KEYS
+
+        return RESULT_KEYS + self._plugin_result_keys
 
     def to_json(self) -> dict[str, Any]:
         """The resolved config as written to ``RUN_DIR/config.json`` (no secrets: keys come
@@ -181,14 +192,14 @@ def _where(file: Path, text: str, loc: tuple[Any, ...]) -> str:
 def load_config(
     path: str | Path,
     overrides: list[str] = (),  # type: ignore[assignment]
-    sections: dict[str, tuple[type[BaseModel], str]] | None = None,
+    schema: PluginSchema | None = None,
     disabled: frozenset[str] | set[str] = frozenset(),
 ) -> RunConfig:
     """Read, override and validate a config file.
 
-    ``sections`` maps a table name to (pydantic model, plugin name), from the
-    ``register_config_sections`` hook. Tables named after a ``disabled`` plugin are ignored,
-    so ``-p no:inspect`` works on a config that has an ``[inspect]`` table.
+    ``schema`` holds what the plugins add (``tinkerplug.loading.plugin_schema``): tables, the
+    keys of theirs that decide a result, backend names. Tables named after a ``disabled``
+    plugin are ignored, so ``-p no:inspect`` works on a config that has an ``[inspect]`` table.
     """
     file = Path(path)
     if not file.is_file():
@@ -204,55 +215,81 @@ def load_config(
     for override in overrides:
         key, value = parse_override(override)
         apply_override(data, key, value)
-    return build_config(data, file, text, sections or {}, disabled)
+    return build_config(data, file, text, schema or PluginSchema(), disabled)
 
 
 def build_config(
     data: dict[str, Any],
     file: Path,
     text: str,
-    sections: dict[str, tuple[type[BaseModel], str]],
+    schema: PluginSchema,
     disabled: frozenset[str] | set[str] = frozenset(),
 ) -> RunConfig:
-    base = file.parent.resolve()
+    """Validate parsed config ``data`` (from ``file``, whose ``text`` gives line numbers)."""
     core_fields = set(RunConfig.model_fields)
     core = {k: v for k, v in data.items() if k in core_fields}
     plugin_tables = {
-        k: v for k, v in data.items() if k not in core_fields and not (k in disabled and k not in sections)
+        k: v for k, v in data.items() if k not in core_fields and not (k in disabled and k not in schema.sections)
     }
     _reject_secrets(data, file, text)
     for name in plugin_tables:
-        if name not in sections:
-            known = sorted(core_fields | set(sections))
+        if name not in schema.sections:
+            known = sorted(core_fields | set(schema.sections))
             raise ConfigError(
                 f"{_where(file, text, (name,))}: unknown key {name!r}",
                 hint=f"known keys and tables: {', '.join(known)}",
             )
-
     try:
         config = RunConfig.model_validate(core)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, file, text, prefix=())) from None
+    _check_backend(config, schema, file, text, disabled)
+    config._sections = _validate_sections(plugin_tables, schema, file, text)
+    config._plugin_result_keys = tuple(schema.result_keys)
+    # Paths in the file are relative to it; run_dir to the current directory.
+    base = file.parent.resolve()
+    config.data.train = _rel(config.data.train, base)
+    if config.data.heldout is not None:
+        config.data.heldout = _rel(config.data.heldout, base)
+    config._source = file.resolve()
+    return config
 
+
+def _check_backend(
+    config: RunConfig, schema: PluginSchema, file: Path, text: str, disabled: frozenset[str] | set[str]
+) -> None:
+    """``backend`` must be a name some plugin registered (checked only when plugins are known)."""
+    if config.backend is None or not schema.backends or config.backend in schema.backends:
+        return
+    if disabled:  # a plugin problem, as for a disabled renderer: exit 3
+        from tinkerplug.errors import PluginError
+
+        raise PluginError(
+            f"no plugin provides backend {config.backend!r} (disabled: {', '.join(sorted(disabled))})",
+            hint=f"re-enable it, or choose one of the registered backends: {', '.join(sorted(schema.backends))}",
+        )
+    raise ConfigError(
+        f"{_where(file, text, ('backend',))}: backend {config.backend!r} is not a registered backend"
+        + schema.did_you_mean(config.backend),
+        hint=f"backends: {', '.join(sorted(schema.backends))} "
+        "(a plugin adds one with the register_backends hook; `tinkerplug plugins --hook register_backends`)",
+    )
+
+
+def _validate_sections(
+    tables: dict[str, Any], schema: PluginSchema, file: Path, text: str
+) -> dict[str, BaseModel]:
     parsed: dict[str, BaseModel] = {}
-    for name, (model, plugin) in sections.items():
-        raw = plugin_tables.get(name, {})
+    for name, model in schema.sections.items():
+        raw = tables.get(name, {})
         if not isinstance(raw, dict):
             raise ConfigError(f"{_where(file, text, (name,))}: {name!r} must be a table ([{name}])")
         try:
             parsed[name] = model.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError(
-                _format_validation(exc, file, text, prefix=(name,), plugin=plugin)
-            ) from None
-
-    # Paths in the file are relative to it; run_dir to the current directory.
-    config.data.train = _rel(config.data.train, base)
-    if config.data.heldout is not None:
-        config.data.heldout = _rel(config.data.heldout, base)
-    config._sections = parsed
-    config._source = file.resolve()
-    return config
+            plugin = schema.owners.get(name)
+            raise ConfigError(_format_validation(exc, file, text, prefix=(name,), plugin=plugin)) from None
+    return parsed
 
 
 def _rel(path: Path, base: Path) -> Path:

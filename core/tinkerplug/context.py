@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
     from tinker import types
@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class RunContext:
-    """What a run is made of; passed to ``on_run_start``, ``log_metrics``, ``on_checkpoint``."""
+    """What a run is made of; passed to ``on_run_start``, ``log_metrics``, ``on_checkpoint``,
+    ``on_run_end``."""
 
     config: RunConfig
     run_dir: Path
@@ -29,17 +30,55 @@ class RunContext:
     steps_per_epoch: int = 0
 
 
-@dataclass
 class EvalContext:
-    """What an evaluator gets: the sampler weights at ``step`` and how to talk to them."""
+    """What an evaluator gets: the weights at ``step`` and how to talk to them.
 
-    step: int
-    sampling_client: Any
-    sampler_path: str
-    renderer: Any
-    tokenizer: Any
-    config: RunConfig
-    run_dir: Path
+    ``sampling_client`` / ``sampler_path`` are opened on first access, once per step (saving
+    sampler weights is a remote save on Tinker: an evaluator that returns ``None`` first costs
+    nothing). ``training_client`` is the training client at that step, for loss-based
+    evaluators that call ``forward``; ``plugins`` calls hooks (``plugins.load_records``).
+    """
+
+    def __init__(
+        self,
+        step: int,
+        renderer: Any,
+        tokenizer: Any,
+        config: RunConfig,
+        run_dir: Path,
+        open_sampler: Callable[[], tuple[str, Any]],
+        training_client: Any = None,
+        plugins: Plugins | None = None,
+    ):
+        self.step = step
+        self.renderer = renderer
+        self.tokenizer = tokenizer
+        self.config = config
+        self.run_dir = run_dir
+        self.training_client = training_client
+        self.plugins = plugins
+        self._open_sampler = open_sampler
+        self._sampler: tuple[str, Any] | None = None
+
+    @property
+    def sampler_opened(self) -> bool:
+        """Whether an evaluator has asked for the sampler yet (weights saved, client open)."""
+        return self._sampler is not None
+
+    @property
+    def sampling_client(self) -> Any:
+        """A sampling client on the weights of ``step`` (``sample``, ``compute_logprobs``)."""
+        return self._sampler_pair()[1]
+
+    @property
+    def sampler_path(self) -> str:
+        """Where the sampler weights of ``step`` are (a local dir or a ``tinker://`` path)."""
+        return self._sampler_pair()[0]
+
+    def _sampler_pair(self) -> tuple[str, Any]:
+        if self._sampler is None:
+            self._sampler = self._open_sampler()
+        return self._sampler
 
 
 @dataclass
@@ -53,6 +92,7 @@ class CheckpointRecord:
     sampler_path: str
     time: float
     final: bool = False
+    removed: bool = False  # deleted by a retention plugin; the row stays, marked
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,59 +1,56 @@
-"""Reading chat JSONL records, with errors that name the file and line."""
+"""Data sources and the records read from them (the ``load_records`` hook's types).
+
+The core names what to read (``DataSource``) and what it gets back (``Records``); reading a
+format is a plugin's job. No heavy imports: plugins import these at start-up.
+"""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from tinkerplug.errors import DataError
-
-ROLES = ("system", "user", "assistant", "tool")
-JSONL_HINT = 'JSONL is one JSON object per line: {"messages": [{"role": "user", "content": "..."}, ...]}'
+if TYPE_CHECKING:
+    from tinkerplug.config import RunConfig
 
 
-def read_chat_jsonl(path: Path, what: str = "data") -> list[dict[str, Any]]:
-    """Return the records of a chat JSONL file; blank lines are skipped.
+@dataclass(frozen=True)
+class DataSource:
+    """One data set of a run, as the config names it."""
 
-    Each record is ``{"messages": [{"role": ..., "content": ...}, ...]}``; extra keys stay.
-    """
-    if not path.is_file():
-        raise DataError(f"{what} file {path} not found", hint="paths in the config are relative to the config file")
-    records = []
-    with path.open("rb") as f:  # bytes: a line that is not UTF-8 is reported with its number
-        for number, raw in enumerate(f, 1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})", hint=JSONL_HINT) from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})", hint=JSONL_HINT) from None
-            check_record(record, where)
-            records.append(record)
-    if not records:
-        raise DataError(f"{what} file {path} has no records", hint='add one {"messages": [...]} object per line')
-    return records
+    path: str  # an absolute file or directory path, or a spec such as ``hf:NAME[:CONFIG]``
+    role: str  # "train" | "heldout"
+    format: str | None = None  # None: from the file name
+    split: str | None = None
+    weight: float = 1.0
+
+    @property
+    def what(self) -> str:
+        """How messages name it: "training data" / "held-out data"."""
+        return {"train": "training data", "heldout": "held-out data"}.get(self.role, f"{self.role} data")
 
 
-def check_record(record: Any, where: str) -> None:
-    if not isinstance(record, dict) or "messages" not in record:
-        raise DataError(
-            f'{where}: record has no "messages" list',
-            hint=JSONL_HINT,
-        )
-    messages = record["messages"]
-    if not isinstance(messages, list) or not messages:
-        raise DataError(f'{where}: "messages" must be a non-empty list')
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise DataError(f'{where}: message {i} needs "role" and "content"')
-        if message["role"] not in ROLES:
-            raise DataError(
-                f"{where}: message {i} has unknown role {message['role']!r}",
-                hint=f"roles are {', '.join(ROLES)}",
-            )
+@runtime_checkable
+class Records(Protocol):
+    """Random access to the records of a source; returned by ``load_records``."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Record ``index`` (0-based) in chat form: ``{"messages": [...]}``."""
+        ...
+
+    def where(self, index: int) -> str:
+        """Where record ``index`` comes from, for messages: ``"FILE:LINE"``."""
+        ...
+
+    def fingerprint(self) -> str:
+        """A hash of the source's content (resume checks, caches)."""
+        ...
+
+
+def train_source(config: RunConfig) -> DataSource:
+    return DataSource(path=str(config.data.train), role="train")
+
+
+def heldout_source(config: RunConfig) -> DataSource | None:
+    return None if config.data.heldout is None else DataSource(path=str(config.data.heldout), role="heldout")

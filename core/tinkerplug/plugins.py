@@ -15,6 +15,7 @@ here, at start-up of every command: they must keep heavy imports inside their fu
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.metadata
 import importlib.util
 import inspect
@@ -22,13 +23,20 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import pluggy
 
 from tinkerplug import hookspecs
-from tinkerplug.errors import PluginError
+from tinkerplug.errors import DataError, PluginError
 from tinkerplug.markers import PROJECT
+
+if TYPE_CHECKING:
+    import click
+
+    from tinkerplug.config import RunConfig
+    from tinkerplug.context import CheckpointRecord, EvalContext, RunContext, StepExecutor
+    from tinkerplug.data import DataSource, Records
 
 ENTRY_POINT_GROUP = "tinkerplug"
 FIRST_PARTY_DIST = "tinkerplug"
@@ -40,10 +48,16 @@ PROJECT_PREFIX = "project:"
 REQUIRED_HOOKS = {
     "create_service_client": "creates the backend client",
     "resolve_renderer": "resolves the chat renderer",
+    "load_records": "reads the data files",
     "render_example": "renders training examples",
     "lr_for_step": "sets the learning rate",
     "make_step_executor": "submits training steps",
 }
+
+
+# Called one implementation at a time (each evaluator on its own, so one failure does not
+# stop the others): a wrapper would see no hook call to wrap.
+UNWRAPPABLE_HOOKS = ("evaluate",)
 
 
 @dataclass
@@ -86,9 +100,7 @@ class Plugins:
         self.info[info.name] = info
 
     def load_entry_points(self, entry_points: Iterable[importlib.metadata.EntryPoint]) -> None:
-        # first-party first, then third-party by name: registration order is precedence
-        ordered = sorted(entry_points, key=lambda ep: (_dist_name(ep) != FIRST_PARTY_DIST, ep.name))
-        for ep in ordered:
+        for ep in _load_order(entry_points):
             if ep.name in self.disabled or ep.name in self.info:
                 continue
             dist = _dist_name(ep)
@@ -139,17 +151,18 @@ class Plugins:
 
     def check(self) -> None:
         """Reject what pluggy would silently accept: a hookimpl that matches no hookspec (a
-        typo would never be called), and wrappers on hooks the loop calls one plugin at a time."""
+        typo would never be called), and wrappers on hooks called one plugin at a time."""
         for name in self.info:
             plugin = self.pm.get_plugin(name)
             for attr in dir(plugin):
                 opts = self.pm.parse_hookimpl_opts(plugin, attr)
                 if opts is None or opts.get("optionalhook"):
                     continue
-                if not hasattr(self.pm.hook, attr) or getattr(self.pm.hook, attr).spec is None:
-                    close = difflib.get_close_matches(attr, hook_names(), n=1)
+                hook = opts.get("specname") or attr
+                if not hasattr(self.pm.hook, hook) or getattr(self.pm.hook, hook).spec is None:
+                    close = difflib.get_close_matches(hook, hook_names(), n=1)
                     raise PluginError(
-                        f"plugin {name!r} ({self.info[name].source}) implements unknown hook {attr!r}"
+                        f"plugin {name!r} ({self.info[name].source}) implements unknown hook {hook!r}"
                         + (f"; did you mean {close[0]!r}?" if close else ""),
                         hint="`tinkerplug hooks` lists the hook names and their arguments",
                     )
@@ -159,9 +172,7 @@ class Plugins:
             plugin_name = self.pm.get_name(exc.plugin) if exc.plugin is not None else "?"
             raise PluginError(f"plugin {plugin_name!r}: {exc}", hint="see `tinkerplug hooks`") from None
         for caller in self.pm.hook.__dict__.values():
-            if not isinstance(caller, pluggy.HookCaller) or caller.spec is None:
-                continue
-            if caller.spec.opts.get("firstresult"):
+            if not isinstance(caller, pluggy.HookCaller) or caller.name not in UNWRAPPABLE_HOOKS:
                 continue
             for impl in caller.get_hookimpls():
                 if impl.hookwrapper or impl.wrapper:
@@ -186,37 +197,119 @@ class Plugins:
         """`` (disabled: a, b)`` for error messages, or ``""`` when nothing is disabled."""
         return f" (disabled: {', '.join(sorted(self.disabled))})" if self.disabled else ""
 
-    # -- calling -----------------------------------------------------------------------------
+    # -- calling: one typed method per hook, in hookspecs.py's order ---------------------------
+
+    def register_config_sections(self, register: Callable[..., None]) -> None:
+        self.each("register_config_sections", register=register)
+
+    def register_backends(self, register: Callable[[str, str], None]) -> None:
+        self.each("register_backends", register=register)
+
+    def create_service_client(self, config: RunConfig, run_dir: str) -> Any:
+        service = self.first("create_service_client", config=config, run_dir=run_dir)
+        if service is None:  # a plugin problem (disabled or missing), like a missing renderer: exit 3
+            raise PluginError(
+                f"no plugin provides backend {config.resolved_backend!r}{self.disabled_note()}",
+                hint="`tinkerplug plugins --hook register_backends` lists the backends",
+            )
+        return service
+
+    def load_records(self, source: DataSource, config: RunConfig) -> Records:
+        # A reader's DataError already names the file and line: it stays a data error (exit 2).
+        records = self._call("load_records", {"source": source, "config": config}, keep=(DataError,))
+        if records is None:
+            raise PluginError(
+                f"no plugin reads {source.what} {source.path}"
+                + (f" (format {source.format!r})" if source.format else "")
+                + self.disabled_note(),
+                hint="`tinkerplug plugins --hook load_records` lists the data readers",
+            )
+        return records
+
+    def resolve_renderer(self, config: RunConfig, tokenizer: Any) -> Any:
+        renderer = self.first("resolve_renderer", config=config, tokenizer=tokenizer)
+        if renderer is None:
+            raise PluginError(f"no plugin resolved a renderer{self.disabled_note()}", hint="is the cookbook plugin disabled?")
+        return renderer
+
+    def render_example(self, example: Mapping[str, Any], renderer: Any, config: RunConfig) -> Any:
+        datum = self.first("render_example", example=example, renderer=renderer, config=config)
+        if datum is None:
+            raise PluginError("no plugin rendered the example (render_example)")
+        return datum
+
+    def make_step_executor(self, config: RunConfig, training_client: Any) -> StepExecutor:
+        executor = self.first("make_step_executor", config=config, training_client=training_client)
+        if executor is None:
+            raise PluginError(
+                f"no plugin provides executor {config.executor!r}{self.disabled_note()}",
+                hint="executors: sync, pipelined; check `tinkerplug plugins --hook make_step_executor`",
+            )
+        return executor
+
+    def lr_for_step(self, step: int, num_steps: int, config: RunConfig) -> float:
+        lr = self.first("lr_for_step", step=step, num_steps=num_steps, config=config)
+        if lr is None:
+            raise PluginError("no plugin returned a learning rate (lr_for_step)")
+        return float(lr)
+
+    def evaluators(self) -> list[tuple[str, Callable[[EvalContext], Any]]]:
+        """``(plugin_name, call)`` per ``evaluate`` implementation, in call order: evaluators
+        are called one by one, so one that fails is reported and the others still run."""
+        return [(impl.plugin_name, functools.partial(call_impl, impl)) for impl in self.impls("evaluate")]
+
+    def on_checkpoint(self, record: CheckpointRecord, run: RunContext) -> None:
+        self.each("on_checkpoint", record=record, run=run)
+
+    def fetch_sampler_weights(self, record: CheckpointRecord, config: RunConfig, dest: str) -> bool:
+        return bool(self.first("fetch_sampler_weights", record=record, config=config, dest=dest))
+
+    def on_message(self, text: str, level: str, config: RunConfig) -> None:
+        self.each("on_message", text=text, level=level, config=config)
+
+    def note(self, config: RunConfig, text: str) -> None:
+        self.on_message(text, "note", config)
+
+    def warn(self, config: RunConfig, text: str) -> None:
+        self.on_message(text, "warning", config)
+
+    def on_run_start(self, run: RunContext) -> None:
+        self.each("on_run_start", run=run)
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float], run: RunContext) -> None:
+        self.each("log_metrics", step=step, metrics=metrics, run=run)
+
+    def on_run_end(self, run: RunContext, summary: Mapping[str, Any]) -> None:
+        self.each("on_run_end", run=run, summary=summary)
+
+    def register_commands(self, cli: click.Group) -> None:
+        self.each("register_commands", cli=cli)
+
+    # -- the two ways pluggy calls a hook ------------------------------------------------------
 
     def first(self, hook: str, **kwargs: Any) -> Any:
         """Call a ``firstresult`` hook; a raising plugin is named in the error."""
-        caller = getattr(self.pm.hook, hook)
-        try:
-            value = caller(**kwargs)
-        except PluginError:
-            raise
-        except Exception as exc:
-            raise self._attribute(hook, exc) from exc
+        value = self._call(hook, kwargs)
         if inspect.isawaitable(value):
             _reject_awaitable(self._async_impl_of(hook), hook, value)
         return value
 
-    def each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call every implementation of a fan-out hook, in call order, one at a time.
-
-        Returns ``(plugin_name, result)`` pairs. A raising plugin is named in the error.
-        """
-        results = []
-        for impl in self.impls(hook):
-            try:
-                value = call_impl(impl, **kwargs)
-            except PluginError:
-                raise
-            except Exception as exc:
-                raise hook_error(impl.plugin_name, hook, exc) from exc
-            _reject_awaitable(impl.plugin_name, hook, value)
-            results.append((impl.plugin_name, value))
+    def each(self, hook: str, **kwargs: Any) -> list[Any]:
+        """Call every implementation of a fan-out hook (through pluggy, so wrappers apply);
+        return their results in call order. A raising plugin is named in the error."""
+        results = self._call(hook, kwargs)
+        for value in results:
+            if inspect.isawaitable(value):
+                _reject_awaitable(self._async_impl_of(hook), hook, value)
         return results
+
+    def _call(self, hook: str, kwargs: dict[str, Any], keep: tuple[type[Exception], ...] = ()) -> Any:
+        try:
+            return getattr(self.pm.hook, hook)(**kwargs)
+        except (PluginError, *keep):
+            raise
+        except Exception as exc:
+            raise self._attribute(hook, exc) from exc
 
     def impls(self, hook: str) -> list[pluggy.HookImpl]:
         """Implementations of ``hook`` in call order (the order pluggy calls them: last
@@ -283,6 +376,11 @@ def _validation_message(exc: pluggy.PluginValidationError) -> tuple[str, str | N
     return "; ".join(lines[1:] or lines) or type(exc).__name__, match.group(1) if match else None
 
 
+def _load_order(entry_points: Iterable[importlib.metadata.EntryPoint]) -> list[importlib.metadata.EntryPoint]:
+    """First-party first, then third-party, each by name: registration order is precedence."""
+    return sorted(entry_points, key=lambda ep: (_dist_name(ep) != FIRST_PARTY_DIST, ep.name))
+
+
 def _dist_name(ep: importlib.metadata.EntryPoint) -> str | None:
     return ep.dist.name if ep.dist is not None else None
 
@@ -315,6 +413,20 @@ def load_plugins(
             hint=f"plugin names: {', '.join(sorted(known))} (`tinkerplug plugins` lists them)",
         )
     plugins.check()
+    return plugins
+
+
+def load_command_plugins() -> Plugins:
+    """The installed plugins, for ``register_commands`` at CLI start-up: entry points only,
+    and a plugin that fails to import is left out (so a broken plugin cannot take
+    ``tinkerplug --help`` or ``-p no:NAME`` down with it; the commands that load plugins for
+    real report it)."""
+    plugins = Plugins()
+    for ep in _load_order(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)):
+        try:
+            plugins.load_entry_points([ep])
+        except PluginError:
+            continue
     return plugins
 
 

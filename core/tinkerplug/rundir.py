@@ -22,7 +22,8 @@ CHECKPOINTS_JSONL = "checkpoints.jsonl"
 METRICS_JSONL = "metrics.jsonl"
 LOCK_FILE = ".lock"
 
-# Config keys that decide what a run computes. A resumed run must keep them, or it would not
+# Core config keys that decide what a run computes (plugins add theirs: ``result_keys`` in
+# ``register_config_sections``). A resumed run must keep them, or it would not
 # be the same run (a new batch size reorders the data, a new num_steps moves the LR schedule).
 RESULT_KEYS = (
     "backend", "base_model", "renderer", "lora_rank", "train_mlp", "train_attn", "train_unembed",
@@ -109,15 +110,18 @@ def create_run_dir(run_dir: Path, resume: bool, resume_command: str) -> RunDirLo
     return lock
 
 
-def check_resume_config(run_dir: Path, current: dict[str, Any], resume_command: str) -> None:
-    """A resumed run must compute what the interrupted one did: refuse changed result keys."""
+def check_resume_config(
+    run_dir: Path, current: dict[str, Any], resume_command: str, keys: tuple[str, ...] = RESULT_KEYS
+) -> None:
+    """A resumed run must compute what the interrupted one did: refuse changed result keys
+    (``keys``: the core's ``RESULT_KEYS`` plus those plugins declared, ``config.result_keys()``)."""
     saved_file = run_dir / CONFIG_JSON
     try:
         saved = json.loads(saved_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise TinkerplugError(f"--resume: cannot read {saved_file}: {exc}") from None
     changed = []
-    for key in RESULT_KEYS:
+    for key in keys:
         old, new = _get(saved, key), _get(current, key)
         if old is None and key in ADDED_KEYS:
             continue

@@ -63,9 +63,7 @@ def render_record(record: dict[str, Any], renderer: Any, config: Any, plugins: A
     ``loss_reduction``, exactly as every run before streaming did."""
     import numpy as np
 
-    datum = plugins.first("render_example", example=record, renderer=renderer, config=config)
-    if datum is None:
-        raise PluginError("no plugin rendered the example (render_example)")
+    datum = plugins.render_example(record, renderer, config)
     length = datum.model_input.length
     tokens = np.asarray(datum.model_input.to_ints(), dtype=np.int32)
     targets = datum.loss_fn_inputs["target_tokens"].to_numpy()
@@ -115,7 +113,13 @@ class BackgroundCheck:
 
     def _run(self, records: Any) -> None:
         try:
-            records.check_all(self.stop)
+            if hasattr(records, "check_all"):
+                records.check_all(self.stop)
+            else:  # any other reader: reading a record checks it
+                for index in range(len(records)):
+                    if self.stop.is_set():
+                        return
+                    records[index]
         except BaseException as exc:  # noqa: BLE001 - raised by wait
             self.error = exc
 

@@ -20,12 +20,11 @@ from tinkerplug import rundir
 from tinkerplug.batches import BatchPlan
 from tinkerplug.config import RunConfig
 from tinkerplug.context import CheckpointRecord, EvalContext, RunContext, StepResult
-from tinkerplug.data import read_chat_jsonl
-from tinkerplug.jsonl_records import JsonlRecords
+from tinkerplug.data import Records, heldout_source, train_source
 from tinkerplug.prefetch import Prefetcher
 from tinkerplug.streaming import BackgroundCheck, RenderStats, StreamingData, check_stats, open_training_data, render_all  # noqa: F401
-from tinkerplug.errors import BackendError, ConfigError, DataError, PluginError, TinkerplugError
-from tinkerplug.plugins import Plugins, call_impl, hook_error
+from tinkerplug.errors import BackendError, ConfigError, DataError, TinkerplugError
+from tinkerplug.plugins import Plugins, hook_error
 from tinkerplug.progress import Reporter
 from tinkerplug.watchdog import watch_for_stalls
 
@@ -61,10 +60,10 @@ async def train(
     command = resume_command or default_resume_command(config)
     rundir.check_run_dir(run_dir, config.resume, command)
     resuming = config.resume and (run_dir / rundir.CONFIG_JSON).is_file()
-    records = load_train_records(config)
+    records = plugins.load_records(train_source(config), config)  # before the resume check: its fingerprint
     run_json = {**config.to_json(), "data_fingerprint": {"train": records.fingerprint()}}
     if resuming:  # before the lock, which rewrites .lock: a refused resume touches nothing
-        rundir.check_resume_config(run_dir, run_json, command)
+        rundir.check_resume_config(run_dir, run_json, command, config.result_keys())
     lock = rundir.RunDirLock(run_dir).acquire() if resuming else None
     try:
         return await _train(config, plugins, reporter, run_dir, resuming, command, lock, records, run_json)
@@ -73,9 +72,6 @@ async def train(
             lock.release()
 
 
-def load_train_records(config: RunConfig) -> JsonlRecords:
-    """The training records, indexed (not parsed): a byte scan that also fingerprints them."""
-    return JsonlRecords(Path(config.data.train), "training data")
 
 
 async def _train(
@@ -86,7 +82,7 @@ async def _train(
     resuming: bool,
     command: str,
     lock: rundir.RunDirLock | None,
-    records: JsonlRecords,
+    records: Records,
     run_json: dict[str, Any],
 ) -> dict[str, Any]:
     checked = BackgroundCheck(records)
@@ -104,7 +100,7 @@ async def _train_checked(
     resuming: bool,
     command: str,
     lock: rundir.RunDirLock | None,
-    records: JsonlRecords,
+    records: Records,
     run_json: dict[str, Any],
     checked: BackgroundCheck,
 ) -> dict[str, Any]:
@@ -119,15 +115,11 @@ async def _train_checked(
     elif config.resume:
         reporter.note(f"nothing to resume in {run_dir} yet: starting a new run")
 
-    if config.data.heldout is not None:  # evaluators read it later: a bad file must fail now, not at step 0
-        read_chat_jsonl(config.data.heldout, "held-out data")
+    heldout = heldout_source(config)
+    if heldout is not None:  # evaluators read it later: a bad file must fail now, not at step 0
+        plugins.load_records(heldout, config)
 
-    service = plugins.first("create_service_client", config=config, run_dir=str(run_dir))
-    if service is None:  # a plugin problem (disabled or missing), like a missing renderer: exit 3
-        raise PluginError(
-            f"no plugin provides backend {config.resolved_backend!r}{plugins.disabled_note()}",
-            hint="backends: local, tinker; check `tinkerplug plugins --hook create_service_client`",
-        )
+    service = plugins.create_service_client(config, str(run_dir))
     reporter.note(f"backend {config.resolved_backend}, base model {config.base_model}")
     if checkpoint is not None:
         training_client = await _backend_call(
@@ -153,9 +145,7 @@ async def _train_checked(
         start_step = 0
 
     tokenizer = training_client.get_tokenizer()
-    renderer = plugins.first("resolve_renderer", config=config, tokenizer=tokenizer)
-    if renderer is None:
-        raise PluginError(f"no plugin resolved a renderer{plugins.disabled_note()}", hint="is the cookbook plugin disabled?")
+    renderer = plugins.resolve_renderer(config, tokenizer)
     # Every record parses (checked while the model loaded; a big file goes on being checked
     # in the background, and a bad record stops the run at the step after it is found).
     checked.wait(len(records) <= WAIT_FOR_CHECK_UP_TO)
@@ -164,12 +154,7 @@ async def _train_checked(
     num_steps = config.num_steps or (config.num_epochs or 1) * data.steps_per_epoch
     if start_step > num_steps:
         raise ConfigError(f"--resume: the last checkpoint is at step {start_step}, past num_steps={num_steps}")
-    executor = plugins.first("make_step_executor", config=config, training_client=training_client)
-    if executor is None:
-        raise PluginError(
-            f"no plugin provides executor {config.executor!r}{plugins.disabled_note()}",
-            hint="executors: sync, pipelined; check `tinkerplug plugins --hook make_step_executor`",
-        )
+    executor = plugins.make_step_executor(config, training_client)
 
     # Inputs are good: only now does the run dir come into being.
     own_lock = rundir.create_run_dir(run_dir, config.resume, command) if lock is None else None
@@ -203,7 +188,7 @@ WAIT_FOR_CHECK_UP_TO = 200_000  # records: a bigger file's check may go on after
 
 
 def prepare_data(
-    records: JsonlRecords, renderer: Any, tokenizer: Any, config: RunConfig, plugins: Plugins, start_step: int, reporter: Reporter
+    records: Records, renderer: Any, tokenizer: Any, config: RunConfig, plugins: Plugins, start_step: int, reporter: Reporter
 ) -> StreamingData:
     """Open the render cache and render the first step's examples now, so a renderer that
     fails on the data fails before the run dir exists; the rest renders ahead of training."""
@@ -252,7 +237,7 @@ async def _loop(
     state.last_finished = state.started
     if checkpoint is not None:
         state.checkpointed_steps.add(checkpoint.step)
-    plugins.each("on_run_start", run=run)
+    plugins.on_run_start(run)
     plan = data.plan
     complete_at_start = data.stats.complete
     stalls = watch_for_stalls(config, state, reporter, command)
@@ -293,9 +278,7 @@ async def _steps(
             if data.check is not None:
                 data.check.wait(False)
             batch = batches.get(step)
-            lr = plugins.first("lr_for_step", step=step, num_steps=num_steps, config=config)
-            if lr is None:
-                raise PluginError("no plugin returned a learning rate (lr_for_step)")
+            lr = plugins.lr_for_step(step, num_steps, config)
             adam = types.AdamParams(
                 learning_rate=float(lr),
                 beta1=config.adam_beta1,
@@ -312,7 +295,7 @@ async def _steps(
                     await save_checkpoint(run, state, plan, done, executor, reporter)
                 reporter.stopped(done, command)
                 summary = _summary(run, state, interrupted=True)
-                plugins.each("on_run_end", run=run, summary=summary)
+                plugins.on_run_end(run, summary)
                 return summary
             if _due(done, config.save_every) and done < num_steps:
                 await save_checkpoint(run, state, plan, done, executor, reporter)
@@ -323,12 +306,12 @@ async def _steps(
     if num_steps in state.eval_metrics:
         row = {"step": num_steps, **state.eval_metrics.pop(num_steps)}
         state.history.append(row)
-        plugins.each("log_metrics", step=num_steps, metrics=row, run=run)
+        plugins.log_metrics(num_steps, row, run)
     if num_steps not in state.checkpointed_steps:
         await save_checkpoint(run, state, plan, num_steps, executor, reporter, final=True)
     summary = _summary(run, state, interrupted=False)
     reporter.summary(summary)
-    plugins.each("on_run_end", run=run, summary=summary)
+    plugins.on_run_end(run, summary)
     return summary
 
 
@@ -365,39 +348,43 @@ async def _call_executor(awaitable: Any) -> list[StepResult]:
 
 
 async def run_evals(run: RunContext, state: LoopState, step: int, reporter: Reporter) -> None:
-    """Save sampler weights for ``step``, open a sampling client on them, run every evaluator."""
-    impls = run.plugins.impls("evaluate")
-    if not impls:
+    """Run every evaluator on the weights after ``step`` updates; sampler weights are saved and
+    a sampling client opened only if one of them asks (``context.sampling_client``)."""
+    evaluators = run.plugins.evaluators()
+    if not evaluators:
         return
-    saved = await _result(run.training_client.save_weights_for_sampler(f"eval-{step:06d}"))
-    sampling_client = await _result(run.service_client.create_sampling_client(model_path=saved.path))
+
+    def open_sampler() -> tuple[str, Any]:
+        saved = _sync_result(run.training_client.save_weights_for_sampler(f"eval-{step:06d}"))
+        return saved.path, _sync_result(run.service_client.create_sampling_client(model_path=saved.path))
+
     context = EvalContext(
-        step=step,
-        sampling_client=sampling_client,
-        sampler_path=saved.path,
-        renderer=run.renderer,
-        tokenizer=run.tokenizer,
-        config=run.config,
-        run_dir=run.run_dir,
+        step=step, renderer=run.renderer, tokenizer=run.tokenizer, config=run.config, run_dir=run.run_dir,
+        open_sampler=open_sampler, training_client=run.training_client, plugins=run.plugins,
     )
     merged: dict[str, float] = {}
-    for impl in impls:
+    for name, call in evaluators:
         started = time.perf_counter()
         try:
-            value = call_impl(impl, context=context)
+            value = call(context=context)
             if inspect.isawaitable(value):
                 value = await value
         except Exception as exc:  # noqa: BLE001 - reported by plugin name below
-            error = hook_error(impl.plugin_name, "evaluate", exc)
+            error = hook_error(name, "evaluate", exc)
             if run.config.eval_errors == "raise":
                 raise error from exc
             reporter.warn(f"step {step}: {error.message} (training continues; eval_errors = \"raise\" stops it)")
             continue
         for key, metric in (value or {}).items():
             merged[f"eval/{key}"] = float(metric)
-        merged[f"time/eval/{impl.plugin_name}_s"] = time.perf_counter() - started
+        merged[f"time/eval/{name}_s"] = time.perf_counter() - started
     state.eval_metrics[step] = merged
     reporter.evals(step, {k: v for k, v in merged.items() if k.startswith("eval/")})
+
+
+def _sync_result(future: Any) -> Any:
+    """Wait for an SDK future (``result()``), or take a plain value as is."""
+    return future.result() if hasattr(future, "result_async") else future
 
 
 async def save_checkpoint(
@@ -431,7 +418,7 @@ async def save_checkpoint(
         _log_step(run, state, plan, result, reporter)
     rundir.append_checkpoint(run.run_dir, record)
     state.checkpointed_steps.add(step)
-    run.plugins.each("on_checkpoint", record=record, run=run)
+    run.plugins.on_checkpoint(record, run)
     reporter.checkpoint(record)
 
 
@@ -452,7 +439,7 @@ def _log_step(run: RunContext, state: LoopState, plan: BatchPlan, result: StepRe
     state.last_finished = now
     row.update(state.eval_metrics.pop(result.step, {}))
     state.history.append(row)
-    run.plugins.each("log_metrics", step=result.step, metrics=row, run=run)
+    run.plugins.log_metrics(result.step, row, run)
     reporter.step(row)
 
 

@@ -3,12 +3,10 @@ sampler weights, parsed by the renderer, compared with the record's last assista
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tinkerplug
-from tinkerplug.data import read_chat_jsonl
+from tinkerplug.data import Records, heldout_source
 from tinkerplug.errors import DataError
 
 if TYPE_CHECKING:
@@ -22,29 +20,35 @@ def register_config_sections(register: Any) -> None:
     register("heldout", HeldoutSettings)
 
 
-@lru_cache(maxsize=4)
-def _load(path: Path, mtime: float) -> list[tuple[list[dict[str, Any]], str]]:
-    cases = []
-    for index, record in enumerate(read_chat_jsonl(path, "held-out data")):
-        messages = record["messages"]
-        if messages[-1]["role"] != "assistant":
-            raise DataError(f"{path} record {index + 1}: the last message must be the assistant's expected reply")
-        cases.append((messages[:-1], str(messages[-1]["content"]).strip()))
-    return cases
+_cases: dict[str, list[tuple[list[dict[str, Any]], str]]] = {}  # by the records' fingerprint
+
+
+def _load(records: Records, path: str) -> list[tuple[list[dict[str, Any]], str]]:
+    """(prompt messages, expected reply) per record; read once per content, not per eval."""
+    key = records.fingerprint()
+    if key not in _cases:
+        cases = []
+        for index in range(len(records)):
+            messages = records[index]["messages"]
+            if messages[-1]["role"] != "assistant":
+                raise DataError(f"{path} record {index + 1}: the last message must be the assistant's expected reply")
+            cases.append((messages[:-1], str(messages[-1]["content"]).strip()))
+        _cases[key] = cases
+    return _cases[key]
 
 
 @tinkerplug.hookimpl
 async def evaluate(context: Any) -> dict[str, float] | None:
     settings: HeldoutSettings = context.config.section("heldout")
-    path = context.config.data.heldout
-    if not settings.enabled or path is None:
+    source = heldout_source(context.config)
+    if not settings.enabled or source is None:
         return None
     import asyncio
 
     from tinker import types
     from tinker_cookbook.renderers import get_text_content
 
-    cases = _load(Path(path), Path(path).stat().st_mtime)[: settings.limit]
+    cases = _load(context.plugins.load_records(source, context.config), source.path)[: settings.limit]
     renderer = context.renderer
     params = types.SamplingParams(
         max_tokens=settings.max_tokens, temperature=settings.temperature, stop=renderer.get_stop_sequences(), seed=0

@@ -8,10 +8,10 @@ Imports here stay lazy: the plugin entry point must not pull in torch.
 import os
 from typing import Any
 
-# OpenMP threads that spin while waiting collapse throughput (~50x measured) when another
-# process shares the cores; passive waiting costs little when they are free. Must be set
-# before torch loads, so it is set on import of this package.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from tinkerplug.environ import quiet_openmp
+
+# Before torch loads (~50x measured when cores are shared), so on import of this package.
+quiet_openmp(os.environ)
 
 __all__ = ["ServiceClient", "patch", "unpatch"]
 

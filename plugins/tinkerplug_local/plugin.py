@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tinkerplug
+from tinkerplug.commands import add_commands
 
 if TYPE_CHECKING:
     from tinkerplug_local.settings import LocalSettings
@@ -15,7 +16,22 @@ if TYPE_CHECKING:
 def register_config_sections(register: Any) -> None:
     from tinkerplug_local.settings import LocalSettings
 
-    register("local", LocalSettings)
+    # dtype changes the numbers a run computes; device only where they are computed.
+    register("local", LocalSettings, result_keys=("dtype",))
+
+
+@tinkerplug.hookimpl
+def register_backends(register: Any) -> None:
+    register("local", "in-process torch + transformers + peft (no key, no network)")
+
+
+# The local backend's commands, "module:attribute" of each click command (modules stay light).
+COMMANDS = ["tinkerplug_local.command:local"]
+
+
+@tinkerplug.hookimpl
+def register_commands(cli: Any) -> None:
+    add_commands(cli, COMMANDS)
 
 
 @tinkerplug.hookimpl

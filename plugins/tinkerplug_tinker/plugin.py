@@ -20,6 +20,11 @@ def register_config_sections(register: Any) -> None:
     register("tinker", TinkerSettings)
 
 
+@tinkerplug.hookimpl
+def register_backends(register: Any) -> None:
+    register("tinker", "the Tinker service through the official SDK (TINKER_API_KEY)")
+
+
 def endpoint(config: Any) -> tuple[str, str]:
     """(base_url, api_key), checked against the service once unless ``check_connection = false``."""
     from tinkerplug_tinker.connect import check_base_model, check_service, resolve_api_key, resolve_base_url

@@ -105,8 +105,10 @@ def fetch_adapter(record: dict[str, Any], run_dir: Path, dest: Path) -> None:
         )
     from tinkerplug.context import CheckpointRecord
 
-    config, plugins = run_config(run_dir)
-    done = plugins.first("fetch_sampler_weights", record=CheckpointRecord(**record), config=config, dest=str(dest))
+    from tinkerplug.loading import load_saved_run
+
+    config, plugins = load_saved_run(run_dir)
+    done = plugins.fetch_sampler_weights(CheckpointRecord(**record), config, str(dest))
     if not done:
         raise TinkerplugError(
             f"no plugin can fetch the weights at {record['sampler_path']}",
@@ -117,33 +119,14 @@ def fetch_adapter(record: dict[str, Any], run_dir: Path, dest: Path) -> None:
         raise TinkerplugError(f"the fetched weights lack {', '.join(missing)}: not a PEFT adapter")
 
 
-def run_config(run_dir: Path) -> tuple[Any, Any]:
-    """The run's ``RunConfig`` (from ``config.json``) and the installed plugins."""
-    from tinkerplug.cli import _register_sections
-    from tinkerplug.config import build_config
-    from tinkerplug.plugins import load_plugins
-
-    file = run_dir / "config.json"
-    if not file.is_file():
-        raise TinkerplugError(f"{run_dir} has no config.json: cannot tell which backend wrote its checkpoints")
-    data = json.loads(file.read_text(encoding="utf-8"))
-    plugins = load_plugins(disabled=data.get("disable_plugins", []))
-    sections: dict[str, Any] = {}
-    owners: dict[str, str] = {}
-    _register_sections(plugins, sections, owners)
-    # Project plugin files and tables of plugins no longer installed are not needed here.
-    data = {k: v for k, v in data.items() if not isinstance(v, dict) or k in sections or k == "data"}
-    data["plugins"] = []
-    config = build_config(data, file, file.read_text(encoding="utf-8"), {k: (v, owners[k]) for k, v in sections.items()})
-    return config, plugins
-
-
 def merge_adapter(base: str, adapter: Path, dest: Path) -> None:
     """Base model + adapter -> one HF model dir (weights, config, tokenizer) in ``dest``."""
     import os
     import warnings
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from tinkerplug.environ import quiet_openmp
+
+    quiet_openmp(os.environ)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

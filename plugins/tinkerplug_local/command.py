@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from tinkerplug.errors import BackendError, TinkerplugError
+from tinkerplug.environ import quiet_openmp
+from tinkerplug.errors import TinkerplugError
 
 
 @click.command(
@@ -34,14 +34,11 @@ def local(command: tuple[str, ...], checkpoint_dir: str | None, device: str | No
     tinkerplug_local.ServiceClient when it imports tinker (no API key, no network), and the
     shipped models (tiny-chat) registered with the cookbook's tokenizer and model tables.
     """
-    if importlib.util.find_spec("tinkerplug_local") is None:
-        raise BackendError("the local backend (tinkerplug_local) is not installed", hint="pip install tinkerplug")
-    hook_dir = Path(importlib.util.find_spec("tinkerplug_local").origin).parent / "sitecustomize_dir"  # type: ignore[arg-type]
+    hook_dir = Path(__file__).parent / "sitecustomize_dir"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hook_dir), env.get("PYTHONPATH")) if p)
     env["TINKERPLUG_BACKEND"] = "local"
-    # Before torch loads in the child: spinning OpenMP threads collapse throughput on shared cores.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    quiet_openmp(env)  # before torch loads in the child
     if checkpoint_dir is not None:
         env["TINKERPLUG_LOCAL_DIR"] = str(Path(checkpoint_dir).expanduser().resolve())
     if device is not None:

@@ -1,9 +1,11 @@
-"""Chat JSONL records by random access: one fast byte scan builds an index of line offsets;
-a record is parsed (and checked) only when it is read.
+"""Chat JSONL records by random access, with errors that name the file and line.
 
-The scan reads the file in big blocks, hashes them (the content fingerprint) and finds the
-newlines with numpy, so a million-line file is indexed in well under a second and costs
-16 bytes per record in memory (two int64 offsets), not a parsed dict each.
+Opening a file is one fast byte scan: it reads the file in big blocks, hashes them (the
+content fingerprint) and finds the newlines with numpy, so a million-line file is indexed in
+about a second and costs 16 bytes per record in memory (two int64 offsets), not a parsed dict
+each. A record is parsed and checked when it is read; ``check_all`` reads them all (the run
+does that in a background thread while the model loads, so a bad line still fails before
+step 0 for all but very big files).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tinkerplug.data import JSONL_HINT, check_record
 from tinkerplug.errors import DataError
 
+ROLES = ("system", "user", "assistant", "tool")
+JSONL_HINT = 'JSONL is one JSON object per line: {"messages": [{"role": "user", "content": "..."}, ...]}'
 BLOCK = 16 << 20  # bytes read (and hashed) at a time
 WHITESPACE = b" \t\r\n\x0b\x0c"
 
@@ -25,7 +28,7 @@ class JsonlRecords:
     """The records of one chat JSONL file: ``len``, ``records[i]`` (a checked dict),
     ``where(i)`` ("FILE:LINE") and ``fingerprint()`` (a hash of the file's bytes).
 
-    Blank lines are skipped, as ``read_chat_jsonl`` skips them. Reads use ``os.pread``, so
+    Blank lines are skipped. Reads use ``os.pread``, so
     several threads may read records at once.
     """
 
@@ -60,16 +63,8 @@ class JsonlRecords:
         if not 0 <= index < len(self):
             raise IndexError(index)
         where = self.where(index)
-        raw = self.raw(index)
-        try:
-            text = raw.decode("utf-8-sig" if self._starts[index] == 0 else "utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})", hint=JSONL_HINT) from None
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})", hint=JSONL_HINT) from None
-        check_record(record, where)
+        record = parse_line(self.raw(index), where, first=self._starts[index] == 0)
+        assert record is not None  # blank lines are not records
         return record
 
     def check_all(self, stop: Any = None) -> None:
@@ -138,3 +133,35 @@ def _not_blank(path: Path, starts: Any, ends: Any) -> Any:
                 f.seek(int(starts[index]))
                 keep[index] = bool(f.read(int(ends[index] - starts[index])).strip())
     return keep
+
+
+def parse_line(raw: bytes, where: str, first: bool = False) -> dict[str, Any] | None:
+    """One line as a checked chat record; ``None`` for a blank line."""
+    try:
+        line = raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})", hint=JSONL_HINT) from None
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})", hint=JSONL_HINT) from None
+    check_record(record, where)
+    return record
+
+
+def check_record(record: Any, where: str) -> None:
+    if not isinstance(record, dict) or "messages" not in record:
+        raise DataError(f'{where}: record has no "messages" list', hint=JSONL_HINT)
+    messages = record["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f'{where}: "messages" must be a non-empty list')
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise DataError(f'{where}: message {i} needs "role" and "content"')
+        if message["role"] not in ROLES:
+            raise DataError(
+                f"{where}: message {i} has unknown role {message['role']!r}",
+                hint=f"roles are {', '.join(ROLES)}",
+            )

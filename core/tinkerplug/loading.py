@@ -1,0 +1,152 @@
+"""Putting a run together: its plugins, then its config (the plugins add config tables and
+backends), and for commands that work on a run dir, the same from ``RUN_DIR/config.json``.
+
+Light at import (the CLI imports it at start-up): pydantic and the config model load inside.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tinkerplug.errors import ConfigError, PluginError, TinkerplugError
+
+if TYPE_CHECKING:
+    from tinkerplug.config import RunConfig
+    from tinkerplug.plugins import Plugins
+
+
+@dataclass
+class PluginSchema:
+    """What the plugins add to the config: tables (with their owners and the keys that decide
+    a result) and backend names."""
+
+    sections: dict[str, Any] = field(default_factory=dict)  # table -> pydantic model
+    owners: dict[str, str] = field(default_factory=dict)  # table -> plugin
+    result_keys: list[str] = field(default_factory=list)  # dotted: "local.dtype"
+    backends: dict[str, str] = field(default_factory=dict)  # name -> description
+    backend_owners: dict[str, str] = field(default_factory=dict)
+
+    def did_you_mean(self, backend: str) -> str:
+        close = difflib.get_close_matches(backend, list(self.backends), n=1)
+        return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def plugin_schema(plugins: Plugins) -> PluginSchema:
+    """Ask every plugin for its config tables and backends; two may not claim the same name."""
+    schema = PluginSchema()
+    owner = _CurrentPlugin()
+
+    def register_section(name: str, model: Any, result_keys: tuple[str, ...] | list[str] = ()) -> None:
+        _claim(schema.owners, name, owner.name, f"config table [{name}]")
+        schema.sections[name] = model
+        unknown = [k for k in result_keys if k not in getattr(model, "model_fields", {})]
+        if unknown:
+            raise PluginError(f"plugin {owner.name!r}: result_keys {unknown} are not keys of [{name}]")
+        schema.result_keys += [f"{name}.{key}" for key in result_keys]
+
+    def register_backend(name: str, description: str = "") -> None:
+        _claim(schema.backend_owners, name, owner.name, f"backend {name!r}")
+        schema.backends[name] = description
+
+    for hook, register in (("register_config_sections", register_section), ("register_backends", register_backend)):
+        for impl in plugins.impls(hook):
+            owner.name = impl.plugin_name
+            impl.function(register=register)
+    return schema
+
+
+class _CurrentPlugin:
+    """Which plugin's ``register`` call is running, so a clash names both plugins."""
+
+    name = "?"
+
+
+def _claim(owners: dict[str, str], name: str, plugin: str, what: str) -> None:
+    if name in owners and owners[name] != plugin:
+        raise PluginError(
+            f"plugins {owners[name]!r} and {plugin!r} both register {what}",
+            hint=f"disable one with -p no:{plugin}",
+        )
+    owners[name] = plugin
+
+
+def split_plugin_options(options: tuple[str, ...] | list[str]) -> tuple[list[str], list[str]]:
+    """``-p ./file.py`` loads a file; ``-p no:NAME`` disables a plugin."""
+    files = [o for o in options if not o.startswith("no:")]
+    return files, [o[3:] for o in options if o.startswith("no:")]
+
+
+def load_plugins_for(config_path: str | None, overrides: tuple[str, ...], plugin_options: tuple[str, ...]):
+    """The plugins a run of CONFIG would use: entry points, the config's ``plugins`` files and
+    ``-p`` files, minus ``disable_plugins`` and ``-p no:NAME``. Returns (plugins, raw config)."""
+    from tinkerplug.plugins import load_plugins
+
+    raw: dict[str, Any] = {}
+    base_dir = None
+    if config_path is not None:
+        base_dir = Path(config_path).parent.resolve()
+        raw = _read_raw(Path(config_path), overrides)
+    for key in ("plugins", "disable_plugins"):
+        if not isinstance(raw.get(key, []), list) or not all(isinstance(v, str) for v in raw.get(key, [])):
+            raise ConfigError(f"{config_path}: {key} must be a list of strings, e.g. {key} = [\"...\"]")
+    files, disabled = split_plugin_options(plugin_options)
+    plugins = load_plugins(
+        files=raw.get("plugins", []),
+        disabled=[*raw.get("disable_plugins", []), *disabled],
+        base_dir=base_dir,
+        cli_files=files,
+    )
+    return plugins, raw
+
+
+def _read_raw(path: Path, overrides: tuple[str, ...]) -> dict[str, Any]:
+    """The TOML as written plus ``--set``s (an unreadable file is reported by ``load_config``)."""
+    from tinkerplug.config import apply_override, parse_override  # pydantic: only when needed
+
+    if not path.is_file():
+        return {}
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError:
+        return {}
+    for override in overrides:
+        apply_override(raw, *parse_override(override))
+    return raw
+
+
+def load_run_config(config_path: str, overrides: tuple[str, ...], plugin_options: tuple[str, ...]):
+    """Config + plugins of a run: the config names plugin files, the plugins add config tables
+    and backends. Returns (config, plugins)."""
+    from tinkerplug.config import load_config
+
+    plugins, _ = load_plugins_for(config_path, overrides, plugin_options)
+    plugins.check_required()
+    config = load_config(Path(config_path), list(overrides), plugin_schema(plugins), plugins.disabled)
+    return config, plugins
+
+
+def load_saved_run(run_dir: Path) -> tuple[RunConfig, Plugins]:
+    """The ``RunConfig`` a run dir was started with (its ``config.json``) and the installed
+    plugins, for commands that work on a finished or running run (``export``, ``eval``).
+
+    Project plugin files are not loaded, and tables of plugins no longer installed are
+    dropped: such commands need the backend and evaluators, not a project's hooks.
+    """
+    from tinkerplug.config import build_config
+    from tinkerplug.plugins import load_plugins
+
+    file = run_dir / "config.json"
+    if not file.is_file():
+        raise TinkerplugError(f"{run_dir} has no config.json: cannot tell which backend wrote its checkpoints")
+    text = file.read_text(encoding="utf-8")
+    data = json.loads(text)
+    plugins = load_plugins(disabled=data.get("disable_plugins", []))
+    schema = plugin_schema(plugins)
+    data = {k: v for k, v in data.items() if not isinstance(v, dict) or k in schema.sections or k == "data"}
+    data["plugins"] = []
+    return build_config(data, file, text, schema), plugins

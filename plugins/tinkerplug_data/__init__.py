@@ -1,0 +1,1 @@
+"""Reading data sets: chat JSONL files (``load_records``)."""
