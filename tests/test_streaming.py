@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA, read_jsonl
-from tinkerplug import training
+import tinkerplug.streaming as tp_streaming
 from tinkerplug.cli import main
 from tinkerplug.errors import DataError
 from tinkerplug_data.jsonl import JsonlRecords, parse_line
@@ -201,7 +201,7 @@ def _renders(directory: Path) -> int:
 @pytest.fixture
 def streaming(tmp_path, monkeypatch):
     """Runs that stream (nothing rendered up front) into a cache of their own."""
-    monkeypatch.setattr(training, "RENDER_ALL_UP_TO", 0)
+    monkeypatch.setattr(tp_streaming, "RENDER_ALL_UP_TO", 0)
     monkeypatch.setenv("TINKERPLUG_CACHE_DIR", str(tmp_path / "cache"))
     return monkeypatch
 
@@ -225,7 +225,7 @@ def test_streamed_runs_resume_exactly_and_reuse_the_cache(tmp_path, streaming, c
     resumed = _losses(_run(tmp_path, "stopped", "--resume", monkeypatch=streaming))
     assert resumed == whole and len(resumed) == 10
 
-    streaming.setattr(training, "RENDER_ALL_UP_TO", 10_000)
+    streaming.setattr(tp_streaming, "RENDER_ALL_UP_TO", 10_000)
     streaming.setenv("TINKERPLUG_CACHE_DIR", str(tmp_path / "cache-all"))
     assert _losses(_run(tmp_path, "all", monkeypatch=streaming)) == whole
     err = capsys.readouterr().err
@@ -276,7 +276,7 @@ def test_a_bad_line_deep_in_a_big_file_stops_the_run_with_its_line(tmp_path, str
     """A file too big to check before step 0 goes on being checked while training runs."""
     data = _data(tmp_path)
     data.write_text(data.read_text() + '{"messages": "nope"}\n')
-    streaming.setattr(training, "WAIT_FOR_CHECK_UP_TO", 0)
+    streaming.setattr(tp_streaming, "WAIT_FOR_CHECK_UP_TO", 0)
     real = JsonlRecords.check_all
 
     def after_the_first_step(self, stop=None):
@@ -290,3 +290,17 @@ def test_a_bad_line_deep_in_a_big_file_stops_the_run_with_its_line(tmp_path, str
     err = capsys.readouterr().err
     assert 0 < len(rows) < 500
     assert 'train.jsonl:97: "messages" must be a non-empty list' in err and "start a new run" in err
+
+
+def test_a_bad_heldout_line_fails_before_the_run_dir_exists(tmp_path, streaming, capsys):
+    _data(tmp_path)
+    (tmp_path / "heldout.jsonl").write_text(json.dumps(RECORD) + "\nnot json\n")
+    (tmp_path / "config.toml").write_text(
+        f"base_model = {json.dumps(BASE_MODEL)}\nbatch_size = 8\nnum_steps = 2\nmax_length = 64\n"
+        f"run_dir = {json.dumps(str(tmp_path / 'run'))}\n[data]\ntrain = \"train.jsonl\"\nheldout = \"heldout.jsonl\"\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(tmp_path / "config.toml")])
+    assert exit_info.value.code == 2
+    assert "heldout.jsonl:2: not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

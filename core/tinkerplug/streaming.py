@@ -101,31 +101,44 @@ def to_datum(example: RenderedExample) -> Any:
     )
 
 
+def check_records(records: Any, stop: threading.Event | None = None) -> None:
+    """Read every record, so a bad one raises its error (``stop`` ends it early)."""
+    if hasattr(records, "check_all"):
+        records.check_all(stop)
+        return
+    for index in range(len(records)):  # any other reader: reading a record checks it
+        if stop is not None and stop.is_set():
+            return
+        records[index]
+
+
 class BackgroundCheck:
     """Parse and check every record in a thread (while the model loads, and on into training
     for a big file); ``wait`` raises the first bad record's error."""
 
-    def __init__(self, records: Any):
+    def __init__(self, records: Any, start: bool = True):
         self.error: BaseException | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(records,), name="tinkerplug-check", daemon=True)
-        self.thread.start()
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start checking (once). A big file starts after step 0: the check is pure Python and
+        would share the interpreter lock with the start-up's imports and model load."""
+        if not self.thread.is_alive() and self.thread.ident is None:
+            self.thread.start()
 
     def _run(self, records: Any) -> None:
         try:
-            if hasattr(records, "check_all"):
-                records.check_all(self.stop)
-            else:  # any other reader: reading a record checks it
-                for index in range(len(records)):
-                    if self.stop.is_set():
-                        return
-                    records[index]
+            check_records(records, self.stop)
         except BaseException as exc:  # noqa: BLE001 - raised by wait
             self.error = exc
 
     def wait(self, until_done: bool = True) -> None:
         """Raise the error found so far (``until_done``: once the whole file is checked)."""
         if until_done:
+            self.start()
             self.thread.join()
         if self.error is not None:
             error, self.error = self.error, None
@@ -238,6 +251,36 @@ def check_stats(stats: RenderStats, config: Any) -> None:
             f"{train} has {stats.kept} usable examples, fewer than batch_size={config.batch_size}",
             hint=f"add data or lower batch_size (e.g. --set batch_size={stats.kept})",
         )
+
+
+RENDER_ALL_UP_TO = 2048  # records left to render: fewer are rendered before step 0 (about 2 s)
+WAIT_FOR_CHECK_UP_TO = 200_000  # records: a bigger file's check may go on after step 0 (~10 us each)
+
+
+def prepare_data(
+    records: Any, renderer: Any, tokenizer: Any, config: Any, plugins: Any, start_step: int, reporter: Any
+) -> StreamingData:
+    """Open the render cache and render the first step's examples now, so a renderer that
+    fails on the data fails before the run dir exists; the rest renders ahead of training."""
+    if len(records) < config.batch_size:
+        raise DataError(
+            f"{config.data.train} has {len(records)} examples, fewer than batch_size={config.batch_size}",
+            hint=f"add data or lower batch_size (e.g. --set batch_size={len(records)})",
+        )
+    data = open_training_data(records, renderer, tokenizer, config, plugins)
+    if len(records) - data.stats.rendered <= RENDER_ALL_UP_TO:  # about a second: exact counts now
+        data.render_missing()
+    stats = data.stats
+    check_stats(stats, config)
+    data.batch_indices(start_step)
+    if stats.complete:
+        reporter.render_stats(stats, config)
+    else:
+        reporter.note(
+            f"data: {len(records)} records; rendering runs ahead of training "
+            f"({stats.rendered} in the cache {data.cache.directory}); counts at the end"
+        )
+    return data
 
 
 def open_training_data(records: Any, renderer: Any, tokenizer: Any, config: Any, plugins: Any) -> StreamingData:

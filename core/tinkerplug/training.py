@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinkerplug import rundir
+from tinkerplug import rundir, streaming
 from tinkerplug.batches import BatchPlan
 from tinkerplug.config import RunConfig
 from tinkerplug.context import CheckpointRecord, EvalContext, RunContext, StepResult
 from tinkerplug.data import Records, heldout_source, train_source
 from tinkerplug.prefetch import Prefetcher
-from tinkerplug.streaming import BackgroundCheck, RenderStats, StreamingData, check_stats, open_training_data, render_all  # noqa: F401
-from tinkerplug.errors import BackendError, ConfigError, DataError, TinkerplugError
+from tinkerplug.streaming import BackgroundCheck, RenderStats, StreamingData, check_records, render_all  # noqa: F401
+from tinkerplug.errors import BackendError, ConfigError, TinkerplugError
 from tinkerplug.plugins import Plugins, hook_error
 from tinkerplug.progress import Reporter
 from tinkerplug.watchdog import watch_for_stalls
@@ -72,8 +72,6 @@ async def train(
             lock.release()
 
 
-
-
 async def _train(
     config: RunConfig,
     plugins: Plugins,
@@ -85,7 +83,7 @@ async def _train(
     records: Records,
     run_json: dict[str, Any],
 ) -> dict[str, Any]:
-    checked = BackgroundCheck(records)
+    checked = BackgroundCheck(records, start=len(records) <= streaming.WAIT_FOR_CHECK_UP_TO)
     try:
         return await _train_checked(config, plugins, reporter, run_dir, resuming, command, lock, records, run_json, checked)
     finally:
@@ -117,7 +115,7 @@ async def _train_checked(
 
     heldout = heldout_source(config)
     if heldout is not None:  # evaluators read it later: a bad file must fail now, not at step 0
-        plugins.load_records(heldout, config)
+        check_records(plugins.load_records(heldout, config))
 
     service = plugins.create_service_client(config, str(run_dir))
     reporter.note(f"backend {config.resolved_backend}, base model {config.base_model}")
@@ -146,10 +144,10 @@ async def _train_checked(
 
     tokenizer = training_client.get_tokenizer()
     renderer = plugins.resolve_renderer(config, tokenizer)
-    # Every record parses (checked while the model loaded; a big file goes on being checked
-    # in the background, and a bad record stops the run at the step after it is found).
-    checked.wait(len(records) <= WAIT_FOR_CHECK_UP_TO)
-    data = prepare_data(records, renderer, tokenizer, config, plugins, start_step, reporter)
+    # Every record parses (checked while the model loaded; a big file is checked in the
+    # background from step 0 on, and a bad record stops the run at the step after it is found).
+    checked.wait(len(records) <= streaming.WAIT_FOR_CHECK_UP_TO)
+    data = streaming.prepare_data(records, renderer, tokenizer, config, plugins, start_step, reporter)
     data.check = checked
     num_steps = config.num_steps or (config.num_epochs or 1) * data.steps_per_epoch
     if start_step > num_steps:
@@ -181,36 +179,6 @@ async def _train_checked(
         data.cache.flush()
         if own_lock is not None:
             own_lock.release()
-
-
-RENDER_ALL_UP_TO = 2048  # records left to render: fewer are rendered before step 0
-WAIT_FOR_CHECK_UP_TO = 200_000  # records: a bigger file's check may go on after step 0 (~10 us each)
-
-
-def prepare_data(
-    records: Records, renderer: Any, tokenizer: Any, config: RunConfig, plugins: Plugins, start_step: int, reporter: Reporter
-) -> StreamingData:
-    """Open the render cache and render the first step's examples now, so a renderer that
-    fails on the data fails before the run dir exists; the rest renders ahead of training."""
-    if len(records) < config.batch_size:
-        raise DataError(
-            f"{config.data.train} has {len(records)} examples, fewer than batch_size={config.batch_size}",
-            hint=f"add data or lower batch_size (e.g. --set batch_size={len(records)})",
-        )
-    data = open_training_data(records, renderer, tokenizer, config, plugins)
-    if len(records) - data.stats.rendered <= RENDER_ALL_UP_TO:  # about a second: exact counts now
-        data.render_missing()
-    stats = data.stats
-    check_stats(stats, config)
-    data.batch_indices(start_step)
-    if stats.complete:
-        reporter.render_stats(stats, config)
-    else:
-        reporter.note(
-            f"data: {len(records)} records; rendering runs ahead of training "
-            f"({stats.rendered} in the cache {data.cache.directory}); counts at the end"
-        )
-    return data
 
 
 def _tell_how_to_resume(exc: BaseException, run_dir: Path, command: str, reporter: Reporter) -> None:
@@ -288,6 +256,8 @@ async def _steps(
                 grad_clip_norm=config.grad_clip_norm,
             )
             finish(await _call_executor(executor.submit(step, batch, adam)))
+            if data.check is not None:
+                data.check.start()  # a big file's check: from now on, beside training
             done = step + 1
             if state.stop_requested and done < num_steps:
                 finish(await _call_executor(executor.drain()))
