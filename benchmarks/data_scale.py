@@ -89,14 +89,19 @@ def one_run(work: Path, data: Path, cache: Path, steps: int, label: str) -> dict
     return {"first_step_s": first, "peak_rss_mb": report["maxrss_kb"] / 1024, "cpu_s": report["cpu_s"], "total_s": total}
 
 
-def open_time(data: Path) -> float:
-    """Seconds to open the file as records (the byte scan + fingerprint), in a fresh process."""
+def data_path_times(data: Path) -> tuple[float, float]:
+    """In a fresh process: seconds to open the file as records (the byte scan + fingerprint),
+    and to get step 0's record numbers (the epoch's shuffle): the start-up work that grows
+    with the data, measured apart from the imports and the model load."""
     code = (
-        "import sys, time; from pathlib import Path; t = time.perf_counter()\n"
-        "from tinkerplug_data.jsonl import JsonlRecords; JsonlRecords(Path(sys.argv[1]))\n"
-        "print(time.perf_counter() - t)"
+        "import sys, time; from pathlib import Path\n"
+        "from tinkerplug_data.jsonl import JsonlRecords; from tinkerplug.batches import BatchPlan\n"
+        "t = time.perf_counter(); records = JsonlRecords(Path(sys.argv[1])); opened = time.perf_counter() - t\n"
+        "t = time.perf_counter(); BatchPlan(len(records), 8, 0).indices(0); print(opened, time.perf_counter() - t)"
     )
-    return float(subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True, check=True).stdout)
+    out = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True, check=True).stdout
+    opened, planned = out.split()
+    return float(opened), float(planned)
 
 
 def main() -> None:
@@ -120,27 +125,27 @@ def main() -> None:
                 results.setdefault((size, state), []).append(result)
                 print(f"round {round_ + 1} {size:>8} {state}: {result}", flush=True)
             shutil.rmtree(cache, ignore_errors=True)
-    opened = {size: open_time(files[size]) for size in sizes}
+    opened = {size: data_path_times(files[size]) for size in sizes}
     report(sizes, files, results, opened, args.rounds)
 
 
-def report(sizes: list[int], files: dict[int, Path], results: dict, opened: dict[int, float], rounds: int) -> None:
+def report(sizes: list[int], files: dict[int, Path], results: dict, opened: dict[int, tuple[float, float]], rounds: int) -> None:
     def med(size: int, state: str, key: str) -> float:
         return median([r[key] for r in results[(size, state)]])
 
     base = min(sizes)
     print(f"\n{machine_line()}")
     print(f"medians of {rounds} rounds; tiny-chat, batch 8; first step = launch to step 0's metrics row\n")
-    print("| examples | file MB | index + hash s | first step s (cold / warm) | vs 4 k s (cold / warm) "
+    print("| examples | file MB | index + hash s | step 0's shuffle s | first step s (cold / warm) | vs 4 k s (cold / warm) "
           "| run CPU s (cold / warm) | peak RSS MB (cold / warm) | vs 4 k MB (cold / warm) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for size in sizes:
         mb = files[size].stat().st_size / 2**20
         pair = lambda key, fmt, minus=False: " / ".join(  # noqa: E731
             format(med(size, s, key) - (med(base, s, key) if minus else 0), fmt) for s in ("cold", "warm")
         )
         print(
-            f"| {size:,} | {mb:.0f} | {opened[size]:.2f} | {pair('first_step_s', '.1f')} | {pair('first_step_s', '+.1f', True)} "
+            f"| {size:,} | {mb:.0f} | {opened[size][0]:.2f} | {opened[size][1]:.2f} | {pair('first_step_s', '.1f')} | {pair('first_step_s', '+.1f', True)} "
             f"| {pair('cpu_s', '.1f')} | {pair('peak_rss_mb', '.0f')} | {pair('peak_rss_mb', '+.0f', True)} |"
         )
     top = max(sizes)
