@@ -304,3 +304,30 @@ def test_a_bad_heldout_line_fails_before_the_run_dir_exists(tmp_path, streaming,
     assert exit_info.value.code == 2
     assert "heldout.jsonl:2: not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_text_datums_are_the_cookbooks_without_importing_its_datasets_module():
+    """The cookbook plugin splits text-only examples itself (the cookbook's helper module
+    imports `datasets` and pandas): the same datums, to the bit."""
+    from tinker_cookbook import renderers
+    from tinker_cookbook.renderers import TrainOnWhat
+    from tinker_cookbook.supervised.common import datum_from_model_input_weights
+    from transformers import AutoTokenizer
+
+    from tinkerplug.models import shipped_model_dir
+    from tinkerplug_cookbook.plugin import render_example
+
+    renderer = renderers.get_renderer("role_colon", AutoTokenizer.from_pretrained(shipped_model_dir("tiny-chat")))
+    for record in read_jsonl(DATA / "fast_train.jsonl")[:32]:
+        for train_on_what in ("last_assistant_message", "all_messages"):
+            class Config:
+                pass
+
+            Config.train_on_what = train_on_what
+            model_input, weights = renderer.build_supervised_example(record["messages"], train_on_what=TrainOnWhat(train_on_what))
+            theirs = datum_from_model_input_weights(model_input, weights, max_length=None, reduction="none")
+            ours = render_example(record, renderer, Config)
+            assert ours.model_input.to_ints() == theirs.model_input.to_ints()
+            for key in ("target_tokens", "weights"):
+                a, b = ours.loss_fn_inputs[key].to_numpy(), theirs.loss_fn_inputs[key].to_numpy()
+                assert a.dtype == b.dtype and a.tolist() == b.tolist()
