@@ -68,6 +68,11 @@ def render_record(record: dict[str, Any], renderer: Any, config: Any, plugins: A
     tokens = np.asarray(datum.model_input.to_ints(), dtype=np.int32)
     targets = datum.loss_fn_inputs["target_tokens"].to_numpy()
     weights = datum.loss_fn_inputs["weights"].to_numpy().astype("float32")
+    if targets.ndim != 1 or weights.ndim != 1:
+        raise PluginError(
+            f"render_example returned target_tokens of shape {list(targets.shape)}: training data is one "
+            "target token per input token (the render cache holds 1-D targets and weights)"
+        )
     status = KEPT
     if length > config.max_length:
         if config.overlong == "drop":
