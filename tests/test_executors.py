@@ -38,7 +38,6 @@ def _train(directory: Path, executor: str, submit_ahead: int, save_every: int) -
     """A real short run through the training loop, in this process."""
     from tinkerplug.cli import load_run_config
     from tinkerplug.plugins import PluginInfo
-    from tinkerplug.progress import Reporter
     from tinkerplug.training import train
 
     directory.mkdir()
@@ -46,10 +45,10 @@ def _train(directory: Path, executor: str, submit_ahead: int, save_every: int) -
         directory, num_steps=NUM_STEPS, batch_size=4, save_every=save_every, eval_every=EVAL_EVERY,
         executor=executor, submit_ahead=submit_ahead,
     )
-    config, plugins = load_run_config(str(path), ("heldout.limit=1", "heldout.max_tokens=4"), ())
+    config, plugins = load_run_config(str(path), ("heldout.limit=1", "heldout.max_tokens=4", "terminal.quiet=true"), ())
     recorder = EventRecorder()
     plugins.register(recorder, PluginInfo("test-recorder", "project", None, None, __file__))
-    asyncio.run(train(config, plugins, Reporter(quiet=True)))
+    asyncio.run(train(config, plugins))
     return recorder.events
 
 

@@ -140,7 +140,7 @@ def test_task_specs_are_relative_to_the_config_file(tmp_path: Path, monkeypatch:
     def specs(table: str) -> list[str]:
         path = tmp_path / "config.toml"
         path.write_text(f'base_model = "tiny-chat"\n[data]\ntrain = "t.jsonl"\n[inspect]\n{table}\n')
-        return task_specs(load_config(path, PluginSchema(sections={"inspect": InspectSettings}, owners={"inspect": "inspect"})))
+        return task_specs(load_config(path, schema=PluginSchema(sections={"inspect": InspectSettings}, owners={"inspect": "inspect"})))
 
     assert specs('tasks = ["evals/t.py@mine", "evals/t.py", "inspect_evals/gsm8k"]') == [
         f"{tmp_path / 'evals' / 't.py'}@mine",

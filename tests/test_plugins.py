@@ -315,7 +315,7 @@ def test_a_wrapper_wraps_a_fan_out_hook(tmp_path):
         "    results = yield\n    seen.append((step, len(results)))\n    return results\n\n"
         "@tinkerplug.hookimpl(specname='log_metrics')\ndef log_row(step):\n    return 'logged'\n",
     )
-    plugins = load_plugins(cli_files=[str(wrapper)], disabled=["jsonl", "tensorboard"])
+    plugins = load_plugins(cli_files=[str(wrapper)], disabled=["jsonl", "tensorboard", "terminal"])
     plugins.log_metrics(5, {}, None)
     assert sys.modules["tinkerplug_project_wrap"].seen == [(5, 1)]
 
@@ -367,7 +367,7 @@ def test_async_hook_other_than_evaluate_is_refused_not_silently_skipped(tmp_path
     from tinkerplug.plugins import load_plugins
 
     async_logger = write_plugin(tmp_path, "async_logger", "@tinkerplug.hookimpl\nasync def log_metrics(step, metrics):\n    pass\n")
-    plugins = load_plugins(cli_files=[str(async_logger)], disabled=["jsonl", "tensorboard"])
+    plugins = load_plugins(cli_files=[str(async_logger)], disabled=["jsonl", "tensorboard", "terminal"])
     with pytest.raises(PluginError, match=r"plugin 'project:async_logger': hook 'log_metrics' returned an awaitable"):
         plugins.each("log_metrics", step=0, metrics={}, run=None)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA, read_jsonl
-import tinkerplug.streaming as tp_streaming
+import tinkerplug.rendering as tp_streaming
 from tinkerplug.cli import main
 from tinkerplug.errors import DataError
 from tinkerplug_data.jsonl import JsonlRecords, parse_line
@@ -238,7 +238,7 @@ def test_streamed_runs_resume_exactly_and_reuse_the_cache(tmp_path, streaming, c
 
 def test_without_drops_the_batches_are_the_plans(tmp_path, streaming):
     from tinkerplug.batches import BatchPlan
-    from tinkerplug.streaming import StreamingData
+    from tinkerplug.rendering import TrainingData
 
     class Config:
         batch_size, seed, max_length, overlong, loss_reduction = 4, 1, 64, "drop", "sum"
@@ -247,13 +247,13 @@ def test_without_drops_the_batches_are_the_plans(tmp_path, streaming):
     cache = RenderCache(tmp_path / "c", len(records))
     for i in range(len(records)):
         cache.put(i, _example(3))
-    data = StreamingData(records, None, Config, None, cache)
+    data = TrainingData(records, None, Config, None, cache)
     plan = BatchPlan(96, 4, 1)
     assert [data.batch_indices(s) for s in range(30)] == [plan.indices(s) for s in range(30)]
     cache.put(plan.indices(2)[1], _example(70, status=2))  # a dropped record is replaced
     replaced = data.batch_indices(2)
     assert replaced[0] == plan.indices(2)[0] and replaced[1] != plan.indices(2)[1]
-    assert replaced == StreamingData(records, None, Config, None, cache).batch_indices(2)
+    assert replaced == TrainingData(records, None, Config, None, cache).batch_indices(2)
 
 
 def test_a_resume_on_a_changed_data_file_is_refused(tmp_path, streaming, capsys):

@@ -82,14 +82,15 @@ def test_datums_are_the_sdk_types_and_encode_into_its_request(tmp_path, service)
 
     from tinkerplug.cli import load_run_config
     from tinkerplug.models import shipped_model_dir
-    from tinkerplug.training import render_all
+    from tinkerplug.rendering import render_training_data
 
     config, plugins = load_run_config(str(write_config(tmp_path)), (), ())
     tokenizer = AutoTokenizer.from_pretrained(shipped_model_dir("tiny-chat"))
-    renderer = plugins.first("resolve_renderer", config=config, tokenizer=tokenizer)
+    renderer = plugins.resolve_renderer(config, tokenizer)
     records = read_jsonl(DATA / "fast_train.jsonl")[:8]
-    data, stats = render_all(records, renderer, config, plugins)
-    assert stats.kept == 8 and all(type(d) is types.Datum for d in data)
+    training_data = render_training_data(records, renderer, config, plugins)
+    data = [datum for step in range(training_data.steps_per_epoch) for datum in training_data.batch(step)]
+    assert training_data.stats.kept == 8 and all(type(d) is types.Datum for d in data)
 
     request = types.ForwardBackwardRequest(
         forward_backward_input=types.ForwardBackwardInput(data=data, loss_fn="cross_entropy"),

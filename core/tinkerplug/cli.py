@@ -6,16 +6,22 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from tinkerplug.errors import TinkerplugError
 from tinkerplug.environ import quiet_openmp
-
+from tinkerplug.errors import TinkerplugError
 
 # Re-exported: tests and plugins' own tests assemble runs with these.
-from tinkerplug.loading import load_plugins_for, load_run_config  # noqa: E402,F401
+from tinkerplug.loading import load_plugins_for, load_run_config  # noqa: F401
+
+if __name__ == "__main__":
+    # `python -m tinkerplug.cli` puts the current directory first on sys.path: a stray
+    # tinkerplug_*.py there would be imported in place of an installed plugin (and plugins
+    # load below, for their commands). Plugin files load only when named (-p, `plugins =
+    # [...]`), so the current directory goes before anything is imported.
+    if sys.path and not sys.flags.safe_path and Path(sys.path[0] or ".").resolve() == Path.cwd().resolve():
+        del sys.path[0]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,19 +35,20 @@ def cli() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. --set lora_rank=8 --set heldout.limit=20.")
 @click.option("--resume", is_flag=True, help="Continue the run in run_dir from its last checkpoint.")
 @click.option("-p", "plugin_options", multiple=True, metavar="FILE|no:NAME", help="Load a plugin file, or disable a plugin with no:NAME.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes ([terminal] quiet = true).")
 def run(config_path: str, overrides: tuple[str, ...], resume: bool, plugin_options: tuple[str, ...], quiet: bool) -> None:
     """Train (and evaluate) as CONFIG says."""
     import asyncio
 
-    from tinkerplug.progress import Reporter
     from tinkerplug.training import train
 
     command = _resume_command(config_path, overrides, plugin_options)
     if resume:
         overrides = (*overrides, "resume=true")
+    if quiet:  # the terminal reporter's setting; ignored when it is disabled (-p no:terminal)
+        overrides = (*overrides, "terminal.quiet=true")
     config, plugins = load_run_config(config_path, overrides, plugin_options)
-    summary = asyncio.run(train(config, plugins, Reporter(quiet=quiet), resume_command=command))
+    summary = asyncio.run(train(config, plugins, resume_command=command))
     if summary.get("interrupted"):
         sys.exit(130)
 
@@ -114,7 +121,7 @@ def hooks_cmd(name: str | None, markdown: bool) -> None:
     """Print every hookspec (or hook NAME) with its signature and documentation."""
     import inspect
 
-    from tinkerplug.plugins import hook_reference_markdown, hook_signature, hookspec_functions, is_firstresult
+    from tinkerplug.plugins import hook_groups, hook_reference_markdown, hook_signature, hookspec_functions, is_firstresult
 
     if markdown:
         click.echo(hook_reference_markdown(), nl=False)
@@ -124,7 +131,11 @@ def hooks_cmd(name: str | None, markdown: bool) -> None:
         specs = [(n, f) for n, f in specs if n == name]
         if not specs:
             raise TinkerplugError(f"no hook named {name!r}", hint="`tinkerplug hooks` lists them")
+    groups, heading = hook_groups(), None
     for hook_name, func in specs:
+        if groups.get(hook_name) != heading and not name:
+            heading = groups.get(hook_name)
+            click.echo(f"== {heading} ==\n")
         first = "  [firstresult]" if is_firstresult(func) else ""
         click.echo(f"{hook_signature(hook_name, func)}{first}")
         click.echo("    " + (inspect.getdoc(func) or "").replace("\n", "\n    ").replace("\n    \n", "\n\n") + "\n")
@@ -136,7 +147,8 @@ def _add_plugin_commands() -> None:
     is skipped here; a command that loads plugins reports it."""
     from tinkerplug.plugins import load_command_plugins
 
-    load_command_plugins().register_commands(cli)
+    for error in load_command_plugins().register_commands(cli):
+        click.echo(f"warning: {error.message}; its commands are missing", err=True)
 
 
 _add_plugin_commands()
@@ -182,9 +194,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # `python -m tinkerplug.cli` puts the current directory first on sys.path: a stray
-    # tinkerplug_*.py there would be imported in place of an installed plugin. Plugin files
-    # load only when named (-p, `plugins = [...]`), so the current directory goes.
-    if sys.path and not sys.flags.safe_path and Path(sys.path[0] or ".").resolve() == Path.cwd().resolve():
-        del sys.path[0]
     main()

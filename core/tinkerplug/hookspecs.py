@@ -20,9 +20,11 @@ Plugins are called last-registered first, so precedence is: project files (``plu
 ["./my_hooks.py"]`` in the config, then ``-p ./my_hooks.py``) > installed third-party plugins
 (by entry-point name) > first-party plugins. ``@tinkerplug.hookimpl(tryfirst=True)`` or
 ``trylast=True`` moves one implementation to the front or the back; ``tinkerplug plugins
---hook NAME`` prints the order. Wrappers (``wrapper=True``) work on every hook but
-``evaluate``, whose implementations are called one by one so that one failing evaluator does
-not stop the others.
+--hook NAME`` prints the order. Wrappers (``wrapper=True``) work on every hook but four
+whose implementations are called one plugin at a time: ``evaluate`` (one failing evaluator
+does not stop the others), ``register_config_sections`` and ``register_backends`` (a name
+two plugins claim is reported with both plugins) and ``register_commands`` (a broken plugin
+cannot take the CLI down).
 
 A run needs one implementation each of ``create_service_client``, ``load_records``,
 ``resolve_renderer``, ``render_example``, ``lr_for_step`` and ``make_step_executor``;
@@ -42,7 +44,6 @@ from tinkerplug.markers import hookspec
 
 if TYPE_CHECKING:
     import click
-    from pydantic import BaseModel
     from tinker import types
     from tinker_cookbook.renderers import Renderer
 

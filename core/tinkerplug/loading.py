@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinkerplug.errors import ConfigError, PluginError, TinkerplugError
+from tinkerplug.plugins import hook_error
 
 if TYPE_CHECKING:
     from tinkerplug.config import RunConfig
@@ -53,10 +54,16 @@ def plugin_schema(plugins: Plugins) -> PluginSchema:
         _claim(schema.backend_owners, name, owner.name, f"backend {name!r}")
         schema.backends[name] = description
 
-    for hook, register in (("register_config_sections", register_section), ("register_backends", register_backend)):
-        for impl in plugins.impls(hook):
-            owner.name = impl.plugin_name
-            impl.function(register=register)
+    hooks = {"register_config_sections": (plugins.register_config_sections(), register_section),
+             "register_backends": (plugins.register_backends(), register_backend)}
+    for hook, (calls, register) in hooks.items():
+        for owner.name, call in calls:
+            try:
+                call(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:  # e.g. its settings module fails to import
+                raise hook_error(owner.name, hook, exc) from exc
     return schema
 
 

@@ -1,4 +1,9 @@
-"""Loading plugins and calling hooks with errors that name the plugin.
+"""Loading plugins, and calling hooks with errors that name the plugin.
+
+``Plugins`` has one method per hook (``plugins.lr_for_step(step, num_steps, config)``), so
+call sites are checked names: fan-out hooks go through pluggy (wrappers work), required
+``firstresult`` hooks raise a ``PluginError`` when no plugin answers, and the hooks called
+one plugin at a time (``UNWRAPPABLE_HOOKS``) hand out one call per plugin.
 
 Load order is precedence. pluggy calls the last registered plugin first, so for
 ``firstresult`` hooks a later plugin overrides an earlier one:
@@ -35,7 +40,7 @@ if TYPE_CHECKING:
     import click
 
     from tinkerplug.config import RunConfig
-    from tinkerplug.context import CheckpointRecord, EvalContext, RunContext, StepExecutor
+    from tinkerplug.context import CheckpointRecord, RunContext, StepExecutor
     from tinkerplug.data import DataSource, Records
 
 ENTRY_POINT_GROUP = "tinkerplug"
@@ -55,9 +60,11 @@ REQUIRED_HOOKS = {
 }
 
 
-# Called one implementation at a time (each evaluator on its own, so one failure does not
-# stop the others): a wrapper would see no hook call to wrap.
-UNWRAPPABLE_HOOKS = ("evaluate",)
+# Called one implementation at a time, so a wrapper would see no hook call to wrap: each
+# evaluator on its own (one failure does not stop the others), the registering hooks (two
+# plugins claiming one name are both named), and the commands (a broken plugin cannot take
+# the CLI down).
+UNWRAPPABLE_HOOKS = ("register_config_sections", "register_backends", "evaluate", "register_commands")
 
 
 @dataclass
@@ -199,11 +206,14 @@ class Plugins:
 
     # -- calling: one typed method per hook, in hookspecs.py's order ---------------------------
 
-    def register_config_sections(self, register: Callable[..., None]) -> None:
-        self.each("register_config_sections", register=register)
+    def register_config_sections(self) -> list[tuple[str, Callable[..., None]]]:
+        """``(plugin_name, call)`` per implementation: call with ``register=``
+        (``loading.plugin_schema`` gives each plugin a ``register`` that knows its name)."""
+        return self.one_by_one("register_config_sections")
 
-    def register_backends(self, register: Callable[[str, str], None]) -> None:
-        self.each("register_backends", register=register)
+    def register_backends(self) -> list[tuple[str, Callable[..., None]]]:
+        """As ``register_config_sections``."""
+        return self.one_by_one("register_backends")
 
     def create_service_client(self, config: RunConfig, run_dir: str) -> Any:
         service = self.first("create_service_client", config=config, run_dir=run_dir)
@@ -253,10 +263,10 @@ class Plugins:
             raise PluginError("no plugin returned a learning rate (lr_for_step)")
         return float(lr)
 
-    def evaluators(self) -> list[tuple[str, Callable[[EvalContext], Any]]]:
-        """``(plugin_name, call)`` per ``evaluate`` implementation, in call order: evaluators
-        are called one by one, so one that fails is reported and the others still run."""
-        return [(impl.plugin_name, functools.partial(call_impl, impl)) for impl in self.impls("evaluate")]
+    def evaluators(self) -> list[tuple[str, Callable[..., Any]]]:
+        """``(plugin_name, call)`` per ``evaluate`` implementation (call with ``context=``):
+        evaluators are called one by one, so one that fails is reported and the others run."""
+        return self.one_by_one("evaluate")
 
     def on_checkpoint(self, record: CheckpointRecord, run: RunContext) -> None:
         self.each("on_checkpoint", record=record, run=run)
@@ -282,10 +292,22 @@ class Plugins:
     def on_run_end(self, run: RunContext, summary: Mapping[str, Any]) -> None:
         self.each("on_run_end", run=run, summary=summary)
 
-    def register_commands(self, cli: click.Group) -> None:
-        self.each("register_commands", cli=cli)
+    def register_commands(self, cli: click.Group) -> list[PluginError]:
+        """Let every plugin add its commands; return the errors of those that failed."""
+        errors = []
+        for name, call in self.one_by_one("register_commands"):
+            try:
+                call(cli=cli)
+            except Exception as exc:  # noqa: BLE001 - reported by plugin name, the others go on
+                errors.append(hook_error(name, "register_commands", exc))
+        return errors
 
-    # -- the two ways pluggy calls a hook ------------------------------------------------------
+    # -- how hooks are called: through pluggy, or one plugin at a time (UNWRAPPABLE_HOOKS) -----
+
+    def one_by_one(self, hook: str) -> list[tuple[str, Callable[..., Any]]]:
+        """``(plugin_name, call)`` per implementation of ``hook``, in call order."""
+        assert hook in UNWRAPPABLE_HOOKS, hook
+        return [(impl.plugin_name, functools.partial(call_impl, impl)) for impl in self.impls(hook)]
 
     def first(self, hook: str, **kwargs: Any) -> Any:
         """Call a ``firstresult`` hook; a raising plugin is named in the error."""
@@ -442,6 +464,18 @@ def hookspec_functions() -> list[tuple[str, Callable[..., Any]]]:
     ]
 
 
+def hook_groups() -> dict[str, str]:
+    """Hook name -> the heading of its group in ``hookspecs.py`` (the ``# -- group: when it
+    runs ---`` line above it), e.g. ``"configuration: when a run's config is loaded ..."``."""
+    groups, heading = {}, ""
+    for line in inspect.getsource(hookspecs).splitlines():
+        if match := re.match(r"# -- (.+?) -+$", line):
+            heading = match.group(1)
+        elif match := re.match(r"def (\w+)\(", line):
+            groups[match.group(1)] = heading
+    return groups
+
+
 def hook_names() -> list[str]:
     return [name for name, _ in hookspec_functions()]
 
@@ -468,8 +502,11 @@ def hook_signature(name: str, func: Callable[..., Any]) -> str:
 def hook_reference_markdown() -> str:
     """The README's hook reference, generated from ``hookspecs.py`` (``tinkerplug hooks
     --markdown``); tests/test_docs.py fails when the README lacks a hook or signature."""
-    parts = []
+    parts, groups, heading = [], hook_groups(), None
     for name, func in hookspec_functions():
+        if groups.get(name) != heading:
+            heading = groups.get(name)
+            parts.append(f"**{heading[0].upper()}{heading[1:]}**\n")  # one line per phase
         kind = "firstresult: the first non-`None` answer wins" if is_firstresult(func) else "every plugin is called"
         parts.append(f"### `{name}`\n\n```python\n{hook_signature(name, func)}\n```\n\n*{kind}*\n\n{inspect.getdoc(func)}\n")
     return "\n".join(parts)

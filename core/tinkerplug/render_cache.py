@@ -71,10 +71,10 @@ def tokenizer_identity(tokenizer: Any) -> str:
 
 
 class RenderCache:
-    """The cache for one key, for a data source of ``num_records`` records. Thread-safe:
-    the render-ahead thread writes while the loop reads."""
+    """The cache for one key, for a data source of ``num_records`` records (``directory``
+    None: in memory only). Thread-safe: the render-ahead thread writes while the loop reads."""
 
-    def __init__(self, directory: Path, num_records: int, meta: dict[str, Any] | None = None):
+    def __init__(self, directory: Path | None, num_records: int, meta: dict[str, Any] | None = None):
         import numpy as np
 
         self.directory = directory
@@ -87,6 +87,8 @@ class RenderCache:
         self._status = np.full(num_records, 255, dtype=np.uint8)
         self._lengths = np.zeros(num_records, dtype=np.int32)
         self.rendered_now = 0  # examples this process rendered (not read from the cache)
+        if directory is None:  # in memory only: nothing is written
+            return
         directory.mkdir(parents=True, exist_ok=True)
         if meta is not None and not (directory / "meta.json").exists():
             _write_json(directory / "meta.json", {**meta, "num_records": num_records})
@@ -130,13 +132,15 @@ class RenderCache:
             self._status[index] = example.status
             self._lengths[index] = example.length
             self.rendered_now += 1
-            full = len(self._pending) >= FLUSH_EVERY
+            full = len(self._pending) >= FLUSH_EVERY and self.directory is not None
         if full:
             self.flush()
 
     def flush(self) -> None:
         """Write the examples rendered since the last flush as one shard (atomically)."""
         with self._lock:
+            if self.directory is None:
+                return
             pending, self._pending = self._pending, {}
             if not pending:
                 return

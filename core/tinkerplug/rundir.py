@@ -186,10 +186,43 @@ def read_checkpoints(run_dir: Path) -> list[CheckpointRecord]:
 
 def append_checkpoint(run_dir: Path, record: CheckpointRecord) -> None:
     """Append a row by rewriting the whole (small) file atomically."""
-    rows = [r.to_json() for r in read_checkpoints(run_dir)] + [record.to_json()]
+    _write_checkpoints(run_dir, [r.to_json() for r in read_checkpoints(run_dir)] + [record.to_json()])
+
+
+def _write_checkpoints(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(run_dir / CHECKPOINTS_JSONL, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def last_checkpoint(run_dir: Path) -> CheckpointRecord | None:
-    rows = read_checkpoints(run_dir)
+    """The checkpoint ``--resume`` starts from (retention never removes it; skipped if so)."""
+    rows = [row for row in read_checkpoints(run_dir) if not row.removed]
     return rows[-1] if rows else None
+
+
+def pick_checkpoint(checkpoints: list[dict[str, Any]], step: int | None, run_dir: Path) -> dict[str, Any]:
+    """The row of checkpoint ``step`` (default: the last) among ``checkpoints.jsonl`` rows;
+    rows a retention plugin marked ``removed`` are not offered."""
+    kept = [row for row in checkpoints if not row.get("removed")]
+    if not kept:
+        raise TinkerplugError(
+            f"{run_dir} has no checkpoint yet",
+            hint="checkpoints are saved every save_every steps and at the end of a run",
+        )
+    if step is None:
+        return kept[-1]
+    for record in reversed(kept):
+        if record["step"] == step:
+            return record
+    steps = ", ".join(str(r["step"]) for r in kept)
+    removed = " (older ones were removed by [retention])" if len(kept) < len(checkpoints) else ""
+    raise TinkerplugError(f"{run_dir} has no checkpoint at step {step}{removed}", hint=f"checkpoint steps: {steps}")
+
+
+def mark_removed(run_dir: Path, steps: set[int]) -> None:
+    """Mark the rows of checkpoints ``steps`` as removed (their files are gone; the rows stay,
+    so the run's history is kept)."""
+    rows = [r.to_json() for r in read_checkpoints(run_dir)]
+    for row in rows:
+        if row["step"] in steps:
+            row["removed"] = True
+    _write_checkpoints(run_dir, rows)

@@ -72,9 +72,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def watch_for_stalls(config: Any, state: Any, reporter: Any, resume_command: str) -> StallWatchdog:
+def watch_for_stalls(config: Any, state: Any, warn: Callable[[str], None], resume_command: str) -> StallWatchdog:
     """The watchdog of one training loop: reads the loop's ``LoopState`` (``last_finished``,
-    ``history``, ``checkpointed_steps``) and reports through ``reporter.warn``."""
+    ``history``, ``checkpointed_steps``) and reports through ``warn``."""
 
     def describe(idle_s: float) -> str:
         steps = [row["step"] for row in list(state.history) if "train/loss" in row]
@@ -83,4 +83,4 @@ def watch_for_stalls(config: Any, state: Any, reporter: Any, resume_command: str
             idle_s, steps[-1] if steps else None, max(checkpoints) if checkpoints else None, resume_command
         )
 
-    return StallWatchdog(config.stall_minutes, lambda: state.last_finished, describe, reporter.warn)
+    return StallWatchdog(config.stall_minutes, lambda: state.last_finished, describe, warn)

@@ -18,7 +18,7 @@ from typing import Any
 
 import tinkerplug
 from tinkerplug.context import StepResult
-from tinkerplug.metrics import step_result
+from tinkerplug.step_results import step_result
 
 LOSS_FN = "cross_entropy"
 

@@ -32,6 +32,7 @@ EXPORT_INFO = "tinkerplug_export.json"
 def export(run_dir: Path, out: Path, step: int | None, merge: bool) -> None:
     """Export a checkpoint of RUN_DIR as a PEFT adapter (or, with --merge, a merged HF model)."""
     from tinkerplug.commands.runs import read_run
+    from tinkerplug.rundir import pick_checkpoint
 
     info = read_run(run_dir)
     record = pick_checkpoint(info.checkpoints, step, info.path)
@@ -70,21 +71,6 @@ def export(run_dir: Path, out: Path, step: int | None, merge: bool) -> None:
     else:
         click.echo(f"wrote the step-{record['step']} LoRA adapter to {out}")
         click.echo(f"  load with: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {str(out)!r})")
-
-
-def pick_checkpoint(checkpoints: list[dict[str, Any]], step: int | None, run_dir: Path) -> dict[str, Any]:
-    if not checkpoints:
-        raise TinkerplugError(
-            f"{run_dir} has no checkpoint yet",
-            hint="checkpoints are saved every save_every steps and at the end of a run",
-        )
-    if step is None:
-        return checkpoints[-1]
-    for record in reversed(checkpoints):
-        if record["step"] == step:
-            return record
-    steps = ", ".join(str(r["step"]) for r in checkpoints)
-    raise TinkerplugError(f"{run_dir} has no checkpoint at step {step}", hint=f"checkpoint steps: {steps}")
 
 
 def fetch_adapter(record: dict[str, Any], run_dir: Path, dest: Path) -> None:

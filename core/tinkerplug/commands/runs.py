@@ -243,6 +243,6 @@ def show(run_dir: Path, as_json: bool) -> None:
             echo(f"  {key.removeprefix('eval/')} = {_fmt(value)}")
     echo(f"checkpoints ({len(info.checkpoints)}):" if info.checkpoints else "checkpoints: none")
     for record in info.checkpoints:
-        final = "  (final)" if record.get("final") else ""
+        final = "  (final)" if record.get("final") else "  (removed by [retention])" if record.get("removed") else ""
         echo(f"  step {record['step']}: {record.get('state_path')}{final}")
         echo(f"    sampler: {record.get('sampler_path')}")

@@ -1,4 +1,8 @@
-"""Training data rendered as the steps need it, ahead of them, through the render cache.
+"""The training data of a run: rendered as the steps need it, ahead of them, through the
+render cache; and the batch of each step.
+
+The loop sees only ``TrainingData`` (``steps_per_epoch``, ``num_examples``, ``stats``,
+``batch(step)``, ``position(step)``, and ``start``/``paused``/``close`` around the steps).
 
 Batches are a pure function of (seed, step, data): ``BatchPlan`` shuffles *record* numbers
 (not kept examples, which are not known before everything is rendered), and a record that
@@ -6,21 +10,22 @@ renders to nothing trainable (longer than ``max_length`` with ``overlong = "drop
 trained token) is replaced by ``replacement(seed, step, slot, attempt)`` until a kept one is
 found. Whether a record is dropped depends on the data and the config only, so every run,
 resumed or not, cached or not, builds the same batches; with no drops they are exactly the
-batches of the plan.
-
-An epoch is ``num_records // batch_size`` steps, so ``num_epochs`` becomes a step count from
-the number of records alone.
+batches of the plan. An epoch is ``num_records // batch_size`` steps, so ``num_epochs``
+becomes a step count from the number of records alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from tinkerplug.batches import BatchPlan
 from tinkerplug.errors import DataError, PluginError
+from tinkerplug.prefetch import Prefetcher
+from tinkerplug.record_check import BackgroundCheck
 from tinkerplug.render_cache import (
     DROPPED_OVERLONG,
     DROPPED_UNTRAINED,
@@ -29,10 +34,14 @@ from tinkerplug.render_cache import (
     RenderCache,
     RenderedExample,
     cache_key,
+    cache_root,
     tokenizer_identity,
 )
 
 FULL_CHECK_AFTER = 32  # failed replacements in a row before every record is rendered to check
+RENDER_ALL_UP_TO = 2048  # records left to render: fewer are rendered before step 0 (about 2 s)
+WAIT_FOR_CHECK_UP_TO = 200_000  # records: a bigger file's check goes on after step 0 (~10 us each)
+AHEAD = 8  # steps rendered ahead of training
 
 
 @dataclass
@@ -51,6 +60,22 @@ class RenderStats:
     @property
     def complete(self) -> bool:
         return self.rendered == self.total
+
+    def describe(self, max_length: int) -> tuple[str, str | None]:
+        """(the note, the warning or ``None``) a run reports about its data: of every record
+        once all are rendered, else of those rendered so far."""
+        if self.complete:
+            parts = [f"{self.kept}/{self.total} examples"]
+        else:
+            parts = [f"{self.kept}/{self.rendered} examples kept of the {self.total} records rendered so far"]
+        if self.dropped_overlong:
+            parts.append(f"{self.dropped_overlong} dropped as longer than max_length={max_length}")
+        if self.truncated:
+            parts.append(f"{self.truncated} truncated to max_length={max_length}")
+        if self.dropped_untrained:
+            parts.append(f"{self.dropped_untrained} dropped with no trained token")
+        warning = "; ".join(parts[1:]) if self.dropped_overlong or self.truncated else None
+        return "data: " + ", ".join(parts), warning
 
 
 def replacement(seed: int, step: int, slot: int, attempt: int, num_records: int) -> int:
@@ -106,61 +131,9 @@ def to_datum(example: RenderedExample) -> Any:
     )
 
 
-def check_records(records: Any, stop: threading.Event | None = None) -> None:
-    """Read every record, so a bad one raises its error (``stop`` ends it early)."""
-    if hasattr(records, "check_all"):
-        records.check_all(stop)
-        return
-    for index in range(len(records)):  # any other reader: reading a record checks it
-        if stop is not None and stop.is_set():
-            return
-        records[index]
-
-
-class BackgroundCheck:
-    """Parse and check every record in a thread (while the model loads, and on into training
-    for a big file); ``wait`` raises the first bad record's error."""
-
-    def __init__(self, records: Any, start: bool = True):
-        self.error: BaseException | None = None
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(records,), name="tinkerplug-check", daemon=True)
-        if start:
-            self.start()
-
-    def start(self) -> None:
-        """Start checking (once). A big file starts after step 0: the check is pure Python and
-        would share the interpreter lock with the start-up's imports and model load."""
-        if not self.thread.is_alive() and self.thread.ident is None:
-            self.thread.start()
-
-    def _run(self, records: Any) -> None:
-        try:
-            check_records(records, self.stop)
-        except BaseException as exc:  # noqa: BLE001 - raised by wait
-            self.error = exc
-
-    def wait(self, until_done: bool = True) -> None:
-        """Raise the error found so far (``until_done``: once the whole file is checked)."""
-        if until_done:
-            self.start()
-            self.thread.join()
-        if self.error is not None:
-            error, self.error = self.error, None
-            if not until_done and isinstance(error, DataError):
-                error.hint = (f"{error.hint}\n  " if error.hint else "") + (
-                    "found by the background check while training; fix the file and start a new run "
-                    "(a resume on a changed file is refused)"
-                )
-            raise error
-
-    def close(self) -> None:
-        self.stop.set()
-
-
-class StreamingData:
+class TrainingData:
     """The training data of a run: ``batch(step)`` renders (or reads from the cache) just the
-    records that step uses."""
+    records that step uses; between ``start`` and ``close`` a thread does it ahead."""
 
     def __init__(self, records: Any, renderer: Any, config: Any, plugins: Any, cache: RenderCache):
         self.records = records
@@ -172,6 +145,8 @@ class StreamingData:
         self._checked = False
         self._lock = threading.Lock()
         self.check: BackgroundCheck | None = None  # the records' parse check, when one runs
+        self._ahead: Prefetcher | None = None
+        self._first_step = 0
 
     @property
     def num_examples(self) -> int:
@@ -180,6 +155,10 @@ class StreamingData:
     @property
     def steps_per_epoch(self) -> int:
         return self.plan.steps_per_epoch
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, batch index within the epoch) of ``step``."""
+        return self.plan.position(step)
 
     @property
     def stats(self) -> RenderStats:
@@ -198,9 +177,14 @@ class StreamingData:
         try:
             example = render_record(record, self.renderer, self.config, self.plugins)
         except PluginError as exc:
-            raise DataError(f"{self.records.where(index)}: {exc.message}", exc.hint) from None
+            raise DataError(f"{self.where(index)}: {exc.message}", exc.hint) from None
         self.cache.put(index, example)
         return example
+
+    def where(self, index: int) -> str:
+        if hasattr(self.records, "where"):
+            return self.records.where(index)
+        return f"{self.config.data.train} record {index + 1}"
 
     def batch_indices(self, step: int) -> list[int]:
         """The records of ``step``: the plan's, each dropped one replaced."""
@@ -216,7 +200,37 @@ class StreamingData:
         return chosen
 
     def batch(self, step: int) -> list[Any]:
+        """The ``tinker.types.Datum`` list of step ``step`` (from the thread, once started)."""
+        if self.check is not None:
+            self.check.wait(False)  # a bad record found meanwhile stops the run here
+            if step > self._first_step:
+                self.check.start()  # a big file's check: from step 0 on, beside training
+        if self._ahead is not None:
+            return self._ahead.get(step)
+        return self.build_batch(step)
+
+    def build_batch(self, step: int) -> list[Any]:
         return [to_datum(self.example(i)) for i in self.batch_indices(step)]
+
+    def start(self, start_step: int, num_steps: int) -> None:
+        """Render the steps from ``start_step`` on ahead of training, in a thread."""
+        self._first_step = start_step
+        self._ahead = Prefetcher(self.build_batch, start_step, num_steps, ahead=AHEAD)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No rendering meanwhile (evaluators use the tokenizer the renderer uses)."""
+        with self._ahead.paused() if self._ahead is not None else contextlib.nullcontext():
+            yield
+
+    def close(self) -> None:
+        """Stop the thread and the check; write what was rendered to the cache."""
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
+        if self.check is not None:
+            self.check.close()
+        self.cache.flush()
 
     def check_enough_kept(self) -> None:
         """Render every record (once; through the cache) and refuse data with fewer kept
@@ -258,43 +272,29 @@ def check_stats(stats: RenderStats, config: Any) -> None:
         )
 
 
-RENDER_ALL_UP_TO = 2048  # records left to render: fewer are rendered before step 0 (about 2 s)
-WAIT_FOR_CHECK_UP_TO = 200_000  # records: a bigger file's check may go on after step 0 (~10 us each)
-
-
-def prepare_data(
-    records: Any, renderer: Any, tokenizer: Any, config: Any, plugins: Any, start_step: int, reporter: Any
-) -> StreamingData:
-    """Open the render cache and render the first step's examples now, so a renderer that
-    fails on the data fails before the run dir exists; the rest renders ahead of training."""
+def render_training_data(
+    records: Any, renderer: Any, config: Any, plugins: Any, tokenizer: Any = None, start_step: int = 0
+) -> TrainingData:
+    """The run's data over the render cache of its key (see ``render_cache``; records without
+    a ``fingerprint``, or no ``tokenizer``: a cache in memory only). Small data is rendered
+    whole now (exact counts and refusals before step 0); the first step's examples always
+    are, so a renderer that fails on the data fails before the run dir exists."""
     if len(records) < config.batch_size:
         raise DataError(
             f"{config.data.train} has {len(records)} examples, fewer than batch_size={config.batch_size}",
             hint=f"add data or lower batch_size (e.g. --set batch_size={len(records)})",
         )
-    data = open_training_data(records, renderer, tokenizer, config, plugins)
-    if len(records) - data.stats.rendered <= RENDER_ALL_UP_TO:  # about a second: exact counts now
-        data.render_missing()
-    stats = data.stats
-    check_stats(stats, config)
-    data.batch_indices(start_step)
-    if stats.complete:
-        reporter.render_stats(stats, config)
+    if hasattr(records, "fingerprint") and tokenizer is not None:
+        parts = render_key_parts(records, renderer, tokenizer, config, plugins)
+        cache = RenderCache(cache_root() / "rendered" / cache_key(parts), len(records), meta=parts)
     else:
-        reporter.note(
-            f"data: {len(records)} records; rendering runs ahead of training "
-            f"({stats.rendered} in the cache {data.cache.directory}); counts at the end"
-        )
+        cache = RenderCache(None, len(records))
+    data = TrainingData(records, renderer, config, plugins, cache)
+    if len(records) - data.stats.rendered <= RENDER_ALL_UP_TO:
+        data.render_missing()
+    check_stats(data.stats, config)
+    data.batch_indices(start_step)
     return data
-
-
-def open_training_data(records: Any, renderer: Any, tokenizer: Any, config: Any, plugins: Any) -> StreamingData:
-    """The run's data over the render cache of its key (see ``render_cache``)."""
-    from tinkerplug.render_cache import cache_root
-
-    parts = render_key_parts(records, renderer, tokenizer, config, plugins)
-    directory = cache_root() / "rendered" / cache_key(parts)
-    return StreamingData(records, renderer, config, plugins, RenderCache(directory, len(records), meta=parts))
 
 
 def render_key_parts(records: Any, renderer: Any, tokenizer: Any, config: Any, plugins: Any) -> dict[str, Any]:
@@ -316,21 +316,3 @@ def render_key_parts(records: Any, renderer: Any, tokenizer: Any, config: Any, p
         "loss_reduction": config.loss_reduction,
         "render_hooks": [impl.plugin_name for impl in plugins.impls("render_example")],
     }
-
-
-def render_all(records: list[dict[str, Any]], renderer: Any, config: Any, plugins: Any) -> tuple[list[Any], RenderStats]:
-    """Render a (small) list of records at once: kept datums and their counts."""
-    counts = {KEPT: 0, TRUNCATED: 0, DROPPED_OVERLONG: 0, DROPPED_UNTRAINED: 0}
-    data, lengths = [], []
-    for record in records:
-        example = render_record(record, renderer, config, plugins)
-        counts[example.status] += 1
-        lengths.append(example.length)
-        if not example.dropped:
-            data.append(to_datum(example))
-    stats = RenderStats(
-        total=len(records), rendered=len(records), kept=len(data), truncated=counts[TRUNCATED],
-        dropped_overlong=counts[DROPPED_OVERLONG], dropped_untrained=counts[DROPPED_UNTRAINED],
-        longest=max(lengths, default=0), shortest=min(lengths, default=0),
-    )
-    return data, stats

@@ -1,4 +1,5 @@
-"""Turning a finished step's outputs into metrics. Shared by every step executor."""
+"""Turning a finished step's outputs into a ``StepResult`` (loss, token counts, timing). Shared by
+every step executor."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""What the user sees while a run goes: notes, a progress bar, eval lines, the summary table."""
+"""What the terminal shows while a run goes: notes, a progress bar, eval lines, the summary table."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Any, Iterator
+from typing import Any, Mapping
 
 from rich.console import Console
 from rich.markup import escape
@@ -27,26 +26,8 @@ class Reporter:
     def warn(self, text: str) -> None:
         self.console.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False)
 
-    def render_stats(self, stats: Any, config: Any) -> None:
-        """The data counts: of every record when all are rendered (at start-up, from the render
-        cache), else of those rendered so far (at the end of a run)."""
-        if getattr(stats, "complete", True):
-            parts = [f"{stats.kept}/{stats.total} examples"]
-        else:
-            parts = [f"{stats.kept}/{stats.rendered} examples kept of the {stats.total} records rendered so far"]
-        if stats.dropped_overlong:
-            parts.append(f"{stats.dropped_overlong} dropped as longer than max_length={config.max_length}")
-        if stats.truncated:
-            parts.append(f"{stats.truncated} truncated to max_length={config.max_length}")
-        if stats.dropped_untrained:
-            parts.append(f"{stats.dropped_untrained} dropped with no trained token")
-        self.note("data: " + ", ".join(parts))
-        if stats.dropped_overlong or stats.truncated:
-            self.warn("; ".join(parts[1:]))
-
-    @contextlib.contextmanager
-    def progress(self, total: int, start: int) -> Iterator[None]:
-        progress = Progress(
+    def start_progress(self, total: int, start: int) -> None:
+        self._progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -56,13 +37,15 @@ class Reporter:
             console=self.console,
             disable=self.quiet,
         )
-        self._progress = progress
-        self._task = progress.add_task("train", total=total, completed=start, info="")
-        with progress:
-            yield
-        self._progress = None
+        self._task = self._progress.add_task("train", total=total, completed=start, info="")
+        self._progress.start()
 
-    def step(self, row: dict[str, Any]) -> None:
+    def stop_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def step(self, row: Mapping[str, Any]) -> None:
         if self._progress is not None:
             self._progress.update(
                 self._task,
@@ -84,7 +67,7 @@ class Reporter:
             highlight=False,
         )
 
-    def summary(self, summary: dict[str, Any]) -> None:
+    def summary(self, summary: Mapping[str, Any]) -> None:
         table = Table(title="tinkerplug run summary", show_lines=False)
         table.add_column("metric")
         table.add_column("start", justify="right")

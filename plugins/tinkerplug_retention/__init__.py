@@ -1,0 +1,1 @@
+"""Checkpoint retention: keep the last N checkpoints (and every M-th), delete the others."""
