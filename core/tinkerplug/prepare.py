@@ -19,7 +19,8 @@ from tinkerplug.data import Records, heldout_source
 from tinkerplug.errors import ConfigError
 from tinkerplug.plugins import Plugins
 from tinkerplug.record_check import BackgroundCheck, check_records
-from tinkerplug.rendering import WAIT_FOR_CHECK_UP_TO, TrainingData, render_training_data
+from tinkerplug import rendering
+from tinkerplug.rendering import TrainingData, render_training_data
 
 
 @dataclass
@@ -42,7 +43,7 @@ async def prepare(
         plugins.note(config, f"{run_dir} already finished (final checkpoint at step {checkpoint.step}): nothing to do")
         return {"run_dir": str(run_dir), "steps_run": 0, "num_steps": checkpoint.step, "interrupted": False}
     # Every record is parsed in a thread while the model loads; a big file from step 0 on.
-    checked = BackgroundCheck(records, start=len(records) <= WAIT_FOR_CHECK_UP_TO)
+    checked = BackgroundCheck(records, start=len(records) <= rendering.WAIT_FOR_CHECK_UP_TO)
     try:
         return await _prepare_checked(config, plugins, run_dir, records, checkpoint, checked)
     except BaseException:
@@ -62,7 +63,7 @@ async def _prepare_checked(
     training_client = await open_training_client(config, plugins, service, checkpoint, run_dir)
     tokenizer = training_client.get_tokenizer()
     renderer = plugins.resolve_renderer(config, tokenizer)
-    checked.wait(len(records) <= WAIT_FOR_CHECK_UP_TO)
+    checked.wait(len(records) <= rendering.WAIT_FOR_CHECK_UP_TO)
     start_step = checkpoint.step if checkpoint else 0
     data = render_training_data(records, renderer, config, plugins, tokenizer, start_step)
     data.check = checked
