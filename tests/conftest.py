@@ -14,6 +14,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.pop("TINKER_API_KEY", None)
+# Rendered examples are cached per data file and settings: never in the user's ~/.cache.
+if "TINKERPLUG_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["TINKERPLUG_CACHE_DIR"] = tempfile.mkdtemp(prefix="tinkerplug-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["TINKERPLUG_CACHE_DIR"], True)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"

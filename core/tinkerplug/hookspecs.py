@@ -160,8 +160,13 @@ def render_example(
     The datum's ``loss_fn_inputs`` hold ``target_tokens`` and ``weights`` of the same length
     as ``model_input``; weights are non-zero only on tokens to learn (by default the assistant
     reply, per ``config.train_on_what``). Do not truncate: the loop applies ``max_length`` and
-    ``overlong`` and reports counts. Called in the prepare phase, once per record. Stops at
-    first non-None result.
+    ``overlong`` and reports counts. Called once per record, as the steps need it, from a
+    thread that renders ahead of training (small data: all records before step 0). Results
+    are cached on disk (``$TINKERPLUG_CACHE_DIR``, default ``~/.cache/tinkerplug``) under a
+    key of the data's fingerprint, the renderer, the tokenizer, the settings above and the
+    names of the plugins implementing this hook: a plugin whose output changes for the same
+    inputs should change its name or ask users to clear that cache. Stops at first non-None
+    result.
 
     First-party: ``cookbook`` (``Renderer.build_supervised_example``) and, for text records
     (``{"text": ...}``: loss on every token), ``data``.

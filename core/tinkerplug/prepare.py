@@ -1,7 +1,8 @@
 """The prepare phase: read and check every input, and render, before anything is written.
 
 Data, backend, training client (fresh, or loaded from the checkpoint to resume), renderer,
-rendered examples, executor: a bad input fails here, so it leaves no half-made run dir.
+the first step's examples (all of them for small data), executor: a bad input fails here, so
+it leaves no half-made run dir.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from tinkerplug import rundir
 from tinkerplug.backend_calls import backend_call
 from tinkerplug.config import RunConfig
 from tinkerplug.context import CheckpointRecord, RunContext, StepExecutor
-from tinkerplug.data import heldout_source, open_training_data
+from tinkerplug.data import Records, heldout_source
 from tinkerplug.errors import ConfigError
 from tinkerplug.plugins import Plugins
+from tinkerplug import rendering
+from tinkerplug.record_check import BackgroundCheck, check_records
 from tinkerplug.rendering import TrainingData, render_training_data
 
 
@@ -30,32 +33,41 @@ class Prepared:
     checkpoint: CheckpointRecord | None  # the one resumed from
 
 
-async def prepare(config: RunConfig, plugins: Plugins, run_dir: Path, resuming: bool) -> Prepared | dict[str, Any]:
-    """Everything a run needs, checked; or the summary of a run that already finished."""
+async def prepare(
+    config: RunConfig, plugins: Plugins, run_dir: Path, resuming: bool, records: Records
+) -> Prepared | dict[str, Any]:
+    """Everything a run needs, checked; or the summary of a run that already finished.
+    ``records``: the training data, read before the resume check (its fingerprint)."""
     checkpoint = resume_point(config, plugins, run_dir, resuming)
     if checkpoint is not None and checkpoint.final:
         plugins.note(config, f"{run_dir} already finished (final checkpoint at step {checkpoint.step}): nothing to do")
         return {"run_dir": str(run_dir), "steps_run": 0, "num_steps": checkpoint.step, "interrupted": False}
-    records, counts = open_training_data(config, plugins)
-    config.set_data_counts(counts)  # written to config.json
-    if len(counts) > 1:
-        from tinkerplug.mixture import describe
+    # Every record is parsed in a thread while the model loads; a big file from step 0 on.
+    checked = BackgroundCheck(records, start=len(records) <= rendering.WAIT_FOR_CHECK_UP_TO)
+    try:
+        return await _prepare_checked(config, plugins, run_dir, records, checkpoint, checked)
+    except BaseException:
+        checked.close()
+        raise
 
-        plugins.note(config, f"data mixture: {describe(counts)}")
+
+async def _prepare_checked(
+    config: RunConfig, plugins: Plugins, run_dir: Path, records: Records, checkpoint: CheckpointRecord | None,
+    checked: BackgroundCheck,
+) -> Prepared:
     heldout = heldout_source(config)
     if heldout is not None:  # evaluators read it later: a bad file must fail now, not at step 0
-        plugins.load_records(heldout, config)
+        check_records(plugins.load_records(heldout, config))
     service = plugins.create_service_client(config, str(run_dir))
     plugins.note(config, f"backend {config.resolved_backend}, base model {config.base_model}")
     training_client = await open_training_client(config, plugins, service, checkpoint, run_dir)
     tokenizer = training_client.get_tokenizer()
     renderer = plugins.resolve_renderer(config, tokenizer)
-    data = render_training_data(records, renderer, config, plugins)
-    note, warning = data.stats.describe(config.max_length)
-    plugins.note(config, note)
-    if warning:
-        plugins.warn(config, warning)
+    checked.wait(len(records) <= rendering.WAIT_FOR_CHECK_UP_TO)
     start_step = checkpoint.step if checkpoint else 0
+    data = render_training_data(records, renderer, config, plugins, tokenizer, start_step)
+    data.check = checked
+    report_counts(data, config, plugins)
     num_steps = config.num_steps or (config.num_epochs or 1) * data.steps_per_epoch
     if start_step > num_steps:
         raise ConfigError(f"--resume: the last checkpoint is at step {start_step}, past num_steps={num_steps}")
@@ -65,6 +77,23 @@ async def prepare(config: RunConfig, plugins: Plugins, run_dir: Path, resuming: 
         steps_per_epoch=data.steps_per_epoch,
     )
     return Prepared(run, data, plugins.make_step_executor(config, training_client), checkpoint)
+
+
+def report_counts(data: TrainingData, config: RunConfig, plugins: Plugins) -> None:
+    """The data counts: exact when every record is rendered (small data, or a full cache),
+    else where the rest comes from (the counts of what was rendered follow at the end)."""
+    stats = data.stats
+    if not stats.complete:
+        plugins.note(
+            config,
+            f"data: {stats.total} records; rendering runs ahead of training "
+            f"({stats.rendered} in the cache {data.cache.directory}); counts at the end",
+        )
+        return
+    note, warning = stats.describe(config.max_length)
+    plugins.note(config, note)
+    if warning:
+        plugins.warn(config, warning)
 
 
 def resume_point(config: RunConfig, plugins: Plugins, run_dir: Path, resuming: bool) -> CheckpointRecord | None:

@@ -30,8 +30,10 @@ RESULT_KEYS = (
     "learning_rate", "use_recommended_lr", "lr_schedule", "warmup_steps", "warmup_ratio", "min_lr",
     "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "grad_clip_norm", "batch_size",
     "num_steps", "num_epochs", "max_length", "overlong", "train_on_what", "loss_reduction", "seed",
-    "data.train",
+    "data.train", "data_fingerprint.train",
 )
+# Keys that run dirs made before them lack: compared only where the saved config has them.
+ADDED_KEYS = ("data_fingerprint.train",)
 
 
 def check_run_dir(run_dir: Path, resume: bool, resume_command: str) -> None:
@@ -121,6 +123,8 @@ def check_resume_config(
     changed = []
     for key in keys:
         old, new = _get(saved, key), _get(current, key)
+        if old is None and key in ADDED_KEYS:
+            continue
         if old != new:
             changed.append(f"{key}: {json.dumps(old)} -> {json.dumps(new)}")
     if changed:

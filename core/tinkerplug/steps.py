@@ -67,7 +67,8 @@ class Steps:
     async def evaluate(self, step: int) -> None:
         """Evaluators on the weights after ``step`` updates; logged with that step's row."""
         if self.run.plugins.evaluators():
-            self.state.eval_metrics[step] = await run_evaluators(eval_context_for_step(self.run, step), self.run.plugins)
+            with self.data.paused():  # evaluators use the tokenizer the renderer uses
+                self.state.eval_metrics[step] = await run_evaluators(eval_context_for_step(self.run, step), self.run.plugins)
 
     def finish(self, results: list[StepResult]) -> None:
         """Log the steps that finished, in order."""

@@ -19,9 +19,11 @@ from typing import Any
 
 from tinkerplug import rundir
 from tinkerplug.config import RunConfig
+from tinkerplug.data import Records, open_training_data
 from tinkerplug.errors import TinkerplugError
 from tinkerplug.plugins import Plugins
 from tinkerplug.prepare import Prepared, prepare
+from tinkerplug.rendering import TrainingData
 from tinkerplug.steps import LoopState, Steps, stop_on_sigint
 from tinkerplug.watchdog import watch_for_stalls
 
@@ -43,12 +45,18 @@ async def train(config: RunConfig, plugins: Plugins, resume_command: str | None 
     command = resume_command or default_resume_command(config)
     rundir.check_run_dir(run_dir, config.resume, command)
     resuming = config.resume and (run_dir / rundir.CONFIG_JSON).is_file()
+    records, counts = open_training_data(config, plugins)  # indexed, not parsed: fast
+    config.set_data_counts(counts)  # written to config.json
+    if len(counts) > 1:
+        from tinkerplug.mixture import describe
+
+        plugins.note(config, f"data mixture: {describe(counts)}")
     if resuming:  # before the lock, which rewrites .lock: a refused resume touches nothing
-        rundir.check_resume_config(run_dir, config.to_json(), command, config.result_keys())
+        rundir.check_resume_config(run_dir, run_json(config, records), command, config.result_keys())
     with contextlib.ExitStack() as locks:
         if resuming:
             locks.callback(rundir.RunDirLock(run_dir).acquire().release)
-        prepared = await prepare(config, plugins, run_dir, resuming)
+        prepared = await prepare(config, plugins, run_dir, resuming, records)
         if isinstance(prepared, dict):  # already finished: nothing to open
             return prepared
         if not resuming:  # inputs are good: only now does the run dir come into being
@@ -66,8 +74,9 @@ async def open_and_run(prepared: Prepared, command: str) -> dict[str, Any]:
     steps = Steps(run, prepared.data, prepared.executor, state)
     config_file = run.run_dir / rundir.CONFIG_JSON
     if not config_file.exists():
-        rundir.atomic_write_text(config_file, json.dumps(config.to_json(), indent=2) + "\n")
+        rundir.atomic_write_text(config_file, json.dumps(run_json(config, prepared.data.records), indent=2) + "\n")
     summary: dict[str, Any] = {}
+    prepared.data.start(run.start_step, run.num_steps)
     try:
         plugins.on_run_start(run)
         warn = lambda text: plugins.warn(config, text)  # noqa: E731
@@ -83,7 +92,25 @@ async def open_and_run(prepared: Prepared, command: str) -> dict[str, Any]:
         tell_how_to_resume(exc, run.run_dir, command, plugins, config)
         raise
     finally:
+        close_data(prepared.data, config, plugins)
         end_run(steps, summary)
+
+
+def run_json(config: RunConfig, records: Records) -> dict[str, Any]:
+    """``config.json``: the resolved config and the training data's fingerprint (a resume on
+    an edited file is refused like a changed setting: ``data_fingerprint.train``)."""
+    return {**config.to_json(), "data_fingerprint": {"train": records.fingerprint()}}
+
+
+def close_data(data: TrainingData, config: RunConfig, plugins: Plugins) -> None:
+    """Stop rendering ahead, keep what was rendered; say the counts a streamed run knows now."""
+    complete = data.stats.complete
+    data.close()
+    if not complete:
+        note, warning = data.stats.describe(config.max_length)
+        plugins.note(config, note)
+        if warning:
+            plugins.warn(config, warning)
 
 
 async def finish(steps: Steps) -> None:
