@@ -111,7 +111,7 @@ def create_service_client(config: RunConfig, run_dir: str) -> Any | None:
     """
 
 
-# -- data: the prepare phase reads and renders every record before the run dir exists ----------
+# -- data: records opened in the prepare phase, examples rendered ahead of the steps (cached) ----
 
 
 @hookspec(firstresult=True)
