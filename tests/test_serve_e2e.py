@@ -6,6 +6,7 @@ unmodified, reaching the server through the SDK's ``TINKER_BASE_URL``."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -90,8 +91,26 @@ def test_run_killed_with_its_server_resumes_exactly_and_exports(tmp_path):
         exported = run_cli("export", str(work / "run"), "--out", str(out), env=env)
         assert exported.returncode == 0, exported.stderr[-3000:]
         _assert_adapter_matches_sampler(out, server, final["sampler_path"])
+        _assert_eval_and_chat_match_the_local_run(work / "run", reference / "run", got[8], env)
     finally:
         server.stop()
+
+
+def _assert_eval_and_chat_match_the_local_run(remote: Path, local: Path, final: dict, env: dict) -> None:
+    """``tinkerplug eval`` and ``chat`` on the tinker backend's checkpoint: the run's own final
+    evals again, and the same greedy reply as the local backend's identical run."""
+    evaluated = run_cli("eval", str(remote), "-p", "no:inspect", env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    saved = json.loads((remote / "evals" / "step-8.json").read_text())["metrics"]
+    for key in ("eval/nll/loss", "eval/heldout/exact_match"):
+        assert math.isclose(saved[key], final[key], rel_tol=1e-5, abs_tol=1e-9), key
+    prompt = json.loads((DATA / "fast_heldout.jsonl").read_text().splitlines()[0])["messages"][0]["content"]
+    replies = [
+        run_cli("chat", str(run_dir), "--prompt", prompt, "--temperature", "0", "--max-tokens", "8", env=env)
+        for run_dir in (remote, local)
+    ]
+    assert all(r.returncode == 0 for r in replies), [r.stderr[-2000:] for r in replies]
+    assert replies[0].stdout == replies[1].stdout and replies[0].stdout.strip()
 
 
 def _assert_adapter_matches_sampler(adapter: Path, server: Server, sampler_path: str) -> None:

@@ -94,6 +94,7 @@ def report_counts(data: TrainingData, config: RunConfig, plugins: Plugins) -> No
     plugins.note(config, note)
     if warning:
         plugins.warn(config, warning)
+    data.counts_reported = True
 
 
 def resume_point(config: RunConfig, plugins: Plugins, run_dir: Path, resuming: bool) -> CheckpointRecord | None:

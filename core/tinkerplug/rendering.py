@@ -142,6 +142,7 @@ class TrainingData:
         self.plugins = plugins
         self.cache = cache
         self.plan = BatchPlan(len(records), config.batch_size, config.seed)
+        self.counts_reported = False  # at start-up; else the counts follow at the end
         self._checked = False
         self._lock = threading.Lock()
         self.check: BackgroundCheck | None = None  # the records' parse check, when one runs

@@ -61,11 +61,12 @@ class SavedCheckpoint:
             )
         return self._training_client
 
-    def close(self) -> None:
-        """Stop the backend's workers (the local backend has threads; Tinker has nothing to stop)."""
+    def close(self, status: str = "success") -> None:
+        """Finish the backend session: the SDK's ``close(status)`` ends a Tinker session and its
+        heartbeats; the local backend's stops its worker threads."""
         close = getattr(self.service, "close", None)
         if callable(close):
-            close()
+            wait_backend(close(status), "could not close the backend session")
 
     def base_sampling_client(self) -> Any:
         """A sampling client on the base model, for comparisons."""
@@ -88,9 +89,25 @@ def open_checkpoint(
         service.create_sampling_client(model_path=record.sampler_path),
         f"could not open the step-{record.step} sampler weights {record.sampler_path}",
     )
-    tokenizer = sampling_client.get_tokenizer()
+    tokenizer = run_tokenizer(config, sampling_client)
     renderer = plugins.resolve_renderer(config, tokenizer)
     return SavedCheckpoint(config, plugins, run_dir, record, service, sampling_client, tokenizer, renderer)
+
+
+def run_tokenizer(config: RunConfig, sampling_client: Any) -> Any:
+    """The tokenizer the run trained with: a shipped model's or a local model dir's own files
+    when ``base_model`` is one, else the backend's (the SDK's ``get_tokenizer`` looks the model
+    name up on the Hugging Face hub, where a shipped name like ``tiny-chat`` does not exist)."""
+    from tinkerplug.models import shipped_model_dir
+
+    local = shipped_model_dir(config.base_model)
+    if local is None and Path(config.base_model).expanduser().is_dir():
+        local = Path(config.base_model).expanduser()
+    if local is None:
+        return sampling_client.get_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(local))
 
 
 def wait_backend(future: Any, what: str) -> Any:

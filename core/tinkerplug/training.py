@@ -19,6 +19,7 @@ from typing import Any
 
 from tinkerplug import rundir
 from tinkerplug.config import RunConfig
+from tinkerplug.context import RunContext
 from tinkerplug.data import Records, open_training_data
 from tinkerplug.errors import TinkerplugError
 from tinkerplug.plugins import Plugins
@@ -94,6 +95,7 @@ async def open_and_run(prepared: Prepared, command: str) -> dict[str, Any]:
     finally:
         close_data(prepared.data, config, plugins)
         end_run(steps, summary)
+        close_service(run, summary)
 
 
 def run_json(config: RunConfig, records: Records) -> dict[str, Any]:
@@ -103,10 +105,10 @@ def run_json(config: RunConfig, records: Records) -> dict[str, Any]:
 
 
 def close_data(data: TrainingData, config: RunConfig, plugins: Plugins) -> None:
-    """Stop rendering ahead, keep what was rendered; say the counts a streamed run knows now."""
-    complete = data.stats.complete
+    """Stop rendering ahead, keep what was rendered; say the counts a streamed run knows now
+    (of every record when the run rendered them all, else of those rendered)."""
     data.close()
-    if not complete:
+    if not data.counts_reported:
         note, warning = data.stats.describe(config.max_length)
         plugins.note(config, note)
         if warning:
@@ -178,3 +180,19 @@ def make_summary(steps: Steps, interrupted: bool, command: str) -> dict[str, Any
             for key in sorted({k for r in evals for k in r if k.startswith("eval/")})
         }
     return summary
+
+
+def close_service(run: RunContext, summary: dict[str, Any]) -> None:
+    """Finish the backend session with how the run ended (the SDK's ``close(status)``: on
+    Tinker it ends the session and its heartbeats; the local backend stops its workers). A
+    backend that does not answer within 10 s is left to time the session out."""
+    close = getattr(run.service_client, "close", None)
+    if not callable(close):
+        return
+    status = "errored" if "error" in summary else "interrupted" if summary.get("interrupted") else "success"
+    try:
+        closing = close(status)
+        if hasattr(closing, "future"):
+            closing.future().result(timeout=10)
+    except Exception as exc:  # noqa: BLE001 - the run itself is over; its own error (if any) is raised
+        run.plugins.warn(run.config, f"could not close the backend session: {type(exc).__name__}: {exc}")

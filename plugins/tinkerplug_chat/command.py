@@ -44,9 +44,7 @@ def chat_command(
         else:
             _interactive(conversations, saved)
     finally:
-        close = getattr(saved.service, "close", None)
-        if callable(close):
-            close()
+        saved.close()
 
 
 def _turn(conversations: list, text: str) -> None:
