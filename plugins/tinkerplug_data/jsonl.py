@@ -44,7 +44,6 @@ class JsonlRecords:
         if len(self._starts) == 0:
             raise DataError(f"{what} file {path} has no records", hint='add one {"messages": [...]} object per line')
         self._fd = os.open(path, os.O_RDONLY)
-        self[0]  # the first record is converted first: a format detected from it is the file's
 
     def __len__(self) -> int:
         return len(self._starts)
