@@ -19,14 +19,15 @@ async def await_result(future: Any) -> Any:
     return future
 
 
-def wait_result(future: Any) -> Any:
+def wait_result(future: Any, timeout: float | None = None) -> Any:
     """Block on an SDK future, or take a plain value as is. For code that runs synchronously
     inside an evaluator (``EvalContext.sampling_client``), that is inside a running event loop:
     the SDK's ``result()`` logs a warning with a stack trace there, so this blocks on the
-    future's ``concurrent.futures.Future`` (``future()``, the SDK's way for blocking code)."""
+    future's ``concurrent.futures.Future`` (``future()``, the SDK's way for blocking code).
+    ``timeout`` (seconds): ``TimeoutError`` when the backend has not answered by then."""
     if not hasattr(future, "result_async"):
         return future
-    return future.future().result() if hasattr(future, "future") else future.result()
+    return future.future().result(timeout) if hasattr(future, "future") else future.result(timeout)
 
 
 async def backend_call(make: Callable[[], Any], what: str, hint: str | None = None) -> Any:

@@ -63,10 +63,11 @@ class SavedCheckpoint:
 
     def close(self, status: str = "success") -> None:
         """Finish the backend session: the SDK's ``close(status)`` ends a Tinker session and its
-        heartbeats; the local backend's stops its worker threads."""
+        heartbeats; the local backend's stops its worker threads. As at the end of a run, a
+        backend that does not answer within 10 s is left to time the session out."""
         close = getattr(self.service, "close", None)
         if callable(close):
-            wait_backend(close(status), "could not close the backend session")
+            wait_backend(close(status), "could not close the backend session", timeout=10)
 
     def base_sampling_client(self) -> Any:
         """A sampling client on the base model, for comparisons."""
@@ -110,12 +111,12 @@ def run_tokenizer(config: RunConfig, sampling_client: Any) -> Any:
     return AutoTokenizer.from_pretrained(str(local))
 
 
-def wait_backend(future: Any, what: str) -> Any:
+def wait_backend(future: Any, what: str, timeout: float | None = None) -> Any:
     """Block on an SDK future (or take a plain value); backend failures as one ``BackendError``."""
     from tinkerplug.backend_calls import wait_result
 
     try:
-        return wait_result(future)
+        return wait_result(future, timeout)
     except TinkerplugError:
         raise
     except Exception as exc:  # noqa: BLE001 - the backend's own error types

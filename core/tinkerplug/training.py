@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tinkerplug import rundir
+from tinkerplug.backend_calls import wait_result
 from tinkerplug.config import RunConfig
 from tinkerplug.context import RunContext
 from tinkerplug.data import Records, open_training_data
@@ -191,8 +192,6 @@ def close_service(run: RunContext, summary: dict[str, Any]) -> None:
         return
     status = "errored" if "error" in summary else "interrupted" if summary.get("interrupted") else "success"
     try:
-        closing = close(status)
-        if hasattr(closing, "future"):
-            closing.future().result(timeout=10)
+        wait_result(close(status), timeout=10)
     except Exception as exc:  # noqa: BLE001 - the run itself is over; its own error (if any) is raised
         run.plugins.warn(run.config, f"could not close the backend session: {type(exc).__name__}: {exc}")
