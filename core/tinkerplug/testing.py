@@ -117,15 +117,21 @@ class TinkerplugRunner:
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
         return path
 
-    def write_config(self, text: str = "", name: str = "config.toml", train: str | Path | None = None, **keys: Any) -> Path:
+    def write_config(
+        self, text: str = "", name: str = "config.toml", train: str | Path | None = None,
+        heldout: str | Path | None = None, **keys: Any,
+    ) -> Path:
         """A short real run on tiny-chat (4 steps of 4 examples, run dir ``./run``); ``keys``
         replace top-level keys (None removes one), ``text`` is appended (tables). Without
-        ``train``, a default data file is written beside it."""
+        ``train``, ``train.jsonl`` (written by ``write_data`` if missing) is the training data;
+        ``heldout`` adds held-out data (the first-party ``heldout`` evaluator then runs)."""
         if train is None:
             train = self.path / "train.jsonl" if (self.path / "train.jsonl").is_file() else self.write_data()
         values = {**DEFAULT_KEYS, **keys}
         lines = [f"{k} = {_toml(v)}" for k, v in values.items() if v is not None]
         lines += ["", "[data]", f"train = {_toml(str(train))}"]
+        if heldout is not None:
+            lines.append(f"heldout = {_toml(str(heldout))}")
         path = self.path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(lines) + "\n" + text)
