@@ -25,10 +25,8 @@ import asyncio
 import datetime
 import inspect
 import os
-import socket
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -52,39 +50,6 @@ def public_methods() -> list[tuple[str, str]]:
         cls = getattr(tinker, cls_name)
         found += [(cls_name, name) for name in sorted(dir(cls)) if not name.startswith("_")]
     return found
-
-
-# -- the server ----------------------------------------------------------------------------------
-
-
-class InProcessServer:
-    """``tinkerplug serve``'s app under uvicorn on a thread: the same routes, no process."""
-
-    def __init__(self, checkpoint_dir: Path):
-        import uvicorn
-
-        from tinkerplug_local.server.app import create_app
-        from tinkerplug_local.server.state import ServerState
-
-        self.state = ServerState(checkpoint_dir, device="cpu")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(create_app(self.state, [KEY]), host="127.0.0.1", port=port, log_level="error")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 60
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the in-process server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(30)
-        self.state.close()
 
 
 # -- calling ----------------------------------------------------------------------------------------
@@ -313,7 +278,9 @@ def measure() -> list[tuple[str, str, str, str]]:
     """(class, method, outcome, detail) for every public method, in a fresh server."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="tinkerplug-conformance-") as tmp:
-        server = InProcessServer(Path(tmp) / "checkpoints")
+        from tinkerplug_local.server.thread import ThreadServer
+
+        server = ThreadServer(Path(tmp) / "checkpoints", api_keys=[KEY])
         try:
             context = Context(server.url)
             table = calls(context)
