@@ -46,7 +46,12 @@ def hooks_page() -> str:
 
 
 def _help(command: click.Command, name: str, parent: click.Context | None) -> str:
-    ctx = click.Context(command, info_name=name, parent=parent, terminal_width=WIDTH, max_content_width=WIDTH)
+    # The command's context_settings (`-h` for help), as `tinkerplug --help` applies them: click
+    # caches the help option of a command once invoked, so without them the page would depend
+    # on whether a command ran in this process before.
+    ctx = click.Context(
+        command, info_name=name, parent=parent, terminal_width=WIDTH, max_content_width=WIDTH, **command.context_settings
+    )
     return command.get_help(ctx)
 
 
@@ -59,7 +64,7 @@ def _own(command: click.Command) -> bool:
 def cli_page() -> str:
     from tinkerplug.cli import cli
 
-    root = click.Context(cli, info_name="tinkerplug", terminal_width=WIDTH, max_content_width=WIDTH)
+    root = click.Context(cli, info_name="tinkerplug", terminal_width=WIDTH, max_content_width=WIDTH, **cli.context_settings)
     parts = [CLI_INTRO, f"## `tinkerplug`\n\n```text\n{_help(cli, 'tinkerplug', None)}\n```\n"]
     for name in sorted(cli.commands):
         command = cli.commands[name]

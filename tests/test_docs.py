@@ -4,16 +4,14 @@ generated reference pages match the code, the plugin-authoring example works as 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, write_config
+from conftest import ROOT
 from tinkerplug.plugins import hook_signature, hookspec_functions
 
 DOCS = ROOT / "docs"
@@ -49,24 +47,22 @@ def test_the_reference_documents_no_hook_that_does_not_exist():
     assert documented == [name for name, _ in hookspec_functions()], REGENERATE
 
 
-def test_the_authoring_example_plugin_runs_and_its_test_passes(tmp_path):
-    """The docs' plugin and its test, copied verbatim, pass in a fresh directory."""
-    guide = page("how-to/write-a-plugin.md")
-    (tmp_path / "reply_length.py").write_text(python_block(guide, "# reply_length.py"))
-    (tmp_path / "test_reply_length.py").write_text(python_block(guide, "# test_reply_length.py"))
-    write_config(tmp_path, "enabled = false\n", batch_size=4)  # appended to [heldout]: only this evaluator runs
-    bin_dir = str(Path(sys.executable).parent)  # where `tinkerplug` is installed
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+@pytest.mark.slow  # a pytest run of its own: the docs' test as a plugin author runs it
+def test_the_authoring_example_plugin_runs_and_its_test_passes(tmp_path, tinkerplug_runner):
+    """The docs' plugin and its test (on the ``tinkerplug.testing`` harness), copied verbatim,
+    pass in a fresh directory."""
+    (tmp_path / "reply_length.py").write_text(python_block(page("how-to/write-a-plugin.md"), "# reply_length.py"))
+    (tmp_path / "test_reply_length.py").write_text(python_block(page("how-to/test-plugins.md"), "# test_reply_length.py"))
+    # -p names the harness as a conftest.py would: a venv installed before its pytest11 entry
+    # point existed has no entry point (the same name, so with one it registers once).
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_reply_length.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tinkerplug.testing", "test_reply_length.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    listing = subprocess.run(
-        [sys.executable, "-m", "tinkerplug.cli", "plugins", "--json", "--hook", "evaluate", "-p", "reply_length.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
-    )
-    assert json.loads(listing.stdout)[0]["name"] == "project:reply_length"
+    assert "2 passed" in result.stdout
+    listing = tinkerplug_runner.invoke("plugins", "--json", "--hook", "evaluate", "-p", "reply_length.py", cwd=tmp_path)
+    assert listing.json()[0]["name"] == "project:reply_length"
 
 
 def test_generated_reference_pages_match_the_code():
