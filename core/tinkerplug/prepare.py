@@ -16,7 +16,7 @@ from tinkerplug.backend_calls import backend_call
 from tinkerplug.config import RunConfig
 from tinkerplug.context import CheckpointRecord, RunContext, StepExecutor
 from tinkerplug.data import Records, heldout_source
-from tinkerplug.checkpoint_refs import check_same_base, resolve_checkpoint
+from tinkerplug.checkpoint_refs import check_base, check_same_base, resolve_checkpoint
 from tinkerplug.errors import ConfigError
 from tinkerplug.plugins import Plugins
 from tinkerplug import rendering
@@ -140,6 +140,7 @@ async def open_init_from(config: RunConfig, plugins: Plugins, service: Any) -> A
     """A training client on the weights ``init_from`` names, with a fresh optimizer; refused
     when they were trained on another base model or with another LoRA rank."""
     source = resolve_checkpoint(config.init_from, "init_from")
+    check_base(source, config.base_model, "init_from")
     client = await backend_call(
         lambda: service.create_training_client_from_state(source.state_path),
         f"init_from {config.init_from!r}: could not load {source.state_path}",
