@@ -64,8 +64,11 @@ def peak_rss_gb() -> float:
 
 
 def run_tinkerplug(args: argparse.Namespace, records: Path, work: Path) -> dict:
+    import shutil
+
     from tinkerplug import cli
 
+    shutil.rmtree(work / "run", ignore_errors=True)  # the previous round's
     config = work / "config.toml"
     config.write_text("\n".join([
         f"base_model = {json.dumps(args.model_dir)}", 'objective = "rl"', f"lora_rank = {args.rank}",
