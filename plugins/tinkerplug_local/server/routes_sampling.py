@@ -62,11 +62,12 @@ async def asample(request: Request) -> Any:
     options: dict[str, Any] = {name: getattr(body, name) for name in OPTIONS if getattr(body, name)}
     if body.target_prompt_logprobs is not None:
         options["target_prompt_logprobs"] = types.TensorData(**body.target_prompt_logprobs.model_dump())
+    ids = [uuid.uuid4().hex for _ in range(body.num_samples)]  # fixed at submission, as the SDK expects
     future = call(
         sampler.client.sample, body.prompt, body.num_samples, body.sampling_params,
-        include_prompt_logprobs=bool(body.prompt_logprobs), **options,
+        include_prompt_logprobs=bool(body.prompt_logprobs), record_stability_info=bool(body.record_stability_info),
+        sequence_ids=ids, **options,
     )
-    ids = [uuid.uuid4().hex for _ in range(body.num_samples)]
     return submitted(state, future, encode_sample_response, sample_sequence_ids=ids)
 
 

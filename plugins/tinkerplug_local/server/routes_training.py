@@ -96,7 +96,10 @@ async def forward_backward(request: Request) -> Any:
     model = _model(state, model_id, request)
     kind = "forward" if forward_only else "forward_backward"
     release = state.release_time(model, kind)
-    future = call(getattr(model.client, kind), data, loss_fn, config)
+    try:  # the request's own checks (loss, config, datums, provenance) run here: a 400 naming the datum
+        future = getattr(model.client, kind)(data, loss_fn, config)
+    except (ValueError, TypeError, KeyError, NotImplementedError) as exc:
+        raise HTTPError(400, f"{endpoint(request)}: {exc}") from None
     return submitted(state, future, encode_forward_backward_output, model_id, release)
 
 

@@ -93,6 +93,7 @@ class ServerState:
         # The local client writes its checkpoints under its model_id: make it the SDK's id,
         # so the tinker:// paths name the run the client knows.
         client.model_id = model_id
+        client.session = session_of(model_id)  # stable_reinforce: it trains on its session's samples
         clock = ModelClock(self.clock_s, self.clock_t0) if self.clock_s > 0 else None
         model = Model(client, base_model, rank, dict(user_metadata or {}), clock)
         with self._lock:
@@ -108,6 +109,7 @@ class ServerState:
         return model
 
     def add_sampler(self, sampler_id: str, sampler: Sampler) -> None:
+        sampler.client.recording(self.service.stability, sampler.client._record, session_of(sampler_id))
         with self._lock:
             self.samplers[sampler_id] = sampler
 
@@ -124,3 +126,8 @@ class ServerState:
     def close(self) -> None:
         self.checkpoint_meta.close()
         self.service.close()
+
+
+def session_of(client_id: str) -> str:
+    """The session in a model or sampler id (``SESSION:train:N``, ``SESSION:sample:N``)."""
+    return client_id.split(":", 1)[0]
