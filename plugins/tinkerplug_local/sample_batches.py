@@ -91,7 +91,8 @@ def _generate_all(model: Any, host: Any, rows: list[Any]) -> None:
     from tinkerplug_local.generate import generate
 
     pad_id = host.tokenizer.pad_token_id or 0
-    ordered = sorted(rows, key=lambda r: len(r.prompt))  # similar lengths together: less padding
+    # Similar lengths together (less padding), equal prompts next to each other (one prefill).
+    ordered = sorted(rows, key=lambda r: (len(r.prompt), r.prompt))
     for start in range(0, len(ordered), MAX_BATCH_ROWS):
         generate(model, ordered[start : start + MAX_BATCH_ROWS], pad_id, host.tokenizer, host.device)
 
