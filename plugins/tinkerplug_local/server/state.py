@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinkerplug_local.server.checkpoint_meta import CheckpointMeta
 from tinkerplug_local.server.clock import ModelClock
 from tinkerplug_local.server.futures import FutureTable
 from tinkerplug_local.server.paths import CheckpointPaths
@@ -45,6 +46,9 @@ class ServerState:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.service = ServiceClient(checkpoint_dir=checkpoint_dir, device=device, dtype=dtype, **backend)
         self.paths = CheckpointPaths(self.service.store.root)
+        self.checkpoint_meta = CheckpointMeta(self.paths.root)  # TTLs and public flags
+        self.paths.before_lookup = self.checkpoint_meta.sweep
+        self.session_info: dict[str, dict[str, Any]] = {}  # kept after a session finishes, for get/list/search
         self.futures = FutureTable()
         self.clock_s = clock_ms / 1000.0
         self.clock_t0 = time.perf_counter()
@@ -120,6 +124,7 @@ class ServerState:
         return model.clock.release_time(request) if model.clock is not None else None
 
     def close(self) -> None:
+        self.checkpoint_meta.close()
         self.service.close()
 
 
