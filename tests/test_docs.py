@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, write_config
-from tinkerplug.plugins import hook_signature, hookspec_functions
+from tinkerplug.hook_docs import hook_signature, hookspec_functions
 
 README = ROOT / "README.md"
 REGENERATE = "regenerate the README's hooks section with `tinkerplug hooks --markdown`"

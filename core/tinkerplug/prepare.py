@@ -14,13 +14,13 @@ from typing import Any
 from tinkerplug import rundir
 from tinkerplug.backend_calls import backend_call
 from tinkerplug.config import RunConfig
-from tinkerplug.context import CheckpointRecord, RunContext, StepExecutor
+from tinkerplug.hook_types import CheckpointRecord, RunContext, StepExecutor
 from tinkerplug.data import Records, heldout_source
 from tinkerplug.errors import ConfigError
 from tinkerplug.plugins import Plugins
-from tinkerplug import rendering
+from tinkerplug import training_data
 from tinkerplug.record_check import BackgroundCheck, check_records
-from tinkerplug.rendering import TrainingData, render_training_data
+from tinkerplug.training_data import TrainingData, render_training_data
 
 
 @dataclass
@@ -43,7 +43,7 @@ async def prepare(
         plugins.note(config, f"{run_dir} already finished (final checkpoint at step {checkpoint.step}): nothing to do")
         return {"run_dir": str(run_dir), "steps_run": 0, "num_steps": checkpoint.step, "interrupted": False}
     # Every record is parsed in a thread while the model loads; a big file from step 0 on.
-    checked = BackgroundCheck(records, start=len(records) <= rendering.WAIT_FOR_CHECK_UP_TO)
+    checked = BackgroundCheck(records, start=len(records) <= training_data.WAIT_FOR_CHECK_UP_TO)
     try:
         return await _prepare_checked(config, plugins, run_dir, records, checkpoint, checked)
     except BaseException:
@@ -63,7 +63,7 @@ async def _prepare_checked(
     training_client = await open_training_client(config, plugins, service, checkpoint, run_dir)
     tokenizer = training_client.get_tokenizer()
     renderer = plugins.resolve_renderer(config, tokenizer)
-    checked.wait(len(records) <= rendering.WAIT_FOR_CHECK_UP_TO)
+    checked.wait(len(records) <= training_data.WAIT_FOR_CHECK_UP_TO)
     start_step = checkpoint.step if checkpoint else 0
     data = render_training_data(records, renderer, config, plugins, tokenizer, start_step)
     data.check = checked

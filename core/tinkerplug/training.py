@@ -20,12 +20,12 @@ from typing import Any
 from tinkerplug import rundir
 from tinkerplug.backend_calls import wait_result
 from tinkerplug.config import RunConfig
-from tinkerplug.context import RunContext
+from tinkerplug.hook_types import RunContext
 from tinkerplug.data import Records, open_training_data
 from tinkerplug.errors import TinkerplugError
 from tinkerplug.plugins import Plugins
 from tinkerplug.prepare import Prepared, prepare
-from tinkerplug.rendering import TrainingData
+from tinkerplug.training_data import TrainingData
 from tinkerplug.steps import LoopState, Steps, stop_on_sigint
 from tinkerplug.watchdog import watch_for_stalls
 

@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any
 
 import tinkerplug
-from tinkerplug.context import StepResult
+from tinkerplug.hook_types import StepResult
 from tinkerplug.step_results import step_result
 
 LOSS_FN = "cross_entropy"
