@@ -1,5 +1,6 @@
-"""The README documents what the code does: every hook with its exact signature, and the
-plugin-authoring example works as printed (datasette's approach: docs that drift fail CI)."""
+"""The docs site documents what the code does: every hook with its exact signature, the
+generated reference pages match the code, the plugin-authoring example works as printed
+(datasette's approach: docs that drift fail CI), and `mkdocs build --strict` is clean."""
 
 from __future__ import annotations
 
@@ -15,43 +16,42 @@ import pytest
 from conftest import ROOT, write_config
 from tinkerplug.hook_docs import hook_signature, hookspec_functions
 
-README = ROOT / "README.md"
-REGENERATE = "regenerate the README's hooks section with `tinkerplug hooks --markdown`"
+DOCS = ROOT / "docs"
+REGENERATE = "regenerate the reference pages with `python scripts/gen_docs.py`"
 
 
-def section(name: str) -> str:
-    text = README.read_text(encoding="utf-8")
-    match = re.search(rf"<!-- section: {name} -->(.*?)<!-- /section: {name} -->", text, re.S)
-    assert match, f"README.md has no `{name}` section"
-    return match.group(1)
+def page(rel: str) -> str:
+    path = DOCS / rel
+    assert path.is_file(), f"docs/{rel} is missing"
+    return path.read_text(encoding="utf-8")
 
 
 def python_block(text: str, first_line: str) -> str:
     """The ```python block of ``text`` whose first line is ``first_line``."""
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     found = [b for b in blocks if b.startswith(first_line + "\n")]
-    assert len(found) == 1, f"README: expected one python block starting with {first_line!r}"
+    assert len(found) == 1, f"docs: expected one python block starting with {first_line!r}"
     return found[0]
 
 
 @pytest.mark.parametrize("name, func", hookspec_functions(), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_hook_is_documented_with_its_signature(name, func):
-    reference = section("hooks")
-    assert f"### `{name}`" in reference, f"hook {name} is missing from the README hook reference; {REGENERATE}"
+    reference = page("reference/hooks.md")
+    assert f"### `{name}`" in reference, f"hook {name} is missing from docs/reference/hooks.md; {REGENERATE}"
     assert f"\n{hook_signature(name, func)}\n" in reference, (
-        f"the README shows another signature for {name} than hookspecs.py "
+        f"docs/reference/hooks.md shows another signature for {name} than hookspecs.py "
         f"({hook_signature(name, func)}); {REGENERATE}"
     )
 
 
 def test_the_reference_documents_no_hook_that_does_not_exist():
-    documented = re.findall(r"^### `(\w+)`", section("hooks"), re.M)
+    documented = re.findall(r"^### `(\w+)`", page("reference/hooks.md"), re.M)
     assert documented == [name for name, _ in hookspec_functions()], REGENERATE
 
 
 def test_the_authoring_example_plugin_runs_and_its_test_passes(tmp_path):
-    """The README's plugin and its test, copied verbatim, pass in a fresh directory."""
-    guide = section("plugins")
+    """The docs' plugin and its test, copied verbatim, pass in a fresh directory."""
+    guide = page("how-to/write-a-plugin.md")
     (tmp_path / "reply_length.py").write_text(python_block(guide, "# reply_length.py"))
     (tmp_path / "test_reply_length.py").write_text(python_block(guide, "# test_reply_length.py"))
     write_config(tmp_path, "enabled = false\n", batch_size=4)  # appended to [heldout]: only this evaluator runs
@@ -67,3 +67,21 @@ def test_the_authoring_example_plugin_runs_and_its_test_passes(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )
     assert json.loads(listing.stdout)[0]["name"] == "project:reply_length"
+
+
+def test_generated_reference_pages_match_the_code():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from gen_docs import stale_pages
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    assert stale_pages() == [], REGENERATE
+
+
+def test_mkdocs_build_is_strictly_clean(tmp_path):
+    """Broken links, pages missing from the nav and nav entries without a page all fail."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"), "-d", str(tmp_path / "site")],
+        cwd=ROOT, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -180,7 +180,7 @@ def test_installed_plugin_takes_effect_in_a_run(with_example_installed, tmp_path
 
 
 def test_the_example_package_own_tests_pass_once_installed(with_example_installed):
-    """Its tests are the README's advice on testing a hook without training: keep them working."""
+    """Its tests are the docs' advice on testing a hook without training: keep them working."""
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(EXAMPLE_PACKAGE),
          str(EXAMPLE_PACKAGE / "tests")],
