@@ -4,7 +4,8 @@ Runs one real step of a tiny run (tiny-chat, local backend, tests/data/fast_trai
 profiler on the main thread, from ``tinkerplug.training.train`` until the first training step
 is submitted, and prints: the core modules touched, the stops (each core function counted at its
 first call, as a reader meets it; consecutive functions of one module are one stop) and the
-returns (stops in a module already left once).
+returns (stops in a module already left once); and the jumps: calls from one core module into
+another (each callee at its first call), and how many land in a module entered before.
 
     python scripts/walk_to_first_step.py [--list]
 """
@@ -26,6 +27,7 @@ class Walk:
 
     def __init__(self) -> None:
         self.stops: list[str] = []
+        self.jumps: list[str] = []  # calls from one core module into another (first call of each callee)
         self.read: set[object] = set()  # functions already met: a reader reads each one once
         self.done = False
 
@@ -41,6 +43,14 @@ class Walk:
         self.read.add(frame.f_code)
         if not self.stops or self.stops[-1] != module:
             self.stops.append(module)
+        caller = frame.f_back.f_globals.get("__name__", "") if frame.f_back is not None else ""
+        if caller != module and (caller == "tinkerplug" or caller.startswith("tinkerplug.")):
+            self.jumps.append(module)
+
+
+def returns(modules: list[str]) -> int:
+    """How many entries of ``modules`` name a module that came earlier."""
+    return sum(module in modules[:i] for i, module in enumerate(modules))
 
 
 def config_text(run_dir: Path) -> str:
@@ -68,14 +78,10 @@ def main() -> None:
             asyncio.run(train(config, plugins))
         finally:
             sys.setprofile(None)
-    seen: set[str] = set()
-    returns = 0
-    for module in walk.stops:
-        returns += module in seen
-        seen.add(module)
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, load {os.getloadavg()[0]:.1f}")
-    print(f"core modules touched before the first step: {len(seen)}")
-    print(f"stops: {len(walk.stops)}, returns to a module already left: {returns}")
+    print(f"core modules touched before the first step: {len(set(walk.stops))}")
+    print(f"stops: {len(walk.stops)}, returns to a module already left: {returns(walk.stops)}")
+    print(f"jumps from one core module into another: {len(walk.jumps)}, into a module entered before: {returns(walk.jumps)}")
     if "--list" in sys.argv:
         print(" -> ".join(m.removeprefix("tinkerplug.") for m in walk.stops))
 

@@ -172,7 +172,6 @@ class RunConfig(BaseModel):
     _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
     _plugin_result_keys: tuple[str, ...] = PrivateAttr(())
     _source: Path | None = PrivateAttr(None)
-    _data_counts: list[dict[str, Any]] | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -204,17 +203,11 @@ class RunConfig(BaseModel):
         plugins declared (``register(name, Model, result_keys=...)``). ``--resume`` keeps them."""
         return RESULT_KEYS + self._plugin_result_keys
 
-    def set_data_counts(self, counts: list[dict[str, Any]]) -> None:
-        """Per training source: path, weight, records, examples (written to ``config.json``)."""
-        self._data_counts = counts
-
     def to_json(self) -> dict[str, Any]:
         """The resolved config as written to ``RUN_DIR/config.json`` (no secrets: keys come
         only from the environment and are never part of the config)."""
         data = self.model_dump(mode="json")
         data["backend"] = self.resolved_backend
-        if self._data_counts is not None:
-            data["data_counts"] = self._data_counts
         if self._source is not None:  # commands on the run dir resolve plugin paths from it
             data["config_file"] = str(self._source)
         for name, section in sorted(self._sections.items()):
