@@ -38,8 +38,13 @@ def plugin_schema(plugins: Plugins) -> PluginSchema:
         _claim(schema.backend_owners, name, owner.name, f"backend {name!r}")
         schema.backends[name] = description
 
+    def register_objective(name: str, description: str = "") -> None:
+        _claim(schema.objective_owners, name, owner.name, f"objective {name!r}")
+        schema.objectives[name] = description
+
     hooks = {"register_config_sections": (plugins.register_config_sections(), register_section),
-             "register_backends": (plugins.register_backends(), register_backend)}
+             "register_backends": (plugins.register_backends(), register_backend),
+             "register_objectives": (plugins.register_objectives(), register_objective)}
     for hook, (calls, register) in hooks.items():
         for owner.name, call in calls:
             try:

@@ -38,7 +38,7 @@ RESULT_KEYS = (
     "learning_rate", "use_recommended_lr", "lr_schedule", "warmup_steps", "warmup_ratio", "min_lr",
     "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "grad_clip_norm", "batch_size",
     "num_steps", "num_epochs", "max_length", "overlong", "train_on_what", "loss_reduction", "seed",
-    "data.train", "data_fingerprint.train",
+    "data.train", "data_fingerprint.train", "objective", "init_from",
 )
 
 
@@ -52,9 +52,11 @@ class PluginSchema:
     result_keys: list[str] = field(default_factory=list)  # dotted: "local.dtype"
     backends: dict[str, str] = field(default_factory=dict)  # name -> description
     backend_owners: dict[str, str] = field(default_factory=dict)
+    objectives: dict[str, str] = field(default_factory=dict)  # name -> description
+    objective_owners: dict[str, str] = field(default_factory=dict)
 
-    def did_you_mean(self, backend: str) -> str:
-        close = difflib.get_close_matches(backend, list(self.backends), n=1)
+    def did_you_mean(self, name: str, among: Any = None) -> str:
+        close = difflib.get_close_matches(name, list(self.backends if among is None else among), n=1)
         return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -126,6 +128,12 @@ class RunConfig(BaseModel):
         "default: tinker when TINKER_API_KEY is set, else local.",
     )
     renderer: str | None = Field(None, description="Cookbook renderer name; default: from the model name.")
+    objective: str = Field(
+        "sft", description="What a step trains for: sft, rl ([rl]), dpo ([dpo]), distill ([distill]), or a plugin's."
+    )
+    init_from: str | None = Field(
+        None, description="Start from these weights (fresh optimizer): RUN_DIR, RUN_DIR:STEP, a state or tinker:// path."
+    )
     lora_rank: int = Field(16, gt=0)
     train_mlp: bool = True
     train_attn: bool = True
@@ -322,6 +330,7 @@ def build_config(
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, file, text, prefix=())) from None
     _check_backend(config, schema, file, text, disabled)
+    _check_objective(config, schema, file, text)
     config._sections = _validate_sections(plugin_tables, schema, file, text)
     config._plugin_result_keys = tuple(schema.result_keys)
     # Paths in the file are relative to it; run_dir to the current directory.
@@ -351,6 +360,18 @@ def _check_backend(
         + schema.did_you_mean(config.backend),
         hint=f"backends: {', '.join(sorted(schema.backends))} "
         "(a plugin adds one with the register_backends hook; `tinkerplug plugins --hook register_backends`)",
+    )
+
+
+def _check_objective(config: RunConfig, schema: PluginSchema, file: Path, text: str) -> None:
+    """``objective`` must be a name some plugin registered (checked only when plugins are known)."""
+    if not schema.objectives or config.objective in schema.objectives:
+        return
+    raise ConfigError(
+        f"{_where(file, text, ('objective',))}: objective {config.objective!r} is not a registered objective"
+        + schema.did_you_mean(config.objective, schema.objectives),
+        hint=f"objectives: {', '.join(sorted(schema.objectives))} "
+        "(a plugin adds one with the register_objectives hook; `tinkerplug plugins --hook register_objectives`)",
     )
 
 

@@ -9,13 +9,16 @@ order a run calls them (first call), grouped by phase (``PHASES`` below):
 | hook | phase | firstresult | required | first-party implementers |
 |---|---|---|---|---|
 | `register_commands` | startup | no | no | chat, commands, eval, local |
-| `register_config_sections` | configuration | no | no | heldout, inspect, local, nll, retention, tensorboard, terminal, tinker, wandb |
+| `register_config_sections` | configuration | no | no | heldout, inspect, local, nll, retention, rl, tensorboard, terminal, tinker, wandb |
 | `register_backends` | configuration | no | no | local, tinker |
+| `register_objectives` | configuration | no | no | rl, sft |
 | `load_records` | prepare | yes | yes | data |
 | `on_message` | prepare | no | no | terminal |
 | `create_service_client` | prepare | yes | yes | local, tinker |
 | `resolve_renderer` | prepare | yes | yes | cookbook |
 | `render_example` | prepare | yes | yes | cookbook, data |
+| `make_objective` | prepare | yes | yes | rl, sft |
+| `register_rewards` | prepare | no | no | rewards |
 | `make_step_executor` | prepare | yes | yes | executors |
 | `on_run_start` | open | no | no | inspect, jsonl, tensorboard, terminal, wandb |
 | `evaluate` | steps | no | no | heldout, inspect, nll |
@@ -42,13 +45,14 @@ Plugins are called last-registered first, so precedence is: project files (``plu
 ``trylast=True`` moves one implementation to the front or the back; ``tinkerplug plugins
 --hook NAME`` prints the order. Wrappers (``wrapper=True``) work on every hook but four
 whose implementations are called one plugin at a time: ``evaluate`` (one failing evaluator
-does not stop the others), ``register_config_sections`` and ``register_backends`` (a name
-two plugins claim is reported with both plugins) and ``register_commands`` (a broken plugin
+does not stop the others), ``register_config_sections``, ``register_backends``,
+``register_objectives`` and ``register_rewards`` (a name two plugins claim is reported with
+both plugins) and ``register_commands`` (a broken plugin
 cannot take the CLI down).
 
 A run needs one implementation each of ``create_service_client``, ``load_records``,
-``resolve_renderer``, ``render_example``, ``lr_for_step`` and ``make_step_executor``;
-disabling the plugin that provides one (``-p no:NAME``) fails when the plugins load, naming
+``resolve_renderer``, ``render_example``, ``make_objective``, ``lr_for_step`` and
+``make_step_executor``; disabling the plugin that provides one (``-p no:NAME``) fails when the plugins load, naming
 what was disabled.
 
 Only ``evaluate`` may be ``async`` (or return an awaitable); the other hooks are called
@@ -68,14 +72,15 @@ if TYPE_CHECKING:
     from tinker_cookbook.renderers import Renderer
 
     from tinkerplug.config import RunConfig
-    from tinkerplug.hook_types import CheckpointRecord, EvalContext, RunContext, StepExecutor
+    from tinkerplug.hook_types import CheckpointRecord, EvalContext, Objective, RunContext, StepExecutor
     from tinkerplug.data import DataSource, Records
+    from tinkerplug.training_data import TrainingData
 
 # (phase, when, its hooks in call order): the order of this module, for the docs.
 PHASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ('startup', 'when the `tinkerplug` command starts', ('register_commands',)),
-    ('configuration', "when a run's config is loaded (`run`, `export`, `eval`)", ('register_config_sections', 'register_backends',)),
-    ('prepare', 'every input read and checked, nothing written', ('load_records', 'on_message', 'create_service_client', 'resolve_renderer', 'render_example', 'make_step_executor',)),
+    ('configuration', "when a run's config is loaded (`run`, `export`, `eval`)", ('register_config_sections', 'register_backends', 'register_objectives',)),
+    ('prepare', 'every input read and checked, nothing written', ('load_records', 'on_message', 'create_service_client', 'resolve_renderer', 'render_example', 'make_objective', 'register_rewards', 'make_step_executor',)),
     ('open', 'the run dir exists', ('on_run_start',)),
     ('steps', 'evals when due, then each step; checkpoints when due', ('evaluate', 'lr_for_step', 'log_metrics', 'on_checkpoint',)),
     ('finish', 'after the last step, or whatever stopped the run', ('on_run_end',)),
@@ -92,13 +97,17 @@ REQUIRED_HOOKS = {
     "render_example": "renders training examples",
     "lr_for_step": "sets the learning rate",
     "make_step_executor": "submits training steps",
+    "make_objective": "makes the training objective",
 }
 
 # Called one implementation at a time, so a wrapper would see no hook call to wrap: each
 # evaluator on its own (one failure does not stop the others), the registering hooks (two
 # plugins claiming one name are both named), and the commands (a broken plugin cannot take
 # the CLI down).
-UNWRAPPABLE_HOOKS = ("register_config_sections", "register_backends", "evaluate", "register_commands")
+UNWRAPPABLE_HOOKS = (
+    "register_config_sections", "register_backends", "register_objectives", "register_rewards", "evaluate",
+    "register_commands",
+)
 
 # -- startup: when the `tinkerplug` command starts ------------------------------------------------
 
@@ -158,6 +167,21 @@ def register_backends(register: Callable[[str, str], None]) -> None:
     same name.
 
     First-party: ``local`` (in-process torch + peft) and ``tinker`` (the remote service).
+    """
+
+
+@hookspec
+def register_objectives(register: Callable[[str, str], None]) -> None:
+    """Add training objectives that ``objective = "NAME"`` in a config may choose.
+
+    Call ``register(name, description)`` once per objective; a config naming an objective no
+    plugin registered is refused with the registered names (and a did-you-mean). The
+    objective itself is made by ``make_objective``, which the same plugin implements. Called
+    when a run's config is loaded. Two plugins may not register the same name.
+
+    First-party: ``sft`` (supervised, the default), ``rl`` (sampled groups, rewards,
+    group-relative advantages), ``dpo`` (preference pairs) and ``distill`` (a teacher's
+    samples or logprobs).
     """
 
 
@@ -259,12 +283,57 @@ def render_example(
 
 
 @hookspec(firstresult=True)
+def make_objective(config: RunConfig, run: RunContext, data: TrainingData) -> Objective | None:
+    """Create the objective ``config.objective`` names: what each step sends to the backend.
+
+    Return a ``tinkerplug.hook_types.Objective`` (``await batch(step)`` returns a
+    ``StepBatch``: the datums, the loss (a Tinker loss name, or a callable for
+    ``forward_backward_custom``), its ``loss_fn_config`` and metrics for that step's row),
+    or ``None`` for an objective this plugin does not provide. ``run`` holds the service
+    and training clients, tokenizer and renderer (``run.start_step`` is the step a resumed
+    run starts at); ``data`` the training records (``data.records``) and each step's
+    records (``data.batch_indices(step)``), rendered as supervised examples
+    (``data.batch(step)``). Check the records and settings here: raise
+    ``tinkerplug.errors.DataError`` / ``ConfigError`` naming the record or key.
+
+    The phases around the steps (evals, checkpoints, resume, loggers) are the core's: an
+    objective must make ``batch(step)`` a function of the weights at ``step``, the records
+    and the run's seed (seed any sampling from ``config.seed`` and ``step``), so that a
+    resumed run computes what an uninterrupted one did. Called once, in the prepare phase,
+    after the data is rendered. Stops at first non-None result.
+
+    First-party: ``sft``, ``rl``, ``dpo``, ``distill``.
+    """
+
+
+@hookspec
+def register_rewards(register: Callable[..., None]) -> None:
+    """Add reward functions that ``[rl.rewards] NAME = weight`` may use.
+
+    Call ``register(name, function)``; ``function(completion, record, config)`` gets the
+    sampled reply (text, as the renderer parsed it), the training record it answers
+    (``{"messages": [...]}``) and the run config, and returns a number. The ``rl``
+    objective adds the rewards a config names, each times its weight; each is logged on
+    its own (``rl/reward/NAME``). A reward that raises or returns a non-number or NaN
+    stops the run with an error naming it and the record (checkpoints stay as they are).
+
+    Called by the ``rl`` objective when it is made (prepare phase). A project file
+    (``plugins = ["./my_reward.py"]``) is the simplest place for a reward of one's own.
+
+    First-party: ``rewards`` (``exact_match`` against the record's last assistant message,
+    ``math``: the cookbook's math grader on a ``\\boxed{}`` or plain answer).
+    """
+
+
+@hookspec(firstresult=True)
 def make_step_executor(config: RunConfig, training_client: Any) -> StepExecutor | None:
     """Create the object that submits training steps to ``training_client``.
 
-    Return a ``tinkerplug.hook_types.StepExecutor``: ``await submit(step, data, adam_params)``
-    returns the steps that finished, ``await drain()`` waits for the rest. An executor may
-    keep several steps in flight (request latency overlaps) but must finish them in order.
+    Return a ``tinkerplug.hook_types.StepExecutor``: ``await submit(step, batch, adam_params)``
+    sends the objective's ``StepBatch`` (``forward_backward`` with its loss, or
+    ``forward_backward_custom`` for a callable loss, then ``optim_step``) and returns the
+    steps that finished, ``await drain()`` waits for the rest. An executor may keep several
+    steps in flight (request latency overlaps) but must finish them in order.
     Called once, in the prepare phase. Stops at first non-None result.
 
     First-party: ``executors`` (``executor = "sync"`` or ``"pipelined"`` with

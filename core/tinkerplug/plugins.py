@@ -21,7 +21,7 @@ import pluggy
 
 from tinkerplug import hookspecs
 from tinkerplug.hookspecs import REQUIRED_HOOKS, UNWRAPPABLE_HOOKS
-from tinkerplug.errors import DataError, PluginError, TinkerplugError
+from tinkerplug.errors import ConfigError, DataError, PluginError, TinkerplugError
 from tinkerplug.hook_docs import hook_signature, hookspec_functions
 from tinkerplug.markers import PROJECT
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import click
 
     from tinkerplug.config import RunConfig
-    from tinkerplug.hook_types import CheckpointRecord, RunContext, StepExecutor
+    from tinkerplug.hook_types import CheckpointRecord, Objective, RunContext, StepExecutor
     from tinkerplug.data import DataSource, Records
 
 @dataclass
@@ -105,6 +105,10 @@ class Plugins:
         """As ``register_config_sections``."""
         return self.one_by_one("register_backends")
 
+    def register_objectives(self) -> list[tuple[str, Callable[..., None]]]:
+        """As ``register_config_sections``."""
+        return self.one_by_one("register_objectives")
+
     def load_records(self, source: DataSource, config: RunConfig) -> Records:
         # A reader's DataError already names the file and line: it stays a data error (exit 2).
         records = self._call("load_records", {"source": source, "config": config}, keep=(DataError,))
@@ -146,6 +150,34 @@ class Plugins:
         if datum is None:
             raise PluginError("no plugin rendered the example (render_example)")
         return datum
+
+    def make_objective(self, config: RunConfig, run: RunContext, data: Any) -> Objective:
+        # A plugin's refusal of bad records or settings stays a data/config error (exit 2).
+        objective = self._call("make_objective", {"config": config, "run": run, "data": data}, keep=(DataError, ConfigError))
+        if objective is None:
+            raise PluginError(
+                f"no plugin provides objective {config.objective!r}{self.disabled_note()}",
+                hint="`tinkerplug plugins --hook register_objectives` lists the objectives",
+            )
+        return objective
+
+    def register_rewards(self) -> dict[str, tuple[str, Callable[..., Any]]]:
+        """Every registered reward: ``{name: (plugin_name, function)}``; two plugins may not
+        register the same name."""
+        rewards: dict[str, tuple[str, Callable[..., Any]]] = {}
+        for plugin, call in self.one_by_one("register_rewards"):
+            def register(name: str, function: Callable[..., Any], plugin: str = plugin) -> None:
+                if name in rewards:
+                    raise PluginError(f"reward {name!r} is registered by plugins {rewards[name][0]!r} and {plugin!r}")
+                rewards[name] = (plugin, function)
+
+            try:
+                call(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise hook_error(plugin, "register_rewards", exc) from exc
+        return rewards
 
     def make_step_executor(self, config: RunConfig, training_client: Any) -> StepExecutor:
         executor = self.first("make_step_executor", config=config, training_client=training_client)

@@ -15,6 +15,7 @@ from typing import Any
 from tinkerplug import rundir, training_data
 from tinkerplug.backend_calls import backend_call
 from tinkerplug.config import RunConfig
+from tinkerplug.checkpoint_refs import CheckpointRef, check_base, check_same_base, resolve_checkpoint
 from tinkerplug.data import Records, heldout_source, train_sources
 from tinkerplug.errors import ConfigError
 from tinkerplug.hook_types import CheckpointRecord, RunContext, StepExecutor
@@ -61,10 +62,13 @@ async def prepare(config: RunConfig, plugins: Plugins, command: str, held: ExitS
     if checkpoint is not None and checkpoint.final:
         plugins.note(config, f"{run_dir} already finished (final checkpoint at step {checkpoint.step}): nothing to do")
         return AlreadyFinished({"run_dir": str(run_dir), "steps_run": 0, "num_steps": checkpoint.step, "interrupted": False})
+    init_from = init_from_ref(config) if checkpoint is None else None
+    if init_from is not None:
+        saved["init_from_path"] = init_from.state_path  # the state init_from resolved to
     # Every record is parsed in a thread while the model loads; a big file from step 0 on.
     checked = BackgroundCheck(records, start=len(records) <= training_data.WAIT_FOR_CHECK_UP_TO)
     try:
-        run, data = await _prepare_checked(config, plugins, run_dir, records, checkpoint, checked)
+        run, data = await _prepare_checked(config, plugins, run_dir, records, checkpoint or init_from, checked)
     except BaseException:
         checked.close()
         raise
@@ -93,15 +97,18 @@ def run_json(config: RunConfig, records: Records, counts: list[dict[str, Any]]) 
 
 
 async def _prepare_checked(
-    config: RunConfig, plugins: Plugins, run_dir: Path, records: Records, checkpoint: CheckpointRecord | None,
+    config: RunConfig, plugins: Plugins, run_dir: Path, records: Records, start: CheckpointRecord | CheckpointRef | None,
     checked: BackgroundCheck,
 ) -> tuple[RunContext, TrainingData]:
+    """The backend and the model (fresh, resumed from a checkpoint or ``init_from``), the
+    renderer, the data rendered, the objective."""
+    checkpoint = start if isinstance(start, CheckpointRecord) else None
     heldout = heldout_source(config)
     if heldout is not None:  # evaluators read it later: a bad file must fail now, not at step 0
         check_records(plugins.load_records(heldout, config))
     service = plugins.create_service_client(config, str(run_dir))
     plugins.note(config, f"backend {config.resolved_backend}, base model {config.base_model}")
-    training_client = await open_training_client(config, plugins, service, checkpoint, run_dir)
+    training_client = await open_training_client(config, plugins, service, start, run_dir)
     tokenizer = training_client.get_tokenizer()
     renderer = plugins.resolve_renderer(config, tokenizer)
     start_step = checkpoint.step if checkpoint else 0
@@ -115,6 +122,7 @@ async def _prepare_checked(
         service_client=service, training_client=training_client, tokenizer=tokenizer, renderer=renderer,
         steps_per_epoch=data.steps_per_epoch,
     )
+    run.objective = plugins.make_objective(config, run, data)
     return run, data
 
 
@@ -131,9 +139,12 @@ def resume_point(config: RunConfig, plugins: Plugins, run_dir: Path, resuming: b
 
 
 async def open_training_client(
-    config: RunConfig, plugins: Plugins, service: Any, checkpoint: CheckpointRecord | None, run_dir: Path
+    config: RunConfig, plugins: Plugins, service: Any, checkpoint: CheckpointRecord | CheckpointRef | None, run_dir: Path
 ) -> Any:
-    """A fresh LoRA training client, or the one saved in ``checkpoint`` (with its optimizer)."""
+    """A fresh LoRA training client, the weights of ``init_from`` (a ``CheckpointRef``; fresh
+    optimizer), or the one saved in ``checkpoint`` (with its optimizer)."""
+    if isinstance(checkpoint, CheckpointRef):
+        return await open_init_from(config, plugins, service, checkpoint)
     if checkpoint is None:
         return await backend_call(
             lambda: service.create_lora_training_client(
@@ -149,4 +160,26 @@ async def open_training_client(
         "to resume from the one before",
     )
     plugins.note(config, f"resuming from step {checkpoint.step} ({checkpoint.state_path})")
+    return client
+
+
+def init_from_ref(config: RunConfig) -> CheckpointRef | None:
+    """The weights ``init_from`` names, if set; refused when a run dir says they were trained
+    on another base model (before anything loads)."""
+    if not config.init_from:
+        return None
+    source = resolve_checkpoint(config.init_from, "init_from")
+    check_base(source, config.base_model, "init_from")
+    return source
+
+
+async def open_init_from(config: RunConfig, plugins: Plugins, service: Any, source: CheckpointRef) -> Any:
+    """A training client on the weights ``init_from`` names, with a fresh optimizer; refused
+    when they were trained with another base model or LoRA rank."""
+    client = await backend_call(
+        lambda: service.create_training_client_from_state(source.state_path),
+        f"init_from {config.init_from!r}: could not load {source.state_path}",
+    )
+    check_same_base(client, config, f"init_from {config.init_from!r}", source)
+    plugins.note(config, f"weights from {source.state_path} (init_from; fresh optimizer)")
     return client

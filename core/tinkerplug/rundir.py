@@ -23,7 +23,7 @@ METRICS_JSONL = "metrics.jsonl"
 LOCK_FILE = ".lock"
 
 # Keys that run dirs made before them lack: compared only where the saved config has them.
-ADDED_KEYS = ("data_fingerprint.train",)
+ADDED_KEYS = ("data_fingerprint.train", "objective", "init_from")
 
 
 def check_run_dir(run_dir: Path, resume: bool, resume_command: str) -> None:

@@ -14,25 +14,66 @@ from tinkerplug_local.server.http import HTTPError, endpoint, error_response
 
 DEFAULT_MAX_BODY = 512 * 1024 * 1024
 UNSIGNED_PREFIX = "/api/v1/files/"  # download URLs carry their own signature instead of a key
+OAI_PREFIX = "/oai/"  # the OpenAI-compatible API: its errors in OpenAI's shape
+
+
+# Routes of the service that have no meaning on one machine, and why (what the SDK surfaces).
+REFUSED = {
+    "/api/v1/audit": "there is no organization audit log on one machine",
+    "/api/v1/billing/usage/events": "nothing is billed on one machine",
+    "/api/v1/auth/token": "it takes plain API keys (--api-key), not JWTs; whoami needs a JWT",
+    "/api/v1/auth/apikey/me": "it takes plain API keys (--api-key) and has no accounts",
+    "/api/v1/retrieve_futures": "its client config leaves sample_use_retrieve_futures off; results come by retrieve_future",
+    "/api/v1/join_sampling_session": "its client config leaves sample_join_sampling_session off",
+}
+REFUSED_SUFFIXES = {
+    "/project": "there are no projects on one machine (every session is in project 'local')",
+    "/trace_export": "it records no session traces",
+}
 
 
 async def not_served(request: Request) -> Any:
-    raise HTTPError(404, f"{endpoint(request)} is not served by tinkerplug serve (the local backend)")
+    path = request.url.path
+    why = REFUSED.get(path) or next((w for s, w in REFUSED_SUFFIXES.items() if path.startswith("/api/v1/sessions/") and path.endswith(s)), None)
+    raise HTTPError(404, f"{endpoint(request)}: not served by tinkerplug serve: {why or 'no such route on the local backend'}")
 
 
 async def _http_error(request: Request, exc: Exception) -> Any:
     assert isinstance(exc, HTTPError)
+    if request.url.path.startswith(OAI_PREFIX):
+        return oai_error_response(exc.status, exc.detail, getattr(exc, "param", None), getattr(exc, "code", None))
     return error_response(exc.status, exc.detail)
 
 
 async def _server_error(request: Request, exc: Exception) -> Any:
-    return error_response(500, f"{endpoint(request)}: {type(exc).__name__}: {exc}")
+    detail = f"{endpoint(request)}: {type(exc).__name__}: {exc}"
+    if request.url.path.startswith(OAI_PREFIX):
+        return oai_error_response(500, detail)
+    return error_response(500, detail)
+
+
+def oai_error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape, which its clients read the message from."""
+    kind = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error"}.get(status)
+    kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def oai_error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(oai_error_body(status, message, param, code), status_code=status, headers={"x-should-retry": "false"})
 
 
 def create_app(state: Any, api_keys: list[str], max_body: int = DEFAULT_MAX_BODY) -> Any:
-    from tinkerplug_local.server import routes_rest, routes_sampling, routes_service, routes_training
+    from tinkerplug_local.server import (
+        routes_checkpoints, routes_oai, routes_rest, routes_sampling, routes_service, routes_sessions, routes_training,
+    )
 
-    routes = [*routes_service.ROUTES, *routes_training.ROUTES, *routes_sampling.ROUTES, *routes_rest.ROUTES]
+    routes = [
+        *routes_service.ROUTES, *routes_training.ROUTES, *routes_sampling.ROUTES, *routes_rest.ROUTES,
+        *routes_checkpoints.ROUTES, *routes_sessions.ROUTES, *routes_oai.ROUTES,
+    ]
     routes.append(Route("/{path:path}", not_served, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]))
     app = Starlette(routes=routes, exception_handlers={HTTPError: _http_error, Exception: _server_error})
     app.state.server = state
@@ -62,13 +103,14 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        oai = scope["path"].startswith(OAI_PREFIX)
         if self._keys and not scope["path"].startswith(UNSIGNED_PREFIX):
-            key = headers.get(b"x-api-key", b"")
+            key = request_key(headers)
             if not any(hmac.compare_digest(key, k) for k in self._keys):  # never echoed or logged
-                return await _send(send, 401, "the API key was not accepted by this tinkerplug serve (set TINKER_API_KEY to one of its --api-key keys)")
+                return await _send(send, 401, "the API key was not accepted by this tinkerplug serve (set TINKER_API_KEY to one of its --api-key keys)", oai)
         length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_body:
-            return await _send(send, 413, f"request body over the server's limit of {self.max_body} bytes")
+            return await _send(send, 413, f"request body over the server's limit of {self.max_body} bytes", oai)
         received = 0
 
         async def limited() -> dict:
@@ -82,8 +124,17 @@ class Guard:
         await self.app(scope, limited, send)
 
 
-async def _send(send: Any, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+def request_key(headers: dict[bytes, bytes]) -> bytes:
+    """The SDK sends ``X-API-Key``; OpenAI clients ``Authorization: Bearer <key>``."""
+    key = headers.get(b"x-api-key", b"")
+    bearer = headers.get(b"authorization", b"")
+    if not key and bearer[:7].lower() == b"bearer ":
+        key = bearer[7:].strip()
+    return key
+
+
+async def _send(send: Any, status: int, detail: str, oai: bool = False) -> None:
+    body = json.dumps(oai_error_body(status, detail) if oai else {"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"x-should-retry", b"false")]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
