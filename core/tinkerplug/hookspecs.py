@@ -9,15 +9,15 @@ order a run calls them (first call), grouped by phase (``PHASES`` below):
 | hook | phase | firstresult | required | first-party implementers |
 |---|---|---|---|---|
 | `register_commands` | startup | no | no | chat, commands, eval, local |
-| `register_config_sections` | configuration | no | no | heldout, inspect, local, nll, retention, rl, tensorboard, terminal, tinker, wandb |
+| `register_config_sections` | configuration | no | no | distill, dpo, heldout, inspect, local, nll, retention, rl, tensorboard, terminal, tinker, wandb |
 | `register_backends` | configuration | no | no | local, tinker |
-| `register_objectives` | configuration | no | no | rl, sft |
+| `register_objectives` | configuration | no | no | distill, dpo, rl, sft |
 | `load_records` | prepare | yes | yes | data |
 | `on_message` | prepare | no | no | terminal |
 | `create_service_client` | prepare | yes | yes | local, tinker |
 | `resolve_renderer` | prepare | yes | yes | cookbook |
 | `render_example` | prepare | yes | yes | cookbook, data |
-| `make_objective` | prepare | yes | yes | rl, sft |
+| `make_objective` | prepare | yes | yes | distill, dpo, rl, sft |
 | `register_rewards` | prepare | no | no | rewards |
 | `make_step_executor` | prepare | yes | yes | executors |
 | `on_run_start` | open | no | no | inspect, jsonl, tensorboard, terminal, wandb |
