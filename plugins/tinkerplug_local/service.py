@@ -118,7 +118,7 @@ class ServiceClient:
 
     def _new_training_client(self, host: Any, meta: dict[str, Any]) -> Any:
         """Runs on the worker: a fresh LoRA adapter and the client that trains it."""
-        from tinkerplug_local.training import TrainingClient
+        from tinkerplug_local.training_client import TrainingClient
 
         targets = host.target_modules(meta["train_mlp"], meta["train_attn"], meta["train_unembed"])
         adapter = host.new_adapter(meta["rank"], targets, meta["seed"])

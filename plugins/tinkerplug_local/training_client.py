@@ -23,6 +23,12 @@ class TrainingClient:
         self._param_list: list[Any] | None = None
         self.session: str | None = None  # the serve session that owns this model (None in-process)
 
+    def release(self) -> None:
+        """Free this client's adapter on the host, after the jobs already queued on its worker
+        (the server does this when the client's session ends)."""
+        host, adapter = self._host, self._adapter
+        host.worker.submit(lambda: host.delete_adapter(adapter))
+
     # -- training ----------------------------------------------------------------------------
 
     def forward(self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None) -> Any:
