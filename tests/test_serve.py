@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import run_cli
+from conftest import run_inprocess
 
 MODEL = "tiny-chat"
 KEY = "tml-serve-test-key"
@@ -284,10 +284,10 @@ def test_keys_are_required_when_set_and_never_shown(tmp_path):
 
 
 def test_a_non_loopback_bind_needs_a_key(tmp_path):
-    refused = run_cli("serve", "--host", "0.0.0.0", "--checkpoint-dir", str(tmp_path), env={"TINKERPLUG_SERVE_KEYS": ""})
+    refused = run_inprocess("serve", "--host", "0.0.0.0", "--checkpoint-dir", str(tmp_path), env={"TINKERPLUG_SERVE_KEYS": ""})
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "refusing to serve on 0.0.0.0" in refused.stderr and "--api-key" in refused.stderr
-    bad_key = run_cli("serve", "--api-key", "not-a-tinker-key", "--checkpoint-dir", str(tmp_path))
+    bad_key = run_inprocess("serve", "--api-key", "not-a-tinker-key", "--checkpoint-dir", str(tmp_path))
     assert bad_key.returncode != 0 and "must start with 'tml-'" in bad_key.stderr
     assert "not-a-tinker-key" not in bad_key.stderr
     assert not list(tmp_path.iterdir())  # refused before anything was written
