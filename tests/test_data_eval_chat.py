@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -140,12 +138,9 @@ def test_chat_answers_once_and_interactively(mixture_run: Path) -> None:
     assert once.returncode == 0, once.stderr
     assert once.stdout.strip() == expected
 
-    # Interactive, for real: a process reading its stdin turn by turn; the second turn sees the first.
+    # Interactive: reading its stdin turn by turn; the second turn sees the first.
     lines = f"{question}\nWhat did I just ask?\n/reset\n{question}\n/quit\nnever read\n"
-    chat = subprocess.run(
-        [sys.executable, "-m", "tinkerplug.cli", "chat", str(mixture_run), "--temperature", "0", "--max-tokens", "8", "--base"],
-        input=lines, capture_output=True, text=True, timeout=300,
-    )
+    chat = run_inprocess("chat", str(mixture_run), "--temperature", "0", "--max-tokens", "8", "--base", input=lines)
     assert chat.returncode == 0, chat.stderr
     replies = re.findall(r"^\[(step \d+|base)\] (.*)$", chat.stdout, re.M)
     assert [label for label, _ in replies] == [f"step {STEPS}", "base"] * 3, chat.stdout

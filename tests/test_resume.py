@@ -176,6 +176,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory / "run"
 
 
+@pytest.mark.slow  # real processes: Ctrl-C and kill -9
 def test_ctrl_c_then_sigkills_anywhere_resume_to_the_identical_run(tmp_path, reference):
     config = _config(tmp_path)
     run_dir = tmp_path / "run"
