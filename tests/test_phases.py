@@ -181,7 +181,8 @@ def test_a_plugin_failing_to_add_its_command_does_not_take_the_cli_down(tmp_path
 
 
 def test_the_plugin_manager_has_one_method_per_hook():
-    from tinkerplug.plugins import Plugins, hook_names
+    from tinkerplug.hook_docs import hook_names
+    from tinkerplug.plugins import Plugins
 
     # evaluate is called one plugin at a time (each evaluator isolated): its method hands out the calls
     methods = {name: {"evaluate": "evaluators"}.get(name, name) for name in hook_names()}

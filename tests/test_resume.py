@@ -265,7 +265,7 @@ def test_every_epoch_sees_every_example_once_whatever_the_resume_step():
 
 def test_checkpoints_jsonl_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     from tinkerplug import rundir
-    from tinkerplug.context import CheckpointRecord
+    from tinkerplug.hook_types import CheckpointRecord
 
     record = CheckpointRecord(step=6, epoch=0, batch=6, state_path="s", sampler_path="w", time=1.0)
     rundir.append_checkpoint(tmp_path, record)

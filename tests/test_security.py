@@ -16,7 +16,7 @@ FAKE_KEY = "tml-FAKE0SECRET0do0not0write0me0anywhere"
 # Files a careless loader might pick up from the current directory. Each one, if imported,
 # leaves a marker file behind.
 PLANTED = ["conftest.py", "tinkerplug_hooks.py", "tinkerplug_plugins.py", "my_hooks.py", "plugins.py",
-           "tinkerplug_jsonl.py"]  # the last one has the name of a first-party plugin module
+           "tinkerplug_metrics_jsonl.py"]  # the last one has the name of a first-party plugin module
 
 
 @pytest.mark.slow  # a process: `python -m` puts the current directory on sys.path

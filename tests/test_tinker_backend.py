@@ -82,7 +82,7 @@ def test_datums_are_the_sdk_types_and_encode_into_its_request(tmp_path, service)
 
     from tinkerplug.cli import load_run_config
     from tinkerplug.models import shipped_model_dir
-    from tinkerplug.rendering import render_training_data
+    from tinkerplug.training_data import render_training_data
 
     config, plugins = load_run_config(str(write_config(tmp_path)), (), ())
     tokenizer = AutoTokenizer.from_pretrained(shipped_model_dir("tiny-chat"))

@@ -198,7 +198,7 @@ class TinkerplugRunner:
         """The ``(RunConfig, Plugins)`` a run of CONFIG would use, without running it: call a
         hook as the loop does, e.g. ``plugins.lr_for_step(step, num_steps, config)``. The
         plugins stay importable until ``cleanup`` (the fixture's teardown)."""
-        from tinkerplug.loading import load_run_config
+        from tinkerplug.assemble import load_run_config
 
         if self._loaded is None:
             self._loaded = (list(sys.path), set(sys.modules))
