@@ -237,6 +237,7 @@ def test_unexpected_errors_print_one_line_and_how_to_see_the_traceback(tmp_path,
         main(args)  # uncaught: Python prints the traceback
 
 
+@pytest.mark.slow  # real processes, on purpose
 def test_errors_in_a_real_process(tmp_path):
     """The same, end to end in a real process: exit codes, stderr, no traceback."""
     _broken_plugin_dist(tmp_path)
