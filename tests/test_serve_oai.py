@@ -195,3 +195,21 @@ def test_echo_scores_the_prompt_as_lm_eval_asks(served) -> None:
     assert answer.json()["usage"]["prompt_tokens"] == sum(map(len, prompts))
     refused = httpx.post(server.url + "/oai/api/v1/completions", json={**body, "echo": False}, headers={"Authorization": f"Bearer {KEY}"})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "logprobs"
+
+
+def test_a_deleted_or_expired_checkpoint_stops_answering(served) -> None:
+    import time
+
+    import openai
+    import tinker
+
+    server, service, _ = served
+    training = service.create_lora_training_client(MODEL, rank=4, seed=1).result()
+    path = training.save_weights_for_sampler("short").result().path
+    client = openai_client(server)
+    assert client.completions.create(model=path, prompt="hi", max_tokens=2).choices  # loaded and cached
+    rest = tinker.RestClient(base_url=server.url, api_key=KEY)
+    rest.set_checkpoint_ttl_from_tinker_path(path, 1).result()
+    time.sleep(1.2)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model=path, prompt="hi", max_tokens=2)

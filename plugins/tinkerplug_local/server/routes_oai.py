@@ -226,10 +226,11 @@ def _stream(head: dict, kind: str, choices: list[dict], model: OAIModel, sequenc
 
 
 def _pieces(tokenizer: Any, tokens: list[int], final: str) -> list[str]:
-    """``final`` split where the tokens decode to a longer prefix of it: one piece per token,
-    as a token-by-token stream would send them."""
+    """``final`` split where the tokens decode to a longer prefix of it: one piece per token (per
+    few tokens past 256), as a token-by-token stream would send them."""
     pieces, sent = [], ""
-    for k in range(1, len(tokens) + 1):
+    step = max(1, len(tokens) // 256)  # long answers in groups of tokens: each decode is of the whole prefix
+    for k in [*range(step, len(tokens), step), len(tokens)]:
         text = tokenizer.decode(tokens[:k], skip_special_tokens=True)
         if len(text) > len(sent) and final.startswith(text):
             pieces.append(text[len(sent):])
