@@ -78,7 +78,16 @@ async def get_sampler(request: Request) -> Any:
         sampler = state.sampler(sampler_id)
     except KeyError as exc:
         raise HTTPError(404, f"{endpoint(request)}: {exc.args[0]}") from None
-    return json_response(types.GetSamplerResponse(sampler_id=sampler_id, base_model=sampler.base_model, model_path=sampler.model_path))
+    return json_response(types.GetSamplerResponse(sampler_id=sampler_id, base_model=_loadable(sampler.base_model), model_path=sampler.model_path))
+
+
+def _loadable(base_model: str) -> str:
+    """A shipped model by its directory: the SDK's ``SamplingClient.get_tokenizer()`` loads the
+    tokenizer from the base model this returns, and a shipped name is no hub id."""
+    from tinkerplug.models import shipped_model_dir
+
+    directory = shipped_model_dir(base_model)
+    return str(directory) if directory is not None else base_model
 
 
 ROUTES = [

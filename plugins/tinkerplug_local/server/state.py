@@ -12,16 +12,20 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tinkerplug_local.server.checkpoint_meta import CheckpointMeta
 from tinkerplug_local.server.clock import ModelClock
 from tinkerplug_local.server.futures import FutureTable
 from tinkerplug_local.server.paths import CheckpointPaths
 
+if TYPE_CHECKING:
+    from tinkerplug_local.training_client import TrainingClient
+
 
 @dataclass
 class Model:
-    client: Any  # tinkerplug_local.training.TrainingClient
+    client: TrainingClient
     base_model: str
     rank: int
     user_metadata: dict[str, str]
@@ -45,6 +49,9 @@ class ServerState:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.service = ServiceClient(checkpoint_dir=checkpoint_dir, device=device, dtype=dtype, **backend)
         self.paths = CheckpointPaths(self.service.store.root)
+        self.checkpoint_meta = CheckpointMeta(self.paths.root)  # TTLs and public flags
+        self.paths.before_lookup = self.checkpoint_meta.sweep
+        self.session_info: dict[str, dict[str, Any]] = {}  # kept after a session finishes, for get/list/search
         self.futures = FutureTable()
         self.clock_s = clock_ms / 1000.0
         self.clock_t0 = time.perf_counter()
@@ -81,8 +88,7 @@ class ServerState:
             for key in [k for k in self.samplers if k.startswith(prefix)]:
                 del self.samplers[key]  # the local SamplingClient frees its adapter when dropped
         for model in models:
-            host, adapter = model.client._host, model.client._adapter
-            host.worker.submit(lambda host=host, adapter=adapter: host.delete_adapter(adapter))
+            model.client.release()
         return known
 
     def add_model(self, model_id: str, client: Any, base_model: str, rank: int, user_metadata: dict[str, str] | None) -> Model:
@@ -120,6 +126,7 @@ class ServerState:
         return model.clock.release_time(request) if model.clock is not None else None
 
     def close(self) -> None:
+        self.checkpoint_meta.close()
         self.service.close()
 
 
