@@ -51,15 +51,27 @@ class OAIModels:
         if not isinstance(name, str) or not name.strip():
             raise OAIError(400, "model: give a base model id, a tinker://<run>/sampler_weights/<name> path, or BASE;PATH", "model")
         with self._lock:
-            if name in self._cache:
+            cached = self._cache.get(name)
+            if cached is not None:
                 self._cache.move_to_end(name)
-                return self._cache[name]
+        if cached is not None and (cached.model_path is None or self._still_there(cached)):
+            return cached
         model = self._open(name)
         with self._lock:
             self._cache[name] = model
             while len(self._cache) > CACHED_SAMPLERS:
                 self._cache.popitem(last=False)  # the local client frees its adapter when dropped
         return model
+
+    def _still_there(self, model: OAIModel) -> bool:
+        """False once the checkpoint was deleted or expired (the lookup sweeps expired ones)."""
+        try:
+            self.state.paths.to_local(model.model_path)
+            return True
+        except (FileNotFoundError, ValueError):
+            with self._lock:
+                self._cache.pop(model.name, None)
+            return False
 
     def forget_run(self, run: str) -> None:
         """Drop cached samplers of ``run`` (its checkpoints were deleted or expired)."""
