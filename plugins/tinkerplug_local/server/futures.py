@@ -5,12 +5,14 @@ backend's worker (in order per base model). ``retrieve_future`` long-polls: it w
 ``LONG_POLL_S`` for the result, then answers HTTP 408 with a queue state ("try again"), which
 the SDK retries at once, as it does with the service. In clocked mode a result is held back
 until the end of the clock cycle its request joined (``clock.py``).
+
+A future belongs to the principal whose request made it: another key asking for it gets the
+answer for an unknown id. Its not-yet-done futures are the key's queue (``--max-queued-per-key``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 import time
 import uuid
@@ -30,6 +32,8 @@ class Pending:
     future: Future
     encode: Callable[[Any], Any]  # result -> dict (JSON) or bytes (protobuf)
     release_at: float | None = None  # perf_counter time; None: as soon as done
+    owner: str = "local"
+    kind: str = "request"  # for /metrics
     created: float = field(default_factory=time.monotonic)
     retrieved: float | None = None
 
@@ -38,22 +42,36 @@ class FutureTable:
     def __init__(self) -> None:
         self._pending: dict[str, Pending] = {}
         self._lock = threading.Lock()
-        self._ids = itertools.count()
-        self._prefix = uuid.uuid4().hex[:8]  # ids of an earlier server process never match
 
-    def add(self, future: Any, encode: Callable[[Any], Any], release_at: float | None = None) -> str:
+    def add(self, future: Any, encode: Callable[[Any], Any], release_at: float | None = None, owner: str = "local",
+            kind: str = "request") -> str:
         """Track ``future`` (concurrent, or the SDK's ``AwaitableConcurrentFuture``)."""
         if not isinstance(future, Future):
             future = future.future()
-        request_id = f"{self._prefix}-{next(self._ids)}"
+        request_id = f"req-{uuid.uuid4().hex}"  # random: never guessed, never one of an earlier process
         with self._lock:
             self._sweep()
-            self._pending[request_id] = Pending(future, encode, release_at)
+            self._pending[request_id] = Pending(future, encode, release_at, owner, kind)
         return request_id
 
-    def get(self, request_id: str) -> Pending | None:
+    def get(self, request_id: str, owner: str) -> Pending | None:
+        """The pending request, when ``owner`` made it; None as for an unknown id otherwise."""
         with self._lock:
-            return self._pending.get(request_id)
+            pending = self._pending.get(request_id)
+        return pending if pending is not None and pending.owner == owner else None
+
+    def queued(self) -> dict[str, int]:
+        """Requests not yet done, per owner."""
+        with self._lock:
+            counts: dict[str, int] = {}
+            for pending in self._pending.values():
+                if not pending.future.done():
+                    counts[pending.owner] = counts.get(pending.owner, 0) + 1
+            return counts
+
+    def unfinished(self) -> list[Pending]:
+        with self._lock:
+            return [p for p in self._pending.values() if not p.future.done()]
 
     async def wait(self, pending: Pending, timeout: float = LONG_POLL_S) -> bool:
         """True when the result is ready to be delivered within ``timeout`` seconds."""

@@ -11,7 +11,7 @@ from starlette.routing import Route
 from tinker import types
 
 from tinkerplug_local.server.futures import error_body
-from tinkerplug_local.server.http import HTTPError, endpoint, json_response, parse, protobuf
+from tinkerplug_local.server.http import HTTPError, endpoint, json_response, parse, principal, protobuf
 
 # Flags the SDK reads once per client. Chunks of one forward_backward are sent one after the
 # other (not in parallel), so requests reach the worker in the order of their seq_id.
@@ -28,20 +28,25 @@ async def client_dynamic_config(request: Request) -> Any:
 
 async def create_session(request: Request) -> Any:
     await parse(request, types.CreateSessionRequest)
-    session_id = request.app.state.server.new_session()
+    session_id = request.app.state.server.new_session(principal(request))
     return json_response(types.CreateSessionResponse(session_id=session_id))
 
 
 async def session_heartbeat(request: Request) -> Any:
     body = await parse(request, types.SessionHeartbeatRequest)
-    if not request.app.state.server.heartbeat(body.session_id):
-        raise HTTPError(404, f"{endpoint(request)}: unknown session {body.session_id!r} (the server restarted?)")
+    try:
+        request.app.state.server.heartbeat(body.session_id, principal(request))
+    except KeyError as exc:
+        raise HTTPError(404, f"{endpoint(request)}: {exc.args[0]}") from None
     return json_response(types.SessionHeartbeatResponse())
 
 
 async def finish_session(request: Request) -> Any:
     await request.body()
-    request.app.state.server.finish_session(request.path_params["session_id"])
+    try:
+        request.app.state.server.finish_session(request.path_params["session_id"], principal(request))
+    except KeyError as exc:
+        raise HTTPError(404, f"{endpoint(request)}: {exc.args[0]}") from None
     return JSONResponse({})
 
 
@@ -49,7 +54,7 @@ async def get_server_capabilities(request: Request) -> Any:
     state = request.app.state.server
     capabilities = state.service.get_server_capabilities()
     names = {m.model_name for m in capabilities.supported_models}
-    loaded = sorted({m.base_model for m in list(state.models.values())} - names)
+    loaded = sorted({m.base_model for m in list(state.models.values())} - names)  # base models only: no owner's data
     extra = [types.SupportedModel(model_name=name, trainable=True, sampleable=True) for name in loaded]
     return json_response(types.GetServerCapabilitiesResponse(supported_models=[*capabilities.supported_models, *extra]))
 
@@ -66,7 +71,7 @@ async def telemetry(request: Request) -> Any:
 async def retrieve_future(request: Request) -> Any:
     state = request.app.state.server
     body = await parse(request, types.FutureRetrieveRequest)
-    pending = state.futures.get(body.request_id)
+    pending = state.futures.get(body.request_id, principal(request).name)
     if pending is None:
         raise HTTPError(404, f"{endpoint(request)}: unknown request_id {body.request_id!r} (the server restarted, or it expired)")
     if not await state.futures.wait(pending):
