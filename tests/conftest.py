@@ -23,6 +23,10 @@ if "TINKERPLUG_CACHE_DIR" not in os.environ:
     os.environ["TINKERPLUG_CACHE_DIR"] = tempfile.mkdtemp(prefix="tinkerplug-test-cache-")
     atexit.register(shutil.rmtree, os.environ["TINKERPLUG_CACHE_DIR"], True)
 
+# The harness plugin authors use (also a pytest11 entry point once installed; the same name, so
+# it registers once either way).
+pytest_plugins = ["tinkerplug.testing"]
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 

@@ -1,69 +1,83 @@
-"""The README documents what the code does: every hook with its exact signature, and the
-plugin-authoring example works as printed (datasette's approach: docs that drift fail CI)."""
+"""The docs site documents what the code does: every hook with its exact signature, the
+generated reference pages match the code, the plugin-authoring example works as printed
+(datasette's approach: docs that drift fail CI), and `mkdocs build --strict` is clean."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, write_config
+from conftest import ROOT
 from tinkerplug.plugins import hook_signature, hookspec_functions
 
-README = ROOT / "README.md"
-REGENERATE = "regenerate the README's hooks section with `tinkerplug hooks --markdown`"
+DOCS = ROOT / "docs"
+REGENERATE = "regenerate the reference pages with `python scripts/gen_docs.py`"
 
 
-def section(name: str) -> str:
-    text = README.read_text(encoding="utf-8")
-    match = re.search(rf"<!-- section: {name} -->(.*?)<!-- /section: {name} -->", text, re.S)
-    assert match, f"README.md has no `{name}` section"
-    return match.group(1)
+def page(rel: str) -> str:
+    path = DOCS / rel
+    assert path.is_file(), f"docs/{rel} is missing"
+    return path.read_text(encoding="utf-8")
 
 
 def python_block(text: str, first_line: str) -> str:
     """The ```python block of ``text`` whose first line is ``first_line``."""
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     found = [b for b in blocks if b.startswith(first_line + "\n")]
-    assert len(found) == 1, f"README: expected one python block starting with {first_line!r}"
+    assert len(found) == 1, f"docs: expected one python block starting with {first_line!r}"
     return found[0]
 
 
 @pytest.mark.parametrize("name, func", hookspec_functions(), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_hook_is_documented_with_its_signature(name, func):
-    reference = section("hooks")
-    assert f"### `{name}`" in reference, f"hook {name} is missing from the README hook reference; {REGENERATE}"
+    reference = page("reference/hooks.md")
+    assert f"### `{name}`" in reference, f"hook {name} is missing from docs/reference/hooks.md; {REGENERATE}"
     assert f"\n{hook_signature(name, func)}\n" in reference, (
-        f"the README shows another signature for {name} than hookspecs.py "
+        f"docs/reference/hooks.md shows another signature for {name} than hookspecs.py "
         f"({hook_signature(name, func)}); {REGENERATE}"
     )
 
 
 def test_the_reference_documents_no_hook_that_does_not_exist():
-    documented = re.findall(r"^### `(\w+)`", section("hooks"), re.M)
+    documented = re.findall(r"^### `(\w+)`", page("reference/hooks.md"), re.M)
     assert documented == [name for name, _ in hookspec_functions()], REGENERATE
 
 
-def test_the_authoring_example_plugin_runs_and_its_test_passes(tmp_path):
-    """The README's plugin and its test, copied verbatim, pass in a fresh directory."""
-    guide = section("plugins")
-    (tmp_path / "reply_length.py").write_text(python_block(guide, "# reply_length.py"))
-    (tmp_path / "test_reply_length.py").write_text(python_block(guide, "# test_reply_length.py"))
-    write_config(tmp_path, "enabled = false\n", batch_size=4)  # appended to [heldout]: only this evaluator runs
-    bin_dir = str(Path(sys.executable).parent)  # where `tinkerplug` is installed
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+@pytest.mark.slow  # a pytest run of its own: the docs' test as a plugin author runs it
+def test_the_authoring_example_plugin_runs_and_its_test_passes(tmp_path, tinkerplug_runner):
+    """The docs' plugin and its test (on the ``tinkerplug.testing`` harness), copied verbatim,
+    pass in a fresh directory."""
+    (tmp_path / "reply_length.py").write_text(python_block(page("how-to/write-a-plugin.md"), "# reply_length.py"))
+    (tmp_path / "test_reply_length.py").write_text(python_block(page("how-to/test-plugins.md"), "# test_reply_length.py"))
+    # -p names the harness as a conftest.py would: a venv installed before its pytest11 entry
+    # point existed has no entry point (the same name, so with one it registers once).
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_reply_length.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tinkerplug.testing", "test_reply_length.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    listing = subprocess.run(
-        [sys.executable, "-m", "tinkerplug.cli", "plugins", "--json", "--hook", "evaluate", "-p", "reply_length.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    assert "2 passed" in result.stdout
+    listing = tinkerplug_runner.invoke("plugins", "--json", "--hook", "evaluate", "-p", "reply_length.py", cwd=tmp_path)
+    assert listing.json()[0]["name"] == "project:reply_length"
+
+
+def test_generated_reference_pages_match_the_code():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from gen_docs import stale_pages
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    assert stale_pages() == [], REGENERATE
+
+
+def test_mkdocs_build_is_strictly_clean(tmp_path):
+    """Broken links, pages missing from the nav and nav entries without a page all fail."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"), "-d", str(tmp_path / "site")],
+        cwd=ROOT, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, capture_output=True, text=True, timeout=120,
     )
-    assert json.loads(listing.stdout)[0]["name"] == "project:reply_length"
+    assert result.returncode == 0, result.stdout + result.stderr

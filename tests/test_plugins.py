@@ -1,8 +1,9 @@
 """Plugins as users meet them: list, install, override, disable, and the two metrics loggers.
 
-Everything goes through the real ``tinkerplug`` command. The third-party example package is
-built and installed into a temporary ``--target`` directory put on ``PYTHONPATH``, so the
-test venv is never modified.
+Everything goes through the real ``tinkerplug`` command, in this process (``tinkerplug.testing``)
+unless a process is the point (start-up imports, the example package's own pytest run). The
+third-party example package is installed into a temporary site directory put on ``sys.path``
+(or ``PYTHONPATH``), so the test venv is never modified.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import shutil
 import struct
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, read_jsonl, run_cli, write_config
+from conftest import ROOT, read_jsonl, write_config
+from tinkerplug.testing import TinkerplugRunner
 
 EXAMPLE_PACKAGE = ROOT / "examples" / "plugin-example"
 OVERRIDE_EXAMPLE = ROOT / "examples" / "project-override"
@@ -28,10 +31,10 @@ HEAVY = ("torch", "transformers", "tinker", "tinker_cookbook", "peft", "inspect_
 QUICK = ("--set", "heldout.enabled=false", "-q")  # runs that check no evaluator skip the held-out eval
 
 
-def plugins_json(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> list[dict]:
-    result = run_cli("plugins", "--json", *args, env=env, cwd=cwd)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+def plugins_json(runner: TinkerplugRunner, *args: str, cwd: Path | None = None) -> list[dict]:
+    result = runner.invoke("plugins", "--json", *args, cwd=cwd)
+    assert result.exit_code == 0, result.output
+    return result.json()
 
 
 def first_party_names() -> set[str]:
@@ -56,28 +59,43 @@ def lr_for_step(step, num_steps, config):
 
 
 @pytest.fixture(scope="module")
-def with_example_installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Build and install ``examples/plugin-example`` (from a copy: the build leaves files
-    behind) into a temporary target dir; return the environment that puts it on the path."""
-    tmp = tmp_path_factory.mktemp("plugin-example")
-    source, target = tmp / "source", tmp / "site"
-    shutil.copytree(EXAMPLE_PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-compile", "--disable-pip-version-check", "--target", str(target), str(source)],
-        capture_output=True, text=True, timeout=300,
+def with_example_installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``examples/plugin-example`` installed into a temporary site dir, as pip lays out a
+    distribution (its package and a ``.dist-info`` with the name, version and entry points its
+    ``pyproject.toml`` declares; pip itself would need ``wheel`` in venvs with an old
+    setuptools). Returns the site dir: put it on ``sys.path`` / ``PYTHONPATH``."""
+    project = tomllib.loads((EXAMPLE_PACKAGE / "pyproject.toml").read_text())["project"]
+    site = tmp_path_factory.mktemp("plugin-example") / "site"
+    for package in tomllib.loads((EXAMPLE_PACKAGE / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]:
+        shutil.copytree(EXAMPLE_PACKAGE / package, site / package, ignore=shutil.ignore_patterns("__pycache__"))
+    info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    groups = project["entry-points"]
+    (info / "entry_points.txt").write_text(
+        "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) for group, eps in groups.items())
     )
-    assert result.returncode == 0, result.stderr
-    path = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": path}
+    return site
+
+
+@pytest.fixture
+def runner(tinkerplug_runner, with_example_installed):
+    """The in-process harness with the example plugin installed."""
+    tinkerplug_runner.syspath_prepend(with_example_installed)
+    return tinkerplug_runner
+
+
+def example_env(site: Path) -> dict[str, str]:
+    """The environment of a child process that sees the installed example."""
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)}
 
 
 # -- listing ---------------------------------------------------------------------------------
 
 
-def test_plugins_lists_project_then_third_party_then_first_party(with_example_installed, tmp_path):
+def test_plugins_lists_project_then_third_party_then_first_party(runner, tmp_path):
     project = write_plugin(tmp_path, "my_lr", CONSTANT_LR)
-    rows = plugins_json("-p", str(project), env=with_example_installed)
+    rows = plugins_json(runner, "-p", str(project))
     by_name = {row["name"]: row for row in rows}
 
     assert by_name["project:my_lr"] == {
@@ -93,15 +111,15 @@ def test_plugins_lists_project_then_third_party_then_first_party(with_example_in
     rank = {"project": 0, "third-party": 1, "first-party": 2}
     assert [rank[r["kind"]] for r in rows] == sorted(rank[r["kind"]] for r in rows)
 
-    order = [r["name"] for r in plugins_json("--hook", "lr_for_step", "-p", str(project), env=with_example_installed)]
+    order = [r["name"] for r in plugins_json(runner, "--hook", "lr_for_step", "-p", str(project))]
     assert order == ["project:my_lr", "step_decay", "schedule"]
 
-    text = run_cli("plugins", "-p", str(project), env=with_example_installed)
-    assert text.returncode == 0, text.stderr
+    text = runner.invoke("plugins", "-p", str(project))
+    assert text.exit_code == 0, text.output
     assert "tinkerplug-step-decay 0.1.0" in text.stdout and "project:my_lr" in text.stdout
 
 
-def test_firstresult_precedence_project_over_installed_over_first_party(with_example_installed, tmp_path):
+def test_firstresult_precedence_project_over_installed_over_first_party(runner, tmp_path):
     """The same ``lr_for_step`` question, answered by whichever plugin is called first."""
     project = write_plugin(tmp_path, "my_lr", CONSTANT_LR)
     step_decay = "[step_decay]\nenabled = true\nmilestones = [0.5]\ngamma = 0.1\n"
@@ -111,26 +129,15 @@ def test_firstresult_precedence_project_over_installed_over_first_party(with_exa
     with_table = write_config(tmp_path / "with_table", step_decay, **values)
     plain = write_config(tmp_path / "plain", **values)
     setups = {  # label: (config, --set overrides, -p options)
-        "project file": (str(with_table), [], [str(project)]),
-        "installed": (str(with_table), [], []),
-        "installed, off": (str(with_table), ["step_decay.enabled=false"], []),  # returns None: passes on
-        "installed, disabled": (str(plain), [], ["no:step_decay"]),
+        "project file": (with_table, [], [str(project)]),
+        "installed": (with_table, [], []),
+        "installed, off": (with_table, ["step_decay.enabled=false"], []),  # returns None: passes on
+        "installed, disabled": (plain, [], ["no:step_decay"]),
     }
-    script = (
-        "import json, sys\n"
-        "from tinkerplug.cli import load_run_config\n"
-        "answers = {}\n"
-        "for label, (path, overrides, options) in json.loads(sys.argv[1]).items():\n"
-        "    config, plugins = load_run_config(path, tuple(overrides), tuple(options))\n"
-        "    answers[label] = plugins.first('lr_for_step', step=7, num_steps=10, config=config)\n"
-        "print(json.dumps(answers))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(setups)],
-        capture_output=True, text=True, env={**os.environ, **with_example_installed}, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    answers = json.loads(result.stdout)
+    answers = {}
+    for label, (path, overrides, options) in setups.items():
+        config, plugins = runner.load(path, *overrides, plugin_options=options)
+        answers[label] = plugins.first("lr_for_step", step=7, num_steps=10, config=config)
     from tinkerplug_schedule.plugin import schedule
 
     cosine = schedule(7, 10, 1e-3, 0.0, 0, "cosine")
@@ -140,67 +147,70 @@ def test_firstresult_precedence_project_over_installed_over_first_party(with_exa
     assert cosine != pytest.approx(1e-4)
 
 
-def test_plugins_with_config_shows_its_project_files_relative_to_the_config(tmp_path):
-    rows = plugins_json("--hook", "lr_for_step", "-c", str(OVERRIDE_EXAMPLE / "config.toml"), cwd=tmp_path)
+def test_plugins_with_config_shows_its_project_files_relative_to_the_config(tinkerplug_runner):
+    runner = tinkerplug_runner
+    rows = plugins_json(runner, "--hook", "lr_for_step", "-c", str(OVERRIDE_EXAMPLE / "config.toml"))
     assert [r["name"] for r in rows] == ["project:my_hooks", "schedule"]
     assert rows[0]["source"] == str((OVERRIDE_EXAMPLE / "my_hooks.py").resolve())
     # the same file with -p, relative to the current directory
-    rows = plugins_json("--hook", "lr_for_step", "-p", "my_hooks.py", cwd=OVERRIDE_EXAMPLE)
+    rows = plugins_json(runner, "--hook", "lr_for_step", "-p", "my_hooks.py", cwd=OVERRIDE_EXAMPLE)
     assert [r["name"] for r in rows] == ["project:my_hooks", "schedule"]
-    missing = run_cli("plugins", "-c", "missing.toml", cwd=tmp_path)
-    assert missing.returncode == 2 and "config file missing.toml not found" in missing.stderr
+    missing = runner.invoke("plugins", "-c", "missing.toml")
+    assert missing.exit_code == 2 and "config file missing.toml not found" in missing.stderr
 
 
-def test_hooks_command_prints_every_hookspec():
+def test_hooks_command_prints_every_hookspec(tinkerplug_runner):
     from tinkerplug.plugins import hook_signature, hookspec_functions
 
-    result = run_cli("hooks")
-    assert result.returncode == 0, result.stderr
+    result = tinkerplug_runner.invoke("hooks")
+    assert result.exit_code == 0, result.output
     for name, func in hookspec_functions():
         assert hook_signature(name, func) in result.stdout
-    one = run_cli("hooks", "lr_for_step")
+    one = tinkerplug_runner.invoke("hooks", "lr_for_step")
     assert one.stdout.startswith("lr_for_step(step: int, num_steps: int, config: RunConfig) -> float | None  [firstresult]")
     assert "Stops at first non-None result" in " ".join(one.stdout.split()) and "evaluate(" not in one.stdout
-    missing = run_cli("hooks", "lr_for_stpe")
-    assert missing.returncode != 0 and "no hook named 'lr_for_stpe'" in missing.stderr
+    missing = tinkerplug_runner.invoke("hooks", "lr_for_stpe")
+    assert missing.exit_code != 0 and "no hook named 'lr_for_stpe'" in missing.stderr
 
 
 # -- a third-party package and a project file, in real runs ----------------------------------
 
 
-def test_installed_plugin_takes_effect_in_a_run(with_example_installed, tmp_path):
+def test_installed_plugin_takes_effect_in_a_run(runner, tmp_path):
     config = write_config(tmp_path, "[step_decay]\nenabled = true\nmilestones = [0.5, 0.75]\ngamma = 0.1\n",
                           num_steps=8, batch_size=4, learning_rate=1e-3, warmup_steps=0)
-    result = run_cli("run", str(config), *QUICK, env=with_example_installed)
-    assert result.returncode == 0, result.stderr
+    result = runner.run(config, *QUICK)
+    assert result.exit_code == 0, result.output
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
     assert [r["lr"] for r in rows] == pytest.approx([1e-3] * 4 + [1e-4] * 2 + [1e-5] * 2)
     assert rows[-1]["train/loss"] < rows[0]["train/loss"]
     assert not (tmp_path / "run" / "tensorboard").exists()  # the TensorBoard logger is opt-in
 
 
+@pytest.mark.slow  # a pytest run of its own: the package's tests as its author runs them
 def test_the_example_package_own_tests_pass_once_installed(with_example_installed):
-    """Its tests are the README's advice on testing a hook without training: keep them working."""
+    """Its tests are the docs' advice on testing a plugin with ``tinkerplug.testing``."""
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(EXAMPLE_PACKAGE),
          str(EXAMPLE_PACKAGE / "tests")],
-        capture_output=True, text=True, timeout=300, env={**os.environ, **with_example_installed},
+        capture_output=True, text=True, timeout=300, env={**os.environ, **example_env(with_example_installed)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 passed" in result.stdout
+    assert "4 passed" in result.stdout
 
 
 @pytest.fixture(scope="module")
 def override_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """examples/project-override as shipped (its config names ./my_hooks.py), shortened, with
     the TensorBoard logger on."""
-    run_dir = tmp_path_factory.mktemp("override") / "run"
-    result = run_cli(
-        "run", str(OVERRIDE_EXAMPLE / "config.toml"), *QUICK,
+    runner = TinkerplugRunner(tmp_path_factory.mktemp("override"))
+    run_dir = runner.path / "run"
+    result = runner.run(
+        OVERRIDE_EXAMPLE / "config.toml", *QUICK,
         "--set", f"run_dir={run_dir}", "--set", "num_steps=8", "--set", "warmup_steps=2",
         "--set", "batch_size=4", "--set", "eval_every=0", "--set", "tensorboard.enabled=true",
     )
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.output
     return run_dir
 
 
@@ -255,52 +265,52 @@ def test_tensorboard_enabled_without_tensorboardx_says_how_to_install(tmp_path, 
 # -- disabling ---------------------------------------------------------------------------------
 
 
-def test_disabling_the_renderer_plugin_fails_before_loading_anything(tmp_path):
+def test_disabling_the_renderer_plugin_fails_before_loading_anything(tinkerplug_runner, tmp_path):
     config = write_config(tmp_path)
-    result = run_cli("run", str(config), "-p", "no:cookbook")
-    assert result.returncode == 3
+    result = tinkerplug_runner.run(config, "-p", "no:cookbook")
+    assert result.exit_code == 3
     assert "no plugin resolves the chat renderer (hook resolve_renderer) (disabled: cookbook)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
     # the same from the config file
     config = write_config(tmp_path, disable_plugins=["cookbook"])
-    result = run_cli("run", str(config))
-    assert result.returncode == 3 and "(disabled: cookbook)" in result.stderr
+    result = tinkerplug_runner.run(config)
+    assert result.exit_code == 3 and "(disabled: cookbook)" in result.stderr
 
 
-def test_disabling_the_backend_in_use_names_it(tmp_path):
+def test_disabling_the_backend_in_use_names_it(tinkerplug_runner, tmp_path):
     config = write_config(tmp_path, backend="local")
-    result = run_cli("run", str(config), "-p", "no:local")
-    assert result.returncode == 3  # a plugin problem, as for a disabled renderer; 4 is for backend failures
+    result = tinkerplug_runner.run(config, "-p", "no:local")
+    assert result.exit_code == 3  # a plugin problem, as for a disabled renderer; 4 is for backend failures
     assert "no plugin provides backend 'local' (disabled: local)" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_disabling_an_unknown_plugin_suggests_the_name(tmp_path):
-    result = run_cli("plugins", "-p", "no:cokbook")
-    assert result.returncode == 3
+def test_disabling_an_unknown_plugin_suggests_the_name(tinkerplug_runner):
+    result = tinkerplug_runner.invoke("plugins", "-p", "no:cokbook")
+    assert result.exit_code == 3
     assert "cannot disable unknown plugin(s): cokbook (did you mean no:cookbook?)" in result.stderr
-    rows = plugins_json("-p", "no:heldout", "-p", "no:tensorboard")
+    rows = plugins_json(tinkerplug_runner, "-p", "no:heldout", "-p", "no:tensorboard")
     assert {r["name"] for r in rows} == first_party_names() - {"heldout", "tensorboard"}
 
 
 # -- rejected plugins ---------------------------------------------------------------------------
 
 
-def test_unknown_hook_name_is_rejected_at_load_naming_the_plugin(tmp_path):
+def test_unknown_hook_name_is_rejected_at_load_naming_the_plugin(tinkerplug_runner, tmp_path):
     typo = write_plugin(tmp_path, "typo", "@tinkerplug.hookimpl\ndef lr_for_stpe(step):\n    return 1.0\n")
     for args in (("plugins", "-p", str(typo)), ("run", str(write_config(tmp_path)), "-p", str(typo))):
-        result = run_cli(*args)
-        assert result.returncode == 3, result.stderr
+        result = tinkerplug_runner.invoke(*args)
+        assert result.exit_code == 3, result.output
         assert "plugin 'project:typo'" in result.stderr
         assert "unknown hook 'lr_for_stpe'; did you mean 'lr_for_step'?" in result.stderr
         assert "Traceback" not in result.stderr
 
 
-def test_hookimpl_with_an_argument_the_spec_lacks_is_rejected(tmp_path):
+def test_hookimpl_with_an_argument_the_spec_lacks_is_rejected(tinkerplug_runner, tmp_path):
     bad = write_plugin(tmp_path, "bad_args", "@tinkerplug.hookimpl\ndef lr_for_step(step, total_steps):\n    return 1.0\n")
-    result = run_cli("plugins", "-p", str(bad))
-    assert result.returncode == 3
+    result = tinkerplug_runner.invoke("plugins", "-p", str(bad))
+    assert result.exit_code == 3
     assert "plugin 'project:bad_args'" in result.stderr and "total_steps" in result.stderr
 
 
@@ -320,13 +330,13 @@ def test_a_wrapper_wraps_a_fan_out_hook(tmp_path):
     assert sys.modules["tinkerplug_project_wrap"].seen == [(5, 1)]
 
 
-def test_wrapper_on_evaluate_is_rejected(tmp_path):
+def test_wrapper_on_evaluate_is_rejected(tinkerplug_runner, tmp_path):
     """Evaluators are called one by one (a failing one must not stop the others): no wrapping."""
     wrapper = write_plugin(
         tmp_path, "wrap", "@tinkerplug.hookimpl(wrapper=True)\ndef evaluate(context):\n    return (yield)\n"
     )
-    result = run_cli("plugins", "-p", str(wrapper))
-    assert result.returncode == 3 and "plugin 'project:wrap'" in result.stderr and "evaluate" in result.stderr
+    result = tinkerplug_runner.invoke("plugins", "-p", str(wrapper))
+    assert result.exit_code == 3 and "plugin 'project:wrap'" in result.stderr and "evaluate" in result.stderr
 
 
 def test_a_raising_hook_is_reported_by_plugin_name(tmp_path):
@@ -356,7 +366,7 @@ def test_light_commands_import_no_heavy_package(args, with_example_installed):
     )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-        env={**os.environ, **with_example_installed},
+        env={**os.environ, **example_env(with_example_installed)},
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
@@ -372,7 +382,7 @@ def test_async_hook_other_than_evaluate_is_refused_not_silently_skipped(tmp_path
         plugins.each("log_metrics", step=0, metrics={}, run=None)
 
 
-def test_a_project_file_named_in_the_config_can_be_disabled_by_name(tmp_path):
+def test_a_project_file_named_in_the_config_can_be_disabled_by_name(tinkerplug_runner):
     config = OVERRIDE_EXAMPLE / "config.toml"
-    rows = plugins_json("--hook", "lr_for_step", "-c", str(config), "-p", "no:project:my_hooks")
+    rows = plugins_json(tinkerplug_runner, "--hook", "lr_for_step", "-c", str(config), "-p", "no:project:my_hooks")
     assert [r["name"] for r in rows] == ["schedule"]

@@ -6,9 +6,6 @@ unmodified ``tinker`` SDK and raw HTTP for what the SDK never sends.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -18,31 +15,14 @@ MODEL = "tiny-chat"
 ALICE, BOB, ROOT = "tml-alice-key-0001", "tml-bob-key-0002", "tml-root-key-0003"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class TeamServer:
+    """``tinkerplug serve``'s app on a thread of this process, with a keyring, and raw HTTP."""
 
+    def __init__(self, root: Path, keys, **state_options):
+        from tinkerplug_local.server.thread import ThreadServer
 
-class InProcessServer:
-    """``create_app`` on a real ``ServerState`` under uvicorn, on a thread of this process."""
-
-    def __init__(self, root: Path, keyring, **state_options):
-        import uvicorn
-
-        from tinkerplug_local.server.app import create_app
-        from tinkerplug_local.server.state import ServerState
-
-        self.state = ServerState(root, device="cpu", **state_options)
-        self.app = create_app(self.state, keyring, max_body=2 * 1024 * 1024)
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self.thread = ThreadServer(root, keys, **state_options)
+        self.state, self.app, self.url = self.thread.state, self.thread.app, self.thread.url
 
     def sdk(self, key: str):
         import tinker
@@ -54,9 +34,7 @@ class InProcessServer:
         return httpx.request(method, self.url + path, headers=headers, timeout=60, **kwargs)
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.state.close()
+        self.thread.stop()
 
 
 def keyring(tmp_path: Path, **limits):
@@ -79,7 +57,7 @@ def datum(tokens: list[int]):
 @pytest.fixture(scope="module")
 def team(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("team")
-    server = InProcessServer(root / "checkpoints", keyring(root))
+    server = TeamServer(root / "checkpoints", keyring(root))
     yield server
     server.stop()
 
@@ -148,6 +126,9 @@ def _requests(a: dict) -> dict[tuple[str, str], dict]:
         ("GET", ckpt + "/external_weights_urls"): {"path": f"/api/v1/training_runs/{run}/checkpoints/external_weights/x1/external_weights_urls"},
         ("POST", "/api/v1/weights_info"): {"json": {"tinker_path": a["state"]}},
         ("GET", "/api/v1/files/{run}/{kind}/{name}/{file}"): {"url": a["download"].replace("signature=", "signature=f")},
+        ("POST", "/oai/api/v1/chat/completions"): {"json": {"model": a["sampler_path"], "max_tokens": 2,
+                                                           "messages": [{"role": "user", "content": "hi"}]}},
+        ("POST", "/oai/api/v1/completions"): {"json": {"model": f"{MODEL};{a['sampler_path']}", "prompt": "hi", "max_tokens": 2}},
     }
 
 
@@ -158,7 +139,7 @@ PUBLIC = {
     ("GET", "/api/v1/healthz"), ("POST", "/api/v1/telemetry"), ("GET", "/healthz"),
 }
 # Routes that list: another key's things are left out (checked below), not refused.
-LISTS = {("GET", "/api/v1/training_runs"), ("GET", "/api/v1/checkpoints")}
+LISTS = {("GET", "/api/v1/training_runs"), ("GET", "/api/v1/checkpoints"), ("GET", "/oai/api/v1/models")}
 CATCH_ALL = "/{path:path}"
 
 
@@ -200,7 +181,7 @@ def test_another_key_gets_404_on_every_route(team, alice, method, template):
 
 SAFE = [r for r in MATRIX if r[0] == "GET" and "files" not in r[1]] + [
     ("POST", p) for p in ("/api/v1/get_info", "/api/v1/weights_info", "/api/v1/retrieve_future", "/api/v1/session_heartbeat",
-                          "/api/v1/asample")]
+                          "/api/v1/asample", "/oai/api/v1/chat/completions", "/oai/api/v1/completions")]
 
 
 @pytest.mark.parametrize("method,template", SAFE, ids=[f"{m} {t}" for m, t in SAFE])
@@ -222,8 +203,8 @@ def test_alice_still_has_everything_after_bob_tried(team, alice):
 @pytest.mark.parametrize("method,path", sorted(LISTS))
 def test_lists_show_only_the_keys_own_and_everything_to_an_admin(team, alice, method, path):
     shown = {who: team.call(method, path, key).text for who, key in (("alice", ALICE), ("bob", BOB), ("root", ROOT))}
-    assert alice["model"] in shown["alice"] and alice["model"] in shown["root"]
-    assert alice["model"] not in shown["bob"]
+    assert alice["session"] in shown["alice"] and alice["session"] in shown["root"]
+    assert alice["session"] not in shown["bob"]
 
 
 def test_an_admin_reads_but_does_not_use_another_keys_things(team, alice):

@@ -116,7 +116,7 @@ def plugins_cmd(as_json: bool, hook: str | None, config_path: str | None, plugin
 
 @cli.command("hooks")
 @click.argument("name", required=False)
-@click.option("--markdown", is_flag=True, help="Print the README hook reference.")
+@click.option("--markdown", is_flag=True, help="Print the hook reference (docs/reference/hooks.md).")
 def hooks_cmd(name: str | None, markdown: bool) -> None:
     """Print every hookspec (or hook NAME) with its signature and documentation."""
     import inspect

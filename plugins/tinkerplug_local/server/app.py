@@ -14,6 +14,7 @@ from tinkerplug_local.server.http import PRINCIPAL, HTTPError, endpoint, error_r
 
 DEFAULT_MAX_BODY = 512 * 1024 * 1024
 UNSIGNED_PREFIX = "/api/v1/files/"  # download URLs carry their own signature instead of a key
+OAI_PREFIX = "/oai/"  # the OpenAI-compatible API: its errors in OpenAI's shape
 
 
 async def not_served(request: Request) -> Any:
@@ -22,6 +23,8 @@ async def not_served(request: Request) -> Any:
 
 async def _http_error(request: Request, exc: Exception) -> Any:
     assert isinstance(exc, HTTPError)
+    if request.url.path.startswith(OAI_PREFIX):
+        return oai_error_response(exc.status, exc.detail, getattr(exc, "param", None), getattr(exc, "code", None))
     return error_response(exc.status, exc.detail)
 
 
@@ -33,18 +36,34 @@ async def _limit_error(request: Request, exc: Exception) -> Any:
 
 
 async def _server_error(request: Request, exc: Exception) -> Any:
-    return error_response(500, f"{endpoint(request)}: {type(exc).__name__}: {exc}")
+    detail = f"{endpoint(request)}: {type(exc).__name__}: {exc}"
+    if request.url.path.startswith(OAI_PREFIX):
+        return oai_error_response(500, detail)
+    return error_response(500, detail)
+
+
+def oai_error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape, which its clients read the message from."""
+    kind = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error"}.get(status)
+    kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def oai_error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(oai_error_body(status, message, param, code), status_code=status, headers={"x-should-retry": "false"})
 
 
 def create_app(state: Any, keyring: Any, max_body: int = DEFAULT_MAX_BODY) -> Any:
     """``keyring``: a ``principals.Keyring`` (or a list of keys, each its own principal)."""
-    from tinkerplug_local.server import routes_rest, routes_sampling, routes_service, routes_training
+    from tinkerplug_local.server import routes_oai, routes_rest, routes_sampling, routes_service, routes_training
     from tinkerplug_local.server.principals import Keyring, Limits, load_keyring
     from tinkerplug_local.server.state import LimitError
 
     if not isinstance(keyring, Keyring):
         keyring = load_keyring(tuple(keyring), "", None, Limits(), "TINKERPLUG_SERVE_KEYS")
-    routes = [*routes_service.ROUTES, *routes_training.ROUTES, *routes_sampling.ROUTES, *routes_rest.ROUTES]
+    routes = [*routes_service.ROUTES, *routes_training.ROUTES, *routes_sampling.ROUTES, *routes_rest.ROUTES, *routes_oai.ROUTES]
     routes.append(Route("/{path:path}", not_served, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]))
     handlers = {HTTPError: _http_error, LimitError: _limit_error, Exception: _server_error}
     app = Starlette(routes=routes, exception_handlers=handlers)
@@ -76,13 +95,14 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        who = self.keyring.identify(headers.get(b"x-api-key", b""))  # the key is never echoed or logged
+        oai = scope["path"].startswith(OAI_PREFIX)
+        who = self.keyring.identify(request_key(headers))  # the key is never echoed or logged
         if who is None and not scope["path"].startswith(UNSIGNED_PREFIX):
-            return await _send(send, 401, "the API key was not accepted by this tinkerplug serve (set TINKER_API_KEY to one of its --api-key keys)")
+            return await _send(send, 401, "the API key was not accepted by this tinkerplug serve (set TINKER_API_KEY to one of its --api-key keys)", oai)
         scope[PRINCIPAL] = who
         length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_body:
-            return await _send(send, 413, f"request body over the server's limit of {self.max_body} bytes")
+            return await _send(send, 413, f"request body over the server's limit of {self.max_body} bytes", oai)
         received = 0
 
         async def limited() -> dict:
@@ -96,8 +116,17 @@ class Guard:
         await self.app(scope, limited, send)
 
 
-async def _send(send: Any, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+def request_key(headers: dict[bytes, bytes]) -> bytes:
+    """The SDK sends ``X-API-Key``; OpenAI clients ``Authorization: Bearer <key>``."""
+    key = headers.get(b"x-api-key", b"")
+    bearer = headers.get(b"authorization", b"")
+    if not key and bearer[:7].lower() == b"bearer ":
+        key = bearer[7:].strip()
+    return key
+
+
+async def _send(send: Any, status: int, detail: str, oai: bool = False) -> None:
+    body = json.dumps(oai_error_body(status, detail) if oai else {"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"x-should-retry", b"false")]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
