@@ -6,12 +6,16 @@ unmodified ``tinker`` SDK and raw HTTP for what the SDK never sends.
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 MODEL = "tiny-chat"
+SESSION = {"tags": [], "user_metadata": None, "sdk_version": "0.38.0"}
 ALICE, BOB, ROOT = "tml-alice-key-0001", "tml-bob-key-0002", "tml-root-key-0003"
 
 
@@ -126,6 +130,7 @@ def _requests(a: dict) -> dict[tuple[str, str], dict]:
         ("GET", ckpt + "/external_weights_urls"): {"path": f"/api/v1/training_runs/{run}/checkpoints/external_weights/x1/external_weights_urls"},
         ("POST", "/api/v1/weights_info"): {"json": {"tinker_path": a["state"]}},
         ("GET", "/api/v1/files/{run}/{kind}/{name}/{file}"): {"url": a["download"].replace("signature=", "signature=f")},
+        ("GET", "/metrics"): {"path": "/metrics"},  # admin keys only (checked below)
         ("POST", "/oai/api/v1/chat/completions"): {"json": {"model": a["sampler_path"], "max_tokens": 2,
                                                            "messages": [{"role": "user", "content": "hi"}]}},
         ("POST", "/oai/api/v1/completions"): {"json": {"model": f"{MODEL};{a['sampler_path']}", "prompt": "hi", "max_tokens": 2}},
@@ -179,7 +184,7 @@ def test_another_key_gets_404_on_every_route(team, alice, method, template):
     assert "alice" not in answer.text  # the owner is never named to another key
 
 
-SAFE = [r for r in MATRIX if r[0] == "GET" and "files" not in r[1]] + [
+SAFE = [r for r in MATRIX if r[0] == "GET" and "files" not in r[1] and r[1] != "/metrics"] + [
     ("POST", p) for p in ("/api/v1/get_info", "/api/v1/weights_info", "/api/v1/retrieve_future", "/api/v1/session_heartbeat",
                           "/api/v1/asample", "/oai/api/v1/chat/completions", "/oai/api/v1/completions")]
 
@@ -263,3 +268,150 @@ def test_keys_from_the_environment_and_options_are_principals_too():
     assert ring.identify(b"tml-c1").limits.max_models == 2 and ring.identify(b"tml-nope") is None
     with pytest.raises(TinkerplugError, match="ENV entry 1 has the same key as --api-key #1"):
         load_keyring(("tml-c1",), "tml-c1", None, Limits(), "ENV")
+
+
+# -- limits, health, metrics, shutdown ----------------------------------------------------------
+
+
+def _blocked_worker(server):
+    """Occupy the base model's worker until the returned event is set: requests queue behind it."""
+    release = threading.Event()
+    host = server.state.service.hosts()[0]
+    host.worker.submit(lambda: release.wait(60))
+    return release
+
+
+def _session(server, key: str) -> str:
+    answer = server.call("POST", "/api/v1/create_session", key, json=SESSION)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["session_id"]
+
+
+def _model(server, key: str, session: str, seq: int = 0) -> str:
+    answer = server.call("POST", "/api/v1/create_model", key, json={"session_id": session, "model_seq_id": seq, "base_model": MODEL,
+                                                                    "lora_config": {"rank": 4}})
+    assert answer.status_code == 200, answer.text
+    done = server.call("POST", "/api/v1/retrieve_future", key, json={"request_id": answer.json()["request_id"]})
+    assert done.status_code == 200 and done.json()["model_id"], done.text
+    return done.json()["model_id"]
+
+
+@pytest.fixture
+def limited(tmp_path):
+    server = TeamServer(tmp_path / "checkpoints", keyring(tmp_path, max_sessions=2, max_models=1, max_queued=2))
+    yield server
+    server.stop()
+
+
+def test_per_key_limits_answer_429_with_retry_after_and_spare_other_keys(limited):
+    sessions = [_session(limited, ALICE), _session(limited, ALICE)]
+    third = limited.call("POST", "/api/v1/create_session", ALICE, json=SESSION)
+    assert third.status_code == 429 and third.headers["retry-after"] == "60" and third.headers["x-should-retry"] == "false"
+    assert "'alice' has 2 open sessions, its limit" in third.json()["detail"]
+    model = _model(limited, ALICE, sessions[0])
+    second = limited.call("POST", "/api/v1/create_model", ALICE, json={"session_id": sessions[1], "model_seq_id": 0, "base_model": MODEL})
+    assert second.status_code == 429 and "1 training models, its limit" in second.json()["detail"]
+    bob_model = _model(limited, BOB, _session(limited, BOB))  # bob has limits of his own
+
+    release = _blocked_worker(limited)
+    step = {"model_id": model, "adam_params": {"learning_rate": 1e-3}}
+    queued = [limited.call("POST", "/api/v1/optim_step", ALICE, json=step) for _ in range(2)]
+    over = limited.call("POST", "/api/v1/optim_step", ALICE, json=step)
+    bob = limited.call("POST", "/api/v1/optim_step", BOB, json={**step, "model_id": bob_model})
+    release.set()
+    assert [q.status_code for q in queued] == [200, 200] and bob.status_code == 200
+    assert over.status_code == 429 and over.headers["retry-after"] == "1" and "x-should-retry" not in over.headers  # the SDK retries it
+    assert "2 requests queued, its limit" in over.json()["detail"]
+    for answer in [*queued, bob]:
+        key = BOB if answer is bob else ALICE
+        done = limited.call("POST", "/api/v1/retrieve_future", key, json={"request_id": answer.json()["request_id"]})
+        assert done.status_code == 200 and "metrics" in done.json(), done.text
+    assert limited.call("POST", "/api/v1/optim_step", ALICE, json=step).status_code == 200  # the queue drained
+
+
+def test_healthz_needs_no_key_and_metrics_an_admin_key(team, alice):
+    assert team.call("GET", "/healthz", None).json() == {"status": "ok"}
+    assert team.call("GET", "/metrics", BOB).status_code == 404
+    assert team.call("GET", "/metrics", None).status_code == 401
+    assert team.call("POST", "/api/v1/get_info", BOB, json={"model_id": alice["model"]}).status_code == 404
+    text = team.call("GET", "/metrics", ROOT).text
+    assert 'tinkerplug_models{key="alice"}' in text and 'tinkerplug_sessions{key="alice"}' in text
+    assert 'tinkerplug_adapters_resident{base_model="tiny-chat"}' in text
+    assert 'tinkerplug_request_seconds{kind="forward_backward",quantile="0.95"}' in text
+    assert 'tinkerplug_http_requests_total{key="bob",endpoint="get_info",status="404"}' in text
+    assert "tinkerplug_queue_depth" in text and ALICE not in text and BOB not in text
+
+
+def test_shutdown_finishes_queued_work_and_takes_no_more(limited):
+    from tinkerplug_local.server.shutdown import drain
+
+    model = _model(limited, ALICE, _session(limited, ALICE))
+    step = {"model_id": model, "adam_params": {"learning_rate": 1e-3}}
+    release = _blocked_worker(limited)
+    first = limited.call("POST", "/api/v1/optim_step", ALICE, json=step).json()["request_id"]
+    threading.Timer(0.5, release.set).start()  # the running job ends during the drain: what is queued finishes
+    assert drain(limited.state, 10.0) == (1, 0)
+    assert "metrics" in limited.call("POST", "/api/v1/retrieve_future", ALICE, json={"request_id": first}).json()
+    refused = limited.call("POST", "/api/v1/optim_step", ALICE, json=step)
+    assert refused.status_code == 503 and "shutting down" in refused.json()["detail"]
+    assert limited.call("GET", "/healthz", None).status_code == 503
+
+
+def test_shutdown_fails_work_that_does_not_finish_in_time(limited):
+    from tinkerplug_local.server.shutdown import SHUTDOWN_MESSAGE, drain
+
+    model = _model(limited, ALICE, _session(limited, ALICE))
+    step = {"model_id": model, "adam_params": {"learning_rate": 1e-3}}
+    release = _blocked_worker(limited)
+    queued = [limited.call("POST", "/api/v1/optim_step", ALICE, json=step).json()["request_id"] for _ in range(2)]
+    threading.Timer(1.0, release.set).start()  # runs out after the 0.2 s timeout: both are failed
+    assert drain(limited.state, 0.2) == (0, 2)
+    for request_id in queued:
+        answer = limited.call("POST", "/api/v1/retrieve_future", ALICE, json={"request_id": request_id}).json()
+        assert answer["category"] == "server" and SHUTDOWN_MESSAGE in answer["error"]
+
+
+@pytest.mark.slow
+def test_tls_and_a_graceful_sigterm_of_the_real_command(tmp_path):
+    import shutil
+    import signal
+    import ssl
+    import subprocess
+    import sys
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "tinkerplug.cli", "serve", "--port", str(port), "--device", "cpu",
+                                    "--checkpoint-dir", str(tmp_path / "ck"), "--api-key", ALICE,
+                                    "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)], stdout=out, stderr=subprocess.STDOUT)
+    url = f"https://127.0.0.1:{port}"
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(url + "/healthz", verify=trust, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        answer = httpx.post(url + "/api/v1/get_server_capabilities", headers={"X-API-Key": ALICE}, verify=trust, timeout=30)
+        assert answer.status_code == 200 and answer.json()["supported_models"]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).raise_for_status()  # no plain HTTP beside TLS
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = log.read_text()
+    assert f"https://127.0.0.1:{port}" in text and "shutting down: 0 queued requests finished, 0 failed" in text, text
+    assert ALICE not in text

@@ -75,6 +75,10 @@ class ServiceClient:
             host.worker.close()
         return completed(None)
 
+    def hosts(self) -> list[Any]:
+        """The loaded base models (``ModelHost``), one worker each (no lock: a load holds it for seconds)."""
+        return list(self._hosts.values())
+
     def _host(self, base_model: str) -> Any:
         from tinkerplug_local.host import ModelHost
 

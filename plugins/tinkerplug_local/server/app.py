@@ -14,6 +14,7 @@ from tinkerplug_local.server.http import PRINCIPAL, HTTPError, endpoint, error_r
 
 DEFAULT_MAX_BODY = 512 * 1024 * 1024
 UNSIGNED_PREFIX = "/api/v1/files/"  # download URLs carry their own signature instead of a key
+NO_KEY = ("/healthz",)  # a supervisor's probe carries no key
 OAI_PREFIX = "/oai/"  # the OpenAI-compatible API: its errors in OpenAI's shape
 
 
@@ -57,13 +58,14 @@ def oai_error_response(status: int, message: str, param: str | None = None, code
 
 def create_app(state: Any, keyring: Any, max_body: int = DEFAULT_MAX_BODY) -> Any:
     """``keyring``: a ``principals.Keyring`` (or a list of keys, each its own principal)."""
-    from tinkerplug_local.server import routes_oai, routes_rest, routes_sampling, routes_service, routes_training
+    from tinkerplug_local.server import routes_health, routes_oai, routes_rest, routes_sampling, routes_service, routes_training
     from tinkerplug_local.server.principals import Keyring, Limits, load_keyring
     from tinkerplug_local.server.state import LimitError
 
     if not isinstance(keyring, Keyring):
         keyring = load_keyring(tuple(keyring), "", None, Limits(), "TINKERPLUG_SERVE_KEYS")
-    routes = [*routes_service.ROUTES, *routes_training.ROUTES, *routes_sampling.ROUTES, *routes_rest.ROUTES, *routes_oai.ROUTES]
+    routes = [*routes_service.ROUTES, *routes_training.ROUTES, *routes_sampling.ROUTES, *routes_rest.ROUTES, *routes_oai.ROUTES,
+              *routes_health.ROUTES]
     routes.append(Route("/{path:path}", not_served, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]))
     handlers = {HTTPError: _http_error, LimitError: _limit_error, Exception: _server_error}
     app = Starlette(routes=routes, exception_handlers=handlers)
@@ -97,7 +99,7 @@ class Guard:
         headers = dict(scope["headers"])
         oai = scope["path"].startswith(OAI_PREFIX)
         who = self.keyring.identify(request_key(headers))  # the key is never echoed or logged
-        if who is None and not scope["path"].startswith(UNSIGNED_PREFIX):
+        if who is None and not scope["path"].startswith(UNSIGNED_PREFIX) and scope["path"] not in NO_KEY:
             return await _send(send, 401, "the API key was not accepted by this tinkerplug serve (set TINKER_API_KEY to one of its --api-key keys)", oai)
         scope[PRINCIPAL] = who
         length = headers.get(b"content-length", b"0")
@@ -113,7 +115,24 @@ class Guard:
                 raise _TooLarge(self.max_body)
             return message
 
-        await self.app(scope, limited, send)
+        await self._observed(scope, limited, send, who)
+
+    async def _observed(self, scope: dict, receive: Any, send: Any, who: Any) -> None:
+        """Run the app; count the answer in ``/metrics`` by key name, endpoint and status."""
+        import time
+
+        start, status = time.perf_counter(), [500]
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            endpoint = getattr(scope.get("endpoint"), "__name__", "not_served")
+            self.app.state.server.metrics.observe_http(who.name if who else "-", endpoint, status[0], time.perf_counter() - start)
 
 
 def request_key(headers: dict[bytes, bytes]) -> bytes:

@@ -49,6 +49,8 @@ def check_bind(host: str, keys: Any) -> None:
 @click.option("--max-models-per-key", type=click.IntRange(min=0), default=0, show_default=True, help="Training models per key (0: no limit); beyond it HTTP 429.")
 @click.option("--max-queued-per-key", type=click.IntRange(min=0), default=0, show_default=True,
               help="Unfinished requests per key (0: no limit); beyond it HTTP 429 with Retry-After, which the SDK retries.")
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On SIGTERM: seconds queued requests may take to finish before they are failed with a clear status.")
 @click.option("--ssl-certfile", type=click.Path(dir_okay=False, exists=True), default=None, help="Serve HTTPS with this certificate (PEM).")
 @click.option("--ssl-keyfile", type=click.Path(dir_okay=False, exists=True), default=None, help="The certificate's private key (PEM).")
 @click.option("--clock-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -60,7 +62,7 @@ def check_bind(host: str, keys: Any) -> None:
               help="Tokens run through the model at once; 0 picks it from the device's memory.")
 def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, dtype: str,
           api_key: tuple[str, ...], keys_file: str | None, max_sessions_per_key: int, max_models_per_key: int,
-          max_queued_per_key: int, ssl_certfile: str | None, ssl_keyfile: str | None, clock_ms: float,
+          max_queued_per_key: int, shutdown_timeout: float, ssl_certfile: str | None, ssl_keyfile: str | None, clock_ms: float,
           max_body_mb: float, gradient_checkpointing: bool, microbatch_tokens: int) -> None:
     """Serve the local backend over the Tinker HTTP API, for the unmodified tinker SDK.
 
@@ -83,6 +85,7 @@ def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, 
     import uvicorn
 
     from tinkerplug_local.server.app import create_app
+    from tinkerplug_local.server.shutdown import draining_server
     from tinkerplug_local.server.state import ServerState
 
     state = ServerState(
@@ -98,7 +101,8 @@ def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, 
         file=sys.stderr, flush=True,
     )
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-                    ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+        draining_server(config, state, shutdown_timeout).run()
     finally:
         state.close()

@@ -39,9 +39,11 @@ class Pending:
 
 
 class FutureTable:
-    def __init__(self) -> None:
+    def __init__(self, observe: Callable[[str, bool, float], None] | None = None) -> None:
+        """``observe(kind, failed, seconds)`` is told each request's time to its result."""
         self._pending: dict[str, Pending] = {}
         self._lock = threading.Lock()
+        self._observe = observe
 
     def add(self, future: Any, encode: Callable[[Any], Any], release_at: float | None = None, owner: str = "local",
             kind: str = "request") -> str:
@@ -52,6 +54,9 @@ class FutureTable:
         with self._lock:
             self._sweep()
             self._pending[request_id] = Pending(future, encode, release_at, owner, kind)
+        if self._observe is not None:
+            start, observe = time.monotonic(), self._observe
+            future.add_done_callback(lambda f: observe(kind, f.cancelled() or f.exception() is not None, time.monotonic() - start))
         return request_id
 
     def get(self, request_id: str, owner: str) -> Pending | None:
@@ -68,6 +73,11 @@ class FutureTable:
                 if not pending.future.done():
                     counts[pending.owner] = counts.get(pending.owner, 0) + 1
             return counts
+
+    def uncollected(self) -> list[Pending]:
+        """Requests done whose result no client has fetched yet."""
+        with self._lock:
+            return [p for p in self._pending.values() if p.future.done() and p.retrieved is None]
 
     def unfinished(self) -> list[Pending]:
         with self._lock:

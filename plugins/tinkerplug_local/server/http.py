@@ -73,6 +73,9 @@ def admit(request: Request) -> Any:
     from tinkerplug_local.server.state import LimitError
 
     who = principal(request)
+    if request.app.state.server.draining:
+        raise HTTPError(503, f"{endpoint(request)}: tinkerplug serve is shutting down and takes no new work; "
+                             "send it again once the server is back (checkpoints saved before are kept)")
     limit = who.limits.max_queued
     if limit and request.app.state.server.futures.queued().get(who.name, 0) >= limit:
         raise LimitError(f"{endpoint(request)}: key {who.name!r} has {limit} requests queued, its limit; "

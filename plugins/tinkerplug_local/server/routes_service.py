@@ -11,7 +11,7 @@ from starlette.routing import Route
 from tinker import types
 
 from tinkerplug_local.server.futures import error_body
-from tinkerplug_local.server.http import HTTPError, endpoint, json_response, parse, principal, protobuf
+from tinkerplug_local.server.http import HTTPError, admit, endpoint, json_response, parse, principal, protobuf
 
 # Flags the SDK reads once per client. Chunks of one forward_backward are sent one after the
 # other (not in parallel), so requests reach the worker in the order of their seq_id.
@@ -28,7 +28,7 @@ async def client_dynamic_config(request: Request) -> Any:
 
 async def create_session(request: Request) -> Any:
     await parse(request, types.CreateSessionRequest)
-    session_id = request.app.state.server.new_session(principal(request))
+    session_id = request.app.state.server.new_session(admit(request))
     return json_response(types.CreateSessionResponse(session_id=session_id))
 
 

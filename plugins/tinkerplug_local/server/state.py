@@ -75,7 +75,11 @@ class ServerState:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.service = ServiceClient(checkpoint_dir=checkpoint_dir, device=device, dtype=dtype, **backend)
         self.paths = CheckpointPaths(self.service.store.root)
-        self.futures = FutureTable()
+        from tinkerplug_local.server.metrics import Metrics
+
+        self.metrics = Metrics()
+        self.futures = FutureTable(observe=self.metrics.observe_work)
+        self.draining = False  # set at shutdown: new work is refused with 503, queued work finishes
         self.clock_s = clock_ms / 1000.0
         self.clock_t0 = time.perf_counter()
         self.sessions: dict[str, Session] = {}
