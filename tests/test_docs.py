@@ -81,3 +81,52 @@ def test_mkdocs_build_is_strictly_clean(tmp_path):
         cwd=ROOT, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _quickstart_table():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import quickstart_table
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    return quickstart_table
+
+
+def test_the_quickstart_table_is_what_the_script_prints_for_the_recorded_run():
+    qt = _quickstart_table()
+    assert qt.docs_block() in page("tutorial/quickstart.md"), (
+        "docs/tutorial/quickstart.md's table is not what scripts/quickstart_table.py prints for "
+        "examples/quickstart/recorded/; run `python scripts/quickstart_table.py --update-docs`"
+    )
+
+
+@pytest.mark.slow
+def test_a_fresh_quickstart_prefix_logs_the_recorded_numbers(tmp_path):
+    """The quickstart's first 50 steps (its warmup: the LR does not depend on num_steps there, nor
+    the data order) log the recorded run's losses and step-0 evals: exactly on a machine like the
+    recorded one, to 1e-4 elsewhere (thread count, BLAS, CPU vs GPU; see the quickstart page)."""
+    import asyncio
+
+    import torch
+
+    from tinkerplug.cli import load_run_config
+    from tinkerplug.training import train
+
+    qt = _quickstart_table()
+    recorded = qt.read_metrics(qt.RECORDED)
+    machine = json.loads((qt.RECORDED / "machine.json").read_text())
+    overrides = (f"run_dir={tmp_path / 'run'}", "num_steps=60", "eval_every=0", "save_every=0", "terminal.quiet=true")
+    config, plugins = load_run_config(str(qt.CONFIG), overrides, ())
+    asyncio.run(train(config, plugins))
+    fresh = {row["step"]: row for row in qt.read_metrics(tmp_path / "run")}
+    same_machine = machine["cpus"] == os.cpu_count() and machine["torch"] == torch.__version__ and machine["threads"] == torch.get_num_threads()
+    for old in recorded:
+        if old["step"] >= config.warmup_steps:
+            break
+        keys = [k for k in old if k == "train/loss" or k == "lr" or (old["step"] == 0 and k.startswith("eval/"))]
+        for key in keys:
+            new = fresh[old["step"]][key]
+            if same_machine:
+                assert new == old[key], f"step {old['step']} {key}: fresh {new!r}, recorded {old[key]!r}"
+            else:
+                assert new == pytest.approx(old[key], rel=1e-4, abs=1e-6), f"step {old['step']} {key}"

@@ -30,6 +30,8 @@ class ServiceClient:
     (default ``$TINKERPLUG_LOCAL_GRADIENT_CHECKPOINTING`` = 1, or off) recomputes each layer in
     backward: less memory for more time. ``microbatch_tokens`` caps the tokens run at once
     (default ``$TINKERPLUG_LOCAL_MICROBATCH_TOKENS``, or 0: chosen from the device's memory).
+    ``max_adapters`` (default 0: no limit) keeps that many training adapters per base model in
+    memory; the least recently used others wait on disk with their optimizer state, exactly.
     ``base_url``, ``api_key``
     and the SDK's other arguments are accepted and ignored, so scripts written for the
     service run unchanged; no API key is needed.
@@ -45,6 +47,7 @@ class ServiceClient:
         dtype: str = "auto",
         gradient_checkpointing: bool | None = None,
         microbatch_tokens: int | None = None,
+        max_adapters: int = 0,
         **sdk_kwargs: Any,
     ):
         from tinkerplug_local.forward import ForwardOptions
@@ -60,8 +63,14 @@ class ServiceClient:
         if microbatch_tokens < 0:
             raise ValueError(f"microbatch_tokens must be >= 0 (0: from the device's memory), got {microbatch_tokens}")
         self.forward_options = ForwardOptions(bool(gradient_checkpointing), int(microbatch_tokens))
+        if max_adapters < 0:
+            raise ValueError(f"max_adapters must be >= 0 (0: no limit), got {max_adapters}")
+        self.max_adapters = max_adapters  # training adapters in memory per base model; the rest on disk
         self._hosts: dict[str, Any] = {}
         self._lock = threading.Lock()
+        from tinkerplug_local.stability import StabilityStore
+
+        self.stability = StabilityStore()  # what samplers with record_stability_info=True recorded
 
     def __enter__(self) -> "ServiceClient":
         return self
@@ -85,7 +94,8 @@ class ServiceClient:
         source = resolve_model(base_model)
         with self._lock:  # one loaded copy of each base model per client
             if source.location not in self._hosts:
-                self._hosts[source.location] = ModelHost(source, self.device, self.dtype, self.forward_options)
+                self._hosts[source.location] = ModelHost(
+                    source, self.device, self.dtype, self.forward_options, self.max_adapters, self.store.root)
             return self._hosts[source.location]
 
     # -- training clients --------------------------------------------------------------------
@@ -118,7 +128,9 @@ class ServiceClient:
 
         targets = host.target_modules(meta["train_mlp"], meta["train_attn"], meta["train_unembed"])
         adapter = host.new_adapter(meta["rank"], targets, meta["seed"])
-        return TrainingClient(self, host, adapter, self.store.new_model_id(), meta)
+        client = TrainingClient(self, host, adapter, self.store.new_model_id(), meta)
+        host.residency.touch(client)  # counted from now; the least recent other may go to disk
+        return client
 
     def create_training_client_from_state(
         self,
@@ -175,13 +187,18 @@ class ServiceClient:
             if base_model is None:
                 raise ValueError("create_sampling_client needs model_path or base_model")
             host = self._host(base_model)
-            return ClientFuture(completed(SamplingClient(host, None, base_model, None)).future())
+            client = SamplingClient(host, None, base_model, None).recording(self.stability, record_stability_info)
+            return ClientFuture(completed(client).future())
         directory = to_path(_local_path(str(model_path)))
         config_file = directory / "adapter_config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"{model_path} is not sampler weights (no adapter_config.json)")
         host = self._host(json.loads(config_file.read_text())["base_model_name_or_path"])
-        return host.worker.submit(lambda: SamplingClient.from_saved(host, str(model_path)), wrapper=ClientFuture)
+        stability = self.stability
+        return host.worker.submit(
+            lambda: SamplingClient.from_saved(host, str(model_path)).recording(stability, record_stability_info),
+            wrapper=ClientFuture,
+        )
 
     # -- info --------------------------------------------------------------------------------
 
@@ -250,7 +267,7 @@ class ServiceClient:
         retry_config: Any = None,
         record_stability_info: bool = False,
     ) -> Any:
-        return await self.create_sampling_client(model_path, base_model).result_async()
+        return await self.create_sampling_client(model_path, base_model, record_stability_info=record_stability_info).result_async()
 
 
 def _local_path(path: str) -> str:

@@ -18,8 +18,25 @@ NO_KEY = ("/healthz",)  # a supervisor's probe carries no key
 OAI_PREFIX = "/oai/"  # the OpenAI-compatible API: its errors in OpenAI's shape
 
 
+# Routes of the service that have no meaning on one machine, and why (what the SDK surfaces).
+REFUSED = {
+    "/api/v1/audit": "there is no organization audit log on one machine",
+    "/api/v1/billing/usage/events": "nothing is billed on one machine",
+    "/api/v1/auth/token": "it takes plain API keys (--api-key), not JWTs; whoami needs a JWT",
+    "/api/v1/auth/apikey/me": "it takes plain API keys (--api-key) and has no accounts",
+    "/api/v1/retrieve_futures": "its client config leaves sample_use_retrieve_futures off; results come by retrieve_future",
+    "/api/v1/join_sampling_session": "its client config leaves sample_join_sampling_session off",
+}
+REFUSED_SUFFIXES = {
+    "/project": "there are no projects on one machine (every session is in project 'local')",
+    "/trace_export": "it records no session traces",
+}
+
+
 async def not_served(request: Request) -> Any:
-    raise HTTPError(404, f"{endpoint(request)} is not served by tinkerplug serve (the local backend)")
+    path = request.url.path
+    why = REFUSED.get(path) or next((w for s, w in REFUSED_SUFFIXES.items() if path.startswith("/api/v1/sessions/") and path.endswith(s)), None)
+    raise HTTPError(404, f"{endpoint(request)}: not served by tinkerplug serve: {why or 'no such route on the local backend'}")
 
 
 async def _http_error(request: Request, exc: Exception) -> Any:
@@ -58,14 +75,19 @@ def oai_error_response(status: int, message: str, param: str | None = None, code
 
 def create_app(state: Any, keyring: Any, max_body: int = DEFAULT_MAX_BODY) -> Any:
     """``keyring``: a ``principals.Keyring`` (or a list of keys, each its own principal)."""
-    from tinkerplug_local.server import routes_health, routes_oai, routes_rest, routes_sampling, routes_service, routes_training
+    from tinkerplug_local.server import (
+        routes_checkpoints, routes_health, routes_oai, routes_rest, routes_sampling, routes_service, routes_sessions,
+        routes_training,
+    )
     from tinkerplug_local.server.principals import Keyring, Limits, load_keyring
     from tinkerplug_local.server.state import LimitError
 
     if not isinstance(keyring, Keyring):
         keyring = load_keyring(tuple(keyring), "", None, Limits(), "TINKERPLUG_SERVE_KEYS")
-    routes = [*routes_service.ROUTES, *routes_training.ROUTES, *routes_sampling.ROUTES, *routes_rest.ROUTES, *routes_oai.ROUTES,
-              *routes_health.ROUTES]
+    routes = [
+        *routes_service.ROUTES, *routes_training.ROUTES, *routes_sampling.ROUTES, *routes_rest.ROUTES,
+        *routes_checkpoints.ROUTES, *routes_sessions.ROUTES, *routes_oai.ROUTES, *routes_health.ROUTES,
+    ]
     routes.append(Route("/{path:path}", not_served, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]))
     handlers = {HTTPError: _http_error, LimitError: _limit_error, Exception: _server_error}
     app = Starlette(routes=routes, exception_handlers=handlers)

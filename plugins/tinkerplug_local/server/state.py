@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinkerplug_local.server.checkpoint_meta import CheckpointMeta
 from tinkerplug_local.server.clock import ModelClock
 from tinkerplug_local.server.futures import FutureTable
 from tinkerplug_local.server.paths import CheckpointPaths
@@ -77,6 +78,9 @@ class ServerState:
         self.paths = CheckpointPaths(self.service.store.root)
         from tinkerplug_local.server.metrics import Metrics
 
+        self.checkpoint_meta = CheckpointMeta(self.paths.root)  # TTLs and public flags
+        self.paths.before_lookup = self.checkpoint_meta.sweep
+        self.session_info: dict[str, dict[str, Any]] = {}  # kept after a session finishes, for get/list/search
         self.metrics = Metrics()
         self.futures = FutureTable(observe=self.metrics.observe_work)
         self.draining = False  # set at shutdown: new work is refused with 503, queued work finishes
@@ -125,8 +129,8 @@ class ServerState:
             for key in [k for k in self.samplers if k.startswith(prefix)]:
                 del self.samplers[key]  # the local SamplingClient frees its adapter when dropped
         for model in models:
-            host, adapter = model.client._host, model.client._adapter
-            host.worker.submit(lambda host=host, adapter=adapter: host.delete_adapter(adapter))
+            host, client = model.client._host, model.client
+            host.worker.submit(lambda host=host, client=client: host.residency.drop(client))
 
     def check_model_limit(self, principal: Principal) -> None:
         limit = principal.limits.max_models
@@ -141,9 +145,10 @@ class ServerState:
         # The local client writes its checkpoints under its model_id: make it the SDK's id,
         # so the tinker:// paths name the run the client knows.
         client.model_id = model_id
+        client.session = session_of(model_id)  # stable_reinforce: it trains on its session's samples
         clock = ModelClock(self.clock_s, self.clock_t0) if self.clock_s > 0 else None
         model = Model(client, base_model, rank, dict(user_metadata or {}), clock, owner)
-        self._write_owner(model_id, owner)
+        self.write_owner(model_id, owner)
         with self._lock:
             self.models[model_id] = model
         return model
@@ -157,6 +162,7 @@ class ServerState:
         return model
 
     def add_sampler(self, sampler_id: str, sampler: Sampler) -> None:
+        sampler.client.recording(self.service.stability, sampler.client._record, session_of(sampler_id))
         with self._lock:
             self.samplers[sampler_id] = sampler
 
@@ -169,7 +175,7 @@ class ServerState:
 
     # -- runs on disk --------------------------------------------------------------------------
 
-    def _write_owner(self, run: str, owner: str) -> None:
+    def write_owner(self, run: str, owner: str) -> None:
         run_dir = self.paths.run_dir(run)
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / OWNER_FILE).exists():
@@ -200,4 +206,10 @@ class ServerState:
         return model.clock.release_time(request) if model.clock is not None else None
 
     def close(self) -> None:
+        self.checkpoint_meta.close()
         self.service.close()
+
+
+def session_of(client_id: str) -> str:
+    """The session in a model or sampler id (``SESSION:train:N``, ``SESSION:sample:N``)."""
+    return client_id.split(":", 1)[0]
