@@ -68,6 +68,24 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     )
 
 
+def run_inprocess(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float | None = None, input: str = ""
+):
+    """``run_cli`` in this process (``tinkerplug.testing``), with the same ``returncode``,
+    ``stdout`` and ``stderr``: for tests where a process is not what is tested, so they skip an
+    interpreter start-up and the re-import of torch. ``PYTHONPATH`` entries in ``env`` that are
+    not on ``sys.path`` become importable for the call; ``input`` is its stdin; ``timeout`` is
+    not enforced."""
+    from tinkerplug.testing import TinkerplugRunner
+
+    extra = dict(env or {})
+    runner = TinkerplugRunner(Path(cwd) if cwd is not None else Path.cwd())
+    for entry in reversed((extra.pop("PYTHONPATH", "") or "").split(os.pathsep)):
+        if entry and entry not in sys.path:
+            runner.syspath_prepend(entry)
+    return runner.invoke(*args, env=extra, input=input)
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

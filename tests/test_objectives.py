@@ -16,7 +16,7 @@ RL_TABLE = "[rl]\ngroup_size = 4\nmax_tokens = 4\n"
 
 CONSTANT_OBJECTIVE = '''
 import tinkerplug
-from tinkerplug.context import StepBatch
+from tinkerplug.hook_types import StepBatch
 
 
 class FirstExampleOnly:
@@ -96,7 +96,7 @@ def test_rl_samples_groups_scores_them_and_logs_per_reward_metrics(tmp_path):
 
 
 def test_rewards_are_registered_by_plugins():
-    from tinkerplug.plugins import load_plugins
+    from tinkerplug.plugin_loader import load_plugins
 
     registered = load_plugins().register_rewards()
     assert {"exact_match", "math"} <= set(registered)
@@ -197,3 +197,123 @@ def test_a_broken_reward_stops_the_run_cleanly_naming_it_and_the_record(name, tm
     end = json.loads((tmp_path / "run" / "end.json").read_text())
     assert "reward 'broken'" in end["error"]
     assert not (tmp_path / "run" / "checkpoints.jsonl").exists() or read_jsonl(tmp_path / "run" / "checkpoints.jsonl")
+
+
+def _pairs(directory: Path, lines: int = 64, drop: str | None = None) -> Path:
+    """TRL preference records from the fast task: the right first letter over a wrong one."""
+    out = []
+    for record in read_jsonl(DATA / "fast_train.jsonl")[:lines]:
+        prompt, answer = record["messages"][0]["content"], record["messages"][1]["content"]
+        row = {"prompt": prompt, "chosen": answer, "rejected": "z" if answer != "z" else "y"}
+        if drop:
+            row.pop(drop)
+        out.append(row)
+    path = directory / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in out))
+    return path
+
+
+def _with_train(config: Path, train: Path) -> Path:
+    text = config.read_text().replace(json.dumps(str(DATA / "fast_train.jsonl")), json.dumps(str(train)))
+    config.write_text(text)
+    return config
+
+
+def test_dpo_trains_on_preference_pairs_against_the_reference(tmp_path):
+    config = _with_train(write_config(tmp_path, "[dpo]\nbeta = 0.5\n", num_steps=3, batch_size=4, objective="dpo"), _pairs(tmp_path))
+    main(["run", str(config), "-q"])
+    rows = _rows(tmp_path / "run")
+    for row in rows:
+        for key in ("dpo/loss", "dpo/accuracy", "dpo/margin", "dpo/chosen_logprob", "dpo/rejected_logprob"):
+            assert math.isfinite(row[key]), key
+        assert row["train/loss"] == row["dpo/loss"]
+    assert abs(rows[0]["dpo/margin"]) < 1e-4 and rows[0]["dpo/loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_dpo_loss_matches_the_formula():
+    import torch
+    from tinker import types
+
+    from tinkerplug_dpo.objective import dpo_loss
+
+    datums = [types.Datum(model_input=types.ModelInput.from_ints([1, 2]), loss_fn_inputs={"target_tokens": [2, 3], "weights": [0.0, 1.0]})] * 2
+    logprobs = [torch.tensor([-5.0, -1.0], requires_grad=True), torch.tensor([-5.0, -2.0], requires_grad=True)]
+    loss, metrics = dpo_loss(0.5, [(-1.5, -1.5)])(datums, logprobs)
+    expected = -torch.nn.functional.logsigmoid(torch.tensor(0.5 * ((-1.0 + 1.5) - (-2.0 + 1.5))))
+    assert float(loss.detach()) == pytest.approx(float(expected)) and metrics["dpo/accuracy"] == 1.0
+    loss.backward()
+    assert logprobs[0].grad[0] == 0 and logprobs[0].grad[1] < 0 < logprobs[1].grad[1]
+
+
+@pytest.mark.parametrize("mode", ["off_policy", "on_policy"])
+def test_distill_from_a_run_dir_teacher_logs_teacher_kl(mode, tmp_path):
+    teacher_dir = tmp_path / "teacher"
+    teacher_dir.mkdir()
+    main(["run", str(write_config(teacher_dir, num_steps=4)), "-q"])
+    text = f'[distill]\nteacher = {json.dumps(str(teacher_dir / "run"))}\nmode = "{mode}"\nmax_tokens = 4\nsamples_per_prompt = 2\n'
+    config = write_config(tmp_path, text, num_steps=2, batch_size=4, objective="distill")
+    main(["run", str(config), "-q"])
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 2 and all(math.isfinite(r["distill/teacher_kl"]) for r in rows)
+    assert all(r["train/examples"] == 8 for r in rows)
+
+
+PREFERENCE_BAD = {
+    "rejected missing (TRL form)": ("rejected", ["preference record has 'chosen' but no 'rejected'"]),
+    "chosen missing (TRL form)": ("chosen", ["preference record has 'rejected' but no 'chosen'"]),
+}
+
+
+@pytest.mark.parametrize("name", PREFERENCE_BAD)
+def test_preference_records_missing_a_reply_are_refused(name, tmp_path, capsys):
+    drop, expected = PREFERENCE_BAD[name]
+    config = _with_train(write_config(tmp_path, num_steps=2, batch_size=4, objective="dpo"), _pairs(tmp_path, drop=drop))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(config), "-q"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "pairs.jsonl:1" in err, err
+    assert all(part in err for part in expected) and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_dpo_on_chat_records_without_pairs_is_refused(tmp_path, capsys):
+    config = write_config(tmp_path, num_steps=2, batch_size=4, objective="dpo")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(config), "-q"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "objective 'dpo' needs preference records" in err and "fast_train.jsonl:" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def _other_tokenizer_model(directory: Path) -> Path:
+    """tiny-chat with one more token in its vocabulary: another tokenizer."""
+    import shutil
+
+    import tinkerplug.models
+
+    source = Path(tinkerplug.models.__file__).parent / "tiny-chat"
+    model = directory / "other-model"
+    shutil.copytree(source, model)
+    tokenizer = json.loads((model / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab["zzextra"] = max(vocab.values()) + 1000
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer))
+    return model
+
+
+TEACHER_BAD = {
+    "missing": (lambda d: "/nowhere/teacher-run", ["[distill] teacher = '/nowhere/teacher-run'", "not a run dir, checkpoint or base model"]),
+    "another tokenizer": (lambda d: str(_other_tokenizer_model(d)), ["has another tokenizer than the student"]),
+}
+
+
+@pytest.mark.parametrize("name", TEACHER_BAD)
+def test_a_bad_teacher_is_refused_clearly(name, tmp_path, capsys):
+    make, expected = TEACHER_BAD[name]
+    text = f"[distill]\nteacher = {json.dumps(make(tmp_path))}\n"
+    config = write_config(tmp_path, text, num_steps=2, batch_size=4, objective="distill")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(config), "-q"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and all(part in err for part in expected) and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()

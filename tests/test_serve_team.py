@@ -132,6 +132,8 @@ def _requests(a: dict) -> dict[tuple[str, str], dict]:
         ("GET", "/api/v1/files/{run}/{kind}/{name}/{file}"): {"url": a["download"].replace("signature=", "signature=f")},
         ("GET", "/metrics"): {"path": "/metrics"},  # admin keys only (checked below)
         ("POST", "/api/v1/cancel_future"): {"json": {"request_id": a["request"]}},
+        ("POST", "/api/v1/create_custom_loss"): {"json": {"session_id": a["session"], "custom_loss_seq_id": 0, "name": "x",
+                                                          "inputs": [{"name": "logprobs", "rank": 1}], "graph": {"nodes": []}}},
         ("PUT", ckpt + "/ttl"): {"path": f"/api/v1/training_runs/{run}/checkpoints/weights/s1/ttl", "json": {"ttl_seconds": 5}},
         ("POST", ckpt + "/publish"): {"path": f"/api/v1/training_runs/{run}/checkpoints/weights/s1/publish"},
         ("DELETE", ckpt + "/publish"): {"path": f"/api/v1/training_runs/{run}/checkpoints/weights/s1/publish"},

@@ -76,7 +76,8 @@ def oai_error_response(status: int, message: str, param: str | None = None, code
 def create_app(state: Any, keyring: Any, max_body: int = DEFAULT_MAX_BODY) -> Any:
     """``keyring``: a ``principals.Keyring`` (or a list of keys, each its own principal)."""
     from tinkerplug_local.server import (
-        routes_checkpoints, routes_health, routes_oai, routes_rest, routes_sampling, routes_service, routes_sessions,
+        routes_checkpoints, routes_health, routes_losses, routes_oai, routes_rest, routes_sampling, routes_service,
+        routes_sessions,
         routes_training,
     )
     from tinkerplug_local.server.principals import Keyring, Limits, load_keyring
@@ -86,7 +87,8 @@ def create_app(state: Any, keyring: Any, max_body: int = DEFAULT_MAX_BODY) -> An
         keyring = load_keyring(tuple(keyring), "", None, Limits(), "TINKERPLUG_SERVE_KEYS")
     routes = [
         *routes_service.ROUTES, *routes_training.ROUTES, *routes_sampling.ROUTES, *routes_rest.ROUTES,
-        *routes_checkpoints.ROUTES, *routes_sessions.ROUTES, *routes_oai.ROUTES, *routes_health.ROUTES,
+        *routes_checkpoints.ROUTES, *routes_sessions.ROUTES, *routes_oai.ROUTES, *routes_losses.ROUTES,
+        *routes_health.ROUTES,
     ]
     routes.append(Route("/{path:path}", not_served, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]))
     handlers = {HTTPError: _http_error, LimitError: _limit_error, Exception: _server_error}

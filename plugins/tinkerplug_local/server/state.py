@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinkerplug_local.server.checkpoint_meta import CheckpointMeta
 from tinkerplug_local.server.clock import ModelClock
@@ -36,10 +36,13 @@ class LimitError(Exception):
         self.retry_after_s = retry_after_s
         self.retry = retry  # whether the SDK should retry on its own (a queue drains; a model count does not)
 
+if TYPE_CHECKING:
+    from tinkerplug_local.training_client import TrainingClient
+
 
 @dataclass
 class Model:
-    client: Any  # tinkerplug_local.training.TrainingClient
+    client: TrainingClient
     base_model: str
     rank: int
     user_metadata: dict[str, str]
@@ -129,8 +132,7 @@ class ServerState:
             for key in [k for k in self.samplers if k.startswith(prefix)]:
                 del self.samplers[key]  # the local SamplingClient frees its adapter when dropped
         for model in models:
-            host, client = model.client._host, model.client
-            host.worker.submit(lambda host=host, client=client: host.residency.drop(client))
+            model.client.release()
 
     def check_model_limit(self, principal: Principal) -> None:
         limit = principal.limits.max_models
