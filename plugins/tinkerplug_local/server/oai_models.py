@@ -53,9 +53,11 @@ class OAIModels:
             raise OAIError(400, "model: give a base model id, a tinker://<run>/sampler_weights/<name> path, or BASE;PATH", "model")
         self._check_owner(name, who)  # before the cache: a sampler one key opened is not another's
         with self._lock:
-            if name in self._cache:
+            cached = self._cache.get(name)
+            if cached is not None:
                 self._cache.move_to_end(name)
-                return self._cache[name]
+        if cached is not None and (cached.model_path is None or self._still_there(cached)):
+            return cached
         model = self._open(name)
         with self._lock:
             self._cache[name] = model
@@ -77,6 +79,16 @@ class OAIModels:
             raise OAIError(400, f"model: {exc}", "model") from None
         except FileNotFoundError:
             raise OAIError(404, f"model {name!r} is not available on this server", "model", "model_not_found") from None
+
+    def _still_there(self, model: OAIModel) -> bool:
+        """False once the checkpoint was deleted or expired (the lookup sweeps expired ones)."""
+        try:
+            self.state.paths.to_local(model.model_path)
+            return True
+        except (FileNotFoundError, ValueError):
+            with self._lock:
+                self._cache.pop(model.name, None)
+            return False
 
     def forget_run(self, run: str) -> None:
         """Drop cached samplers of ``run`` (its checkpoints were deleted or expired)."""

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from tinker import types
 
+from tinkerplug_local.server.checkpoint_meta import MAX_TTL_S
 from tinkerplug_local.server.http import HTTPError, endpoint, json_response, parse, principal, read_json
 from tinkerplug_local.server.paths import KINDS, PathError
 
@@ -106,17 +107,15 @@ async def copy_weights(request: Request) -> Any:
         raise HTTPError(400, f"{endpoint(request)}: source_path: {exc}") from None
     except FileNotFoundError as exc:
         raise HTTPError(404, f"{endpoint(request)}: source_path: {exc}") from None
+    if body.ttl_seconds is not None and not 0 < body.ttl_seconds <= MAX_TTL_S:  # checked before anything is written
+        raise HTTPError(400, f"{endpoint(request)}: ttl_seconds must be between 1 and {MAX_TTL_S}, or null")
     copy_run = f"copy-{uuid.uuid4().hex[:12]}"
     target = state.paths.local(copy_run, kind, name, must_exist=False)
     target.parent.mkdir(parents=True)
     state.write_owner(copy_run, principal(request).name)  # the copy is the caller's
     shutil.copytree(source, target, copy_function=_link_or_copy)
     if body.ttl_seconds is not None:
-        try:
-            state.checkpoint_meta.set_ttl(f"{copy_run}/{kind}/{name}", body.ttl_seconds)
-        except ValueError as exc:
-            shutil.rmtree(target.parent.parent)
-            raise HTTPError(400, f"{endpoint(request)}: ttl_seconds: {exc}") from None
+        state.checkpoint_meta.set_ttl(f"{copy_run}/{kind}/{name}", body.ttl_seconds)
     return json_response(types.CopyWeightsResponse(tinker_path=f"tinker://{copy_run}/{kind}/{name}"))
 
 
