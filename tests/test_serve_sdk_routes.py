@@ -114,7 +114,9 @@ def test_cancel_future_and_refusals_say_why(served) -> None:
 
     server, _, _, _ = served
     queued: Future = Future()  # never started: cancelling it works
-    request_id = server.state.futures.add(queued, lambda r: r)
+    from tinkerplug_local.server.principals import anonymous_name
+
+    request_id = server.state.futures.add(queued, lambda r: r, owner=anonymous_name(KEY))  # the key's own request
     headers = {"X-API-Key": KEY}
     assert httpx.post(server.url + "/api/v1/cancel_future", json={"request_id": request_id}, headers=headers).status_code == 200
     answer = httpx.post(server.url + "/api/v1/retrieve_future", json={"request_id": request_id}, headers=headers).json()
@@ -135,13 +137,13 @@ def test_futures_are_kept_from_when_they_finish_not_when_they_were_submitted() -
     table = futures_module.FutureTable()
     slow: Future = Future()
     request_id = table.add(slow, lambda r: r)
-    table.get(request_id).created -= 10 * futures_module.KEEP_UNRETRIEVED_S  # queued for hours
+    table.get(request_id, "local").created -= 10 * futures_module.KEEP_UNRETRIEVED_S  # queued for hours
     table._sweep()
-    assert table.get(request_id) is not None  # never swept while it runs
+    assert table.get(request_id, "local") is not None  # never swept while it runs
     slow.set_result("done")
     table._sweep()
-    assert table.get(request_id) is not None  # just finished: kept for the poll that comes next
-    pending = table.get(request_id)
+    assert table.get(request_id, "local") is not None  # just finished: kept for the poll that comes next
+    pending = table.get(request_id, "local")
     pending.finished -= futures_module.KEEP_UNRETRIEVED_S + 1
     table._sweep()
-    assert table.get(request_id) is None  # finished and never fetched for an hour: dropped
+    assert table.get(request_id, "local") is None  # finished and never fetched for an hour: dropped

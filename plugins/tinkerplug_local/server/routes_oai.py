@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from tinkerplug_local.server.http import read_json
+from tinkerplug_local.server.http import principal, read_json
 from tinkerplug_local.server.oai_models import OAIError, OAIModel, OAIModels, base_models
 from tinkerplug_local.server.oai_schema import ChatRequest, CompletionRequest, chat_messages, parse_body
 
@@ -40,23 +40,27 @@ def oai_models(request: Request) -> OAIModels:
 async def list_models(request: Request) -> Any:
     state = request.app.state.server
     created = int(time.time())
-    names = base_models(state) + sorted(_sampler_paths(state))
+    names = base_models(state) + sorted(_sampler_paths(state, principal(request)))
     data = [{"id": name, "object": "model", "created": created, "owned_by": "tinkerplug"} for name in names]
     return JSONResponse({"object": "list", "data": data})
 
 
-def _sampler_paths(state: Any) -> list[str]:
+def _sampler_paths(state: Any, who: Any) -> list[str]:
+    """The sampler checkpoints of the caller's runs (every run's for an admin key)."""
+    from tinkerplug_local.server.state import visible
+
     root = state.paths.root
     return [
         f"tinker://{d.parent.parent.name}/sampler_weights/{d.name}"
         for d in root.glob("*/sampler_weights/*")
         if d.is_dir() and not d.name.startswith(".") and not d.is_symlink()
+        and visible(who, state.run_owner(d.parent.parent.name), listing=True)
     ]
 
 
 async def chat_completions(request: Request) -> Any:
     body: ChatRequest = parse_body(await read_json(request), ChatRequest)
-    model = await run_in_threadpool(oai_models(request).get, body.model)
+    model = await run_in_threadpool(oai_models(request).get, body.model, principal(request))
     prompt = render_chat(model, chat_messages(body.messages))
     sequences = (await _sample(model, prompt, body)).sequences
     choices = [_chat_choice(model, i, seq, body) for i, seq in enumerate(sequences)]
@@ -68,7 +72,7 @@ async def completions(request: Request) -> Any:
     import asyncio
 
     body: CompletionRequest = parse_body(await read_json(request), CompletionRequest)
-    model = await run_in_threadpool(oai_models(request).get, body.model)
+    model = await run_in_threadpool(oai_models(request).get, body.model, principal(request))
     prompts = [_prompt_tokens(model, p) for p in body.prompts()]
     responses = await asyncio.gather(*(_sample(model, tokens, body) for tokens in prompts))  # batched on the worker
     choices, sequences = [], []
