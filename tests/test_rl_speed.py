@@ -123,10 +123,16 @@ def test_short_datums_run_as_one_padded_batch_and_match_alone(service):
             torch.testing.assert_close(lp, alone.logprobs[0], atol=1e-5, rtol=1e-5)
 
 
-def test_layout_cost_keeps_long_varied_datums_packed():
+def test_layout_cost_keeps_long_varied_datums_packed(service):
+    from tinkerplug_local import forward
+
     lengths = [36, 500, 120, 762, 300, 90, 640, 45]  # real_scale's SFT shape
     padded = packing.padded_batches(lengths, 8192)
     assert sorted(i for g in padded for i in g) == list(range(len(lengths)))
+    client = service.create_lora_training_client("tiny-chat", rank=4, seed=7).result()
+    parts = forward._model_parts(client._host.model_for(client._adapter), "cpu", forward.ForwardOptions())
+    groups, is_padded = forward._layout(parts, lengths, 8192, "cpu")
+    assert not is_padded and sorted(i for g in groups for i in g) == list(range(len(lengths)))
     short = [20, 22, 21, 25, 30, 24] * 8
     assert len(packing.padded_batches(short, 8192)) == 1
     assert packing.layout_cost([list(range(48))], short, True) < packing.layout_cost(
