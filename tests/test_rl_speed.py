@@ -150,3 +150,23 @@ def test_compute_logprobs_sent_together_share_one_forward(service, monkeypatch):
         torch.testing.assert_close(torch.tensor([x for x in b if x is not None]), torch.tensor([x for x in a if x is not None]),
                                    atol=1e-5, rtol=1e-5)
     assert sum(x is not None for x in together[1]) == 2  # prompt_logprobs_last_n
+
+
+def test_head_backward_skips_tokens_without_gradient_exactly(monkeypatch):
+    from tinkerplug_local import lm_head
+
+    monkeypatch.setattr(lm_head, "CHUNK_ELEMENTS", 1)  # 16 tokens a chunk: several chunks
+    g = torch.Generator().manual_seed(9)
+    linear = torch.nn.Linear(8, 50, bias=True)
+    hidden = torch.randn(45, 8, generator=g, requires_grad=True)
+    targets = torch.randint(0, 50, (45, 1), generator=g)
+    upstream = torch.randn(45, 1, generator=g)
+    upstream[:20] = 0.0  # a prompt: no gradient
+    upstream[30:33] = 0.0
+    want = torch.log_softmax(linear(hidden), -1).gather(-1, targets)
+    want_grads = torch.autograd.grad((want * upstream).sum(), [hidden, linear.weight, linear.bias])
+    got = lm_head.token_logprobs(hidden, linear, targets)
+    got_grads = torch.autograd.grad((got * upstream).sum(), [hidden, linear.weight, linear.bias])
+    assert torch.equal(got_grads[0][:20], torch.zeros(20, 8))
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
