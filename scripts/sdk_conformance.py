@@ -38,6 +38,10 @@ KEY = "tml-conformance"
 MODEL = "tiny-chat"
 REFUSAL = "not served by tinkerplug serve"
 TIMEOUT_S = 120.0
+# Refusals the SDK itself raises before any request, because of what serve (by design) is not.
+CLIENT_REFUSALS = {
+    "whoami requires JWT auth": "client-side: whoami reads a JWT's claims; tinkerplug serve takes plain API keys (no JWT auth)",
+}
 CLASSES = ("ServiceClient", "TrainingClient", "SamplingClient", "RestClient")
 
 
@@ -82,8 +86,11 @@ def outcome(fn: Callable[[], Any]) -> tuple[str, str]:
             resolve(fn())
     except Exception as exc:  # noqa: BLE001 - recorded in the table
         text = " ".join(str(exc).split()) or type(exc).__name__
+        for message, why in CLIENT_REFUSALS.items():
+            if message in text:
+                return "refused", why
         if REFUSAL in text:
-            return "refused", text[text.index(REFUSAL):][:160]
+            return "refused", text[text.index(REFUSAL):].rstrip("'\"}")[:160]
         return "fails", f"{type(exc).__name__}: {text}"[:160]
     return "works", ""
 

@@ -208,14 +208,14 @@ def test_bad_bodies_get_4xx_and_the_server_goes_on(server):
         "unknown model": httpx.post(api + "/get_info", json={"model_id": "nobody:train:0"}, headers=headers),
         "unknown future": httpx.post(api + "/retrieve_future", json={"request_id": "nope"}, headers=headers),
         "too large": httpx.post(api + "/optim_step", content=b"x" * (3 * 1024 * 1024), headers=headers),
-        "not served": httpx.post(api + "/copy_weights", json={}, headers=headers),
+        "not served": httpx.get(api + "/audit", headers=headers),
     }
     statuses = {name: r.status_code for name, r in answers.items()}
     assert statuses == {
         "not json": 400, "wrong fields": 400, "not protobuf": 400, "unknown model": 404,
         "unknown future": 404, "too large": 413, "not served": 404,
     }
-    assert "POST /api/v1/copy_weights is not served by tinkerplug serve" in answers["not served"].json()["detail"]
+    assert "GET /api/v1/audit: not served by tinkerplug serve: " in answers["not served"].json()["detail"]
     assert "OptimStepRequest" in answers["wrong fields"].json()["detail"]
     assert all(r.headers["x-should-retry"] == "false" for r in answers.values())
     assert server.healthy()

@@ -97,6 +97,12 @@ class RunConfig(BaseModel):
         "default: tinker when TINKER_API_KEY is set, else local.",
     )
     renderer: str | None = Field(None, description="Cookbook renderer name; default: from the model name.")
+    objective: str = Field(
+        "sft", description="What a step trains for: sft, rl ([rl]), dpo ([dpo]), distill ([distill]), or a plugin's."
+    )
+    init_from: str | None = Field(
+        None, description="Start from these weights (fresh optimizer): RUN_DIR, RUN_DIR:STEP, a state or tinker:// path."
+    )
     lora_rank: int = Field(16, gt=0)
     train_mlp: bool = True
     train_attn: bool = True
@@ -144,6 +150,7 @@ class RunConfig(BaseModel):
     _plugin_result_keys: tuple[str, ...] = PrivateAttr(())
     _source: Path | None = PrivateAttr(None)
     _data_counts: list[dict[str, Any]] | None = PrivateAttr(None)
+    _init_from_path: str | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -181,6 +188,10 @@ class RunConfig(BaseModel):
         """Per training source: path, weight, records, examples (written to ``config.json``)."""
         self._data_counts = counts
 
+    def set_init_from_path(self, path: str) -> None:
+        """The state ``init_from`` resolved to (written to ``config.json``)."""
+        self._init_from_path = path
+
     def to_json(self) -> dict[str, Any]:
         """The resolved config as written to ``RUN_DIR/config.json`` (no secrets: keys come
         only from the environment and are never part of the config)."""
@@ -188,6 +199,8 @@ class RunConfig(BaseModel):
         data["backend"] = self.resolved_backend
         if self._data_counts is not None:
             data["data_counts"] = self._data_counts
+        if self._init_from_path is not None:
+            data["init_from_path"] = self._init_from_path
         if self._source is not None:  # commands on the run dir resolve plugin paths from it
             data["config_file"] = str(self._source)
         for name, section in sorted(self._sections.items()):
@@ -302,6 +315,7 @@ def build_config(
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, file, text, prefix=())) from None
     _check_backend(config, schema, file, text, disabled)
+    _check_objective(config, schema, file, text)
     config._sections = _validate_sections(plugin_tables, schema, file, text)
     config._plugin_result_keys = tuple(schema.result_keys)
     # Paths in the file are relative to it; run_dir to the current directory.
@@ -331,6 +345,18 @@ def _check_backend(
         + schema.did_you_mean(config.backend),
         hint=f"backends: {', '.join(sorted(schema.backends))} "
         "(a plugin adds one with the register_backends hook; `tinkerplug plugins --hook register_backends`)",
+    )
+
+
+def _check_objective(config: RunConfig, schema: PluginSchema, file: Path, text: str) -> None:
+    """``objective`` must be a name some plugin registered (checked only when plugins are known)."""
+    if not schema.objectives or config.objective in schema.objectives:
+        return
+    raise ConfigError(
+        f"{_where(file, text, ('objective',))}: objective {config.objective!r} is not a registered objective"
+        + schema.did_you_mean(config.objective, schema.objectives),
+        hint=f"objectives: {', '.join(sorted(schema.objectives))} "
+        "(a plugin adds one with the register_objectives hook; `tinkerplug plugins --hook register_objectives`)",
     )
 
 

@@ -28,6 +28,7 @@ class RunContext:
     tokenizer: Any = None
     renderer: Any = None
     steps_per_epoch: int = 0
+    objective: Any = None  # the Objective ``make_objective`` made
 
 
 class EvalContext:
@@ -117,13 +118,42 @@ class StepResult:
         return self.loss_sum / self.weight_sum if self.weight_sum else float("nan")
 
 
+@dataclass
+class StepBatch:
+    """What one step sends: ``datums`` with ``loss_fn`` (a Tinker loss name, or a callable
+    ``(data, logprobs_list) -> (loss, metrics)`` sent with ``forward_backward_custom``) and
+    its ``loss_fn_config``; ``metrics`` (rewards, timings) go into the step's row, and
+    ``summarize(fwd_bwd_output)``, when set, adds metrics computed from the backend's output
+    (e.g. the sampler-learner KL from the learner's logprobs)."""
+
+    datums: list[Any]
+    loss_fn: Any = "cross_entropy"
+    loss_fn_config: dict[str, Any] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    summarize: Callable[[Any], dict[str, float]] | None = None
+
+
+def as_step_batch(data: Any) -> StepBatch:
+    """A ``StepBatch`` as is; a plain datum list as a supervised (``cross_entropy``) batch."""
+    return data if isinstance(data, StepBatch) else StepBatch(list(data))
+
+
+class Objective(Protocol):
+    """What a run trains for; returned by the ``make_objective`` hook."""
+
+    async def batch(self, step: int) -> StepBatch:
+        """The batch of step ``step`` (sampling first where the objective needs samples)."""
+        ...
+
+
 class StepExecutor(Protocol):
     """Submits training steps; returned by the ``make_step_executor`` hook."""
 
     async def submit(
-        self, step: int, data: list[types.Datum], adam_params: types.AdamParams
+        self, step: int, data: StepBatch | list[types.Datum], adam_params: types.AdamParams
     ) -> list[StepResult]:
-        """Submit step ``step``; return the steps (in order) that finished meanwhile."""
+        """Submit step ``step`` (a ``StepBatch``, or datums for ``cross_entropy``); return
+        the steps (in order) that finished meanwhile."""
         ...
 
     async def drain(self) -> list[StepResult]:

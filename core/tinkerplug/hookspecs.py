@@ -22,13 +22,14 @@ Plugins are called last-registered first, so precedence is: project files (``plu
 ``trylast=True`` moves one implementation to the front or the back; ``tinkerplug plugins
 --hook NAME`` prints the order. Wrappers (``wrapper=True``) work on every hook but four
 whose implementations are called one plugin at a time: ``evaluate`` (one failing evaluator
-does not stop the others), ``register_config_sections`` and ``register_backends`` (a name
-two plugins claim is reported with both plugins) and ``register_commands`` (a broken plugin
+does not stop the others), ``register_config_sections``, ``register_backends``,
+``register_objectives`` and ``register_rewards`` (a name two plugins claim is reported with
+both plugins) and ``register_commands`` (a broken plugin
 cannot take the CLI down).
 
 A run needs one implementation each of ``create_service_client``, ``load_records``,
-``resolve_renderer``, ``render_example``, ``lr_for_step`` and ``make_step_executor``;
-disabling the plugin that provides one (``-p no:NAME``) fails when the plugins load, naming
+``resolve_renderer``, ``render_example``, ``make_objective``, ``lr_for_step`` and
+``make_step_executor``; disabling the plugin that provides one (``-p no:NAME``) fails when the plugins load, naming
 what was disabled.
 
 Only ``evaluate`` may be ``async`` (or return an awaitable); the other hooks are called
@@ -48,8 +49,9 @@ if TYPE_CHECKING:
     from tinker_cookbook.renderers import Renderer
 
     from tinkerplug.config import RunConfig
-    from tinkerplug.context import CheckpointRecord, EvalContext, RunContext, StepExecutor
+    from tinkerplug.context import CheckpointRecord, EvalContext, Objective, RunContext, StepExecutor
     from tinkerplug.data import DataSource, Records
+    from tinkerplug.rendering import TrainingData
 
 
 # -- configuration: when a run's config is loaded (`run`, `export`, `eval`) ---------------------
@@ -72,6 +74,21 @@ def register_config_sections(register: Callable[..., None]) -> None:
     plugin's own settings (the ``[heldout]`` evaluator and ``[local]`` backend tables are
     registered this way); import the model inside the hook, since building pydantic models
     at import time slows every command. Two plugins may not register the same table.
+    """
+
+
+@hookspec
+def register_objectives(register: Callable[[str, str], None]) -> None:
+    """Add training objectives that ``objective = "NAME"`` in a config may choose.
+
+    Call ``register(name, description)`` once per objective; a config naming an objective no
+    plugin registered is refused with the registered names (and a did-you-mean). The
+    objective itself is made by ``make_objective``, which the same plugin implements. Called
+    when a run's config is loaded. Two plugins may not register the same name.
+
+    First-party: ``sft`` (supervised, the default), ``rl`` (sampled groups, rewards,
+    group-relative advantages), ``dpo`` (preference pairs) and ``distill`` (a teacher's
+    samples or logprobs).
     """
 
 
@@ -173,6 +190,52 @@ def render_example(
     """
 
 
+# -- objective: made in the prepare phase, asked for every step's batch ------------------------
+
+
+@hookspec(firstresult=True)
+def make_objective(config: RunConfig, run: RunContext, data: TrainingData) -> Objective | None:
+    """Create the objective ``config.objective`` names: what each step sends to the backend.
+
+    Return a ``tinkerplug.context.Objective`` (``await batch(step)`` returns a
+    ``StepBatch``: the datums, the loss (a Tinker loss name, or a callable for
+    ``forward_backward_custom``), its ``loss_fn_config`` and metrics for that step's row),
+    or ``None`` for an objective this plugin does not provide. ``run`` holds the service
+    and training clients, tokenizer and renderer (``run.start_step`` is the step a resumed
+    run starts at); ``data`` the training records (``data.records``) and each step's
+    records (``data.batch_indices(step)``), rendered as supervised examples
+    (``data.batch(step)``). Check the records and settings here: raise
+    ``tinkerplug.errors.DataError`` / ``ConfigError`` naming the record or key.
+
+    The phases around the steps (evals, checkpoints, resume, loggers) are the core's: an
+    objective must make ``batch(step)`` a function of the weights at ``step``, the records
+    and the run's seed (seed any sampling from ``config.seed`` and ``step``), so that a
+    resumed run computes what an uninterrupted one did. Called once, in the prepare phase,
+    after the data is rendered. Stops at first non-None result.
+
+    First-party: ``sft``, ``rl``, ``dpo``, ``distill``.
+    """
+
+
+@hookspec
+def register_rewards(register: Callable[..., None]) -> None:
+    """Add reward functions that ``[rl.rewards] NAME = weight`` may use.
+
+    Call ``register(name, function)``; ``function(completion, record, config)`` gets the
+    sampled reply (text, as the renderer parsed it), the training record it answers
+    (``{"messages": [...]}``) and the run config, and returns a number. The ``rl``
+    objective adds the rewards a config names, each times its weight; each is logged on
+    its own (``rl/reward/NAME``). A reward that raises or returns a non-number or NaN
+    stops the run with an error naming it and the record (checkpoints stay as they are).
+
+    Called by the ``rl`` objective when it is made (prepare phase). A project file
+    (``plugins = ["./my_reward.py"]``) is the simplest place for a reward of one's own.
+
+    First-party: ``rewards`` (``exact_match`` against the record's last assistant message,
+    ``math``: the cookbook's math grader on a ``\\boxed{}`` or plain answer).
+    """
+
+
 # -- optimisation: the executor is made in the prepare phase, the LR asked for every step -------
 
 
@@ -180,9 +243,11 @@ def render_example(
 def make_step_executor(config: RunConfig, training_client: Any) -> StepExecutor | None:
     """Create the object that submits training steps to ``training_client``.
 
-    Return a ``tinkerplug.context.StepExecutor``: ``await submit(step, data, adam_params)``
-    returns the steps that finished, ``await drain()`` waits for the rest. An executor may
-    keep several steps in flight (request latency overlaps) but must finish them in order.
+    Return a ``tinkerplug.context.StepExecutor``: ``await submit(step, batch, adam_params)``
+    sends the objective's ``StepBatch`` (``forward_backward`` with its loss, or
+    ``forward_backward_custom`` for a callable loss, then ``optim_step``) and returns the
+    steps that finished, ``await drain()`` waits for the rest. An executor may keep several
+    steps in flight (request latency overlaps) but must finish them in order.
     Called once, in the prepare phase. Stops at first non-None result.
 
     First-party: ``executors`` (``executor = "sync"`` or ``"pipelined"`` with

@@ -31,9 +31,11 @@ class PluginSchema:
     result_keys: list[str] = field(default_factory=list)  # dotted: "local.dtype"
     backends: dict[str, str] = field(default_factory=dict)  # name -> description
     backend_owners: dict[str, str] = field(default_factory=dict)
+    objectives: dict[str, str] = field(default_factory=dict)  # name -> description
+    objective_owners: dict[str, str] = field(default_factory=dict)
 
-    def did_you_mean(self, backend: str) -> str:
-        close = difflib.get_close_matches(backend, list(self.backends), n=1)
+    def did_you_mean(self, name: str, among: Any = None) -> str:
+        close = difflib.get_close_matches(name, list(self.backends if among is None else among), n=1)
         return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -54,8 +56,13 @@ def plugin_schema(plugins: Plugins) -> PluginSchema:
         _claim(schema.backend_owners, name, owner.name, f"backend {name!r}")
         schema.backends[name] = description
 
+    def register_objective(name: str, description: str = "") -> None:
+        _claim(schema.objective_owners, name, owner.name, f"objective {name!r}")
+        schema.objectives[name] = description
+
     hooks = {"register_config_sections": (plugins.register_config_sections(), register_section),
-             "register_backends": (plugins.register_backends(), register_backend)}
+             "register_backends": (plugins.register_backends(), register_backend),
+             "register_objectives": (plugins.register_objectives(), register_objective)}
     for hook, (calls, register) in hooks.items():
         for owner.name, call in calls:
             try:

@@ -33,14 +33,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 import pluggy
 
 from tinkerplug import hookspecs
-from tinkerplug.errors import DataError, PluginError
+from tinkerplug.errors import ConfigError, DataError, PluginError
 from tinkerplug.markers import PROJECT
 
 if TYPE_CHECKING:
     import click
 
     from tinkerplug.config import RunConfig
-    from tinkerplug.context import CheckpointRecord, RunContext, StepExecutor
+    from tinkerplug.context import CheckpointRecord, Objective, RunContext, StepExecutor
     from tinkerplug.data import DataSource, Records
 
 ENTRY_POINT_GROUP = "tinkerplug"
@@ -57,6 +57,7 @@ REQUIRED_HOOKS = {
     "render_example": "renders training examples",
     "lr_for_step": "sets the learning rate",
     "make_step_executor": "submits training steps",
+    "make_objective": "makes the training objective",
 }
 
 
@@ -64,7 +65,10 @@ REQUIRED_HOOKS = {
 # evaluator on its own (one failure does not stop the others), the registering hooks (two
 # plugins claiming one name are both named), and the commands (a broken plugin cannot take
 # the CLI down).
-UNWRAPPABLE_HOOKS = ("register_config_sections", "register_backends", "evaluate", "register_commands")
+UNWRAPPABLE_HOOKS = (
+    "register_config_sections", "register_backends", "register_objectives", "register_rewards", "evaluate",
+    "register_commands",
+)
 
 
 @dataclass
@@ -215,6 +219,10 @@ class Plugins:
         """As ``register_config_sections``."""
         return self.one_by_one("register_backends")
 
+    def register_objectives(self) -> list[tuple[str, Callable[..., None]]]:
+        """As ``register_config_sections``."""
+        return self.one_by_one("register_objectives")
+
     def create_service_client(self, config: RunConfig, run_dir: str) -> Any:
         service = self.first("create_service_client", config=config, run_dir=run_dir)
         if service is None:  # a plugin problem (disabled or missing), like a missing renderer: exit 3
@@ -247,6 +255,34 @@ class Plugins:
         if datum is None:
             raise PluginError("no plugin rendered the example (render_example)")
         return datum
+
+    def make_objective(self, config: RunConfig, run: RunContext, data: Any) -> Objective:
+        # A plugin's refusal of bad records or settings stays a data/config error (exit 2).
+        objective = self._call("make_objective", {"config": config, "run": run, "data": data}, keep=(DataError, ConfigError))
+        if objective is None:
+            raise PluginError(
+                f"no plugin provides objective {config.objective!r}{self.disabled_note()}",
+                hint="`tinkerplug plugins --hook register_objectives` lists the objectives",
+            )
+        return objective
+
+    def register_rewards(self) -> dict[str, tuple[str, Callable[..., Any]]]:
+        """Every registered reward: ``{name: (plugin_name, function)}``; two plugins may not
+        register the same name."""
+        rewards: dict[str, tuple[str, Callable[..., Any]]] = {}
+        for plugin, call in self.one_by_one("register_rewards"):
+            def register(name: str, function: Callable[..., Any], plugin: str = plugin) -> None:
+                if name in rewards:
+                    raise PluginError(f"reward {name!r} is registered by plugins {rewards[name][0]!r} and {plugin!r}")
+                rewards[name] = (plugin, function)
+
+            try:
+                call(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise hook_error(plugin, "register_rewards", exc) from exc
+        return rewards
 
     def make_step_executor(self, config: RunConfig, training_client: Any) -> StepExecutor:
         executor = self.first("make_step_executor", config=config, training_client=training_client)

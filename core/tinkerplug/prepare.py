@@ -16,6 +16,7 @@ from tinkerplug.backend_calls import backend_call
 from tinkerplug.config import RunConfig
 from tinkerplug.context import CheckpointRecord, RunContext, StepExecutor
 from tinkerplug.data import Records, heldout_source
+from tinkerplug.checkpoint_refs import check_base, check_same_base, resolve_checkpoint
 from tinkerplug.errors import ConfigError
 from tinkerplug.plugins import Plugins
 from tinkerplug import rendering
@@ -76,6 +77,7 @@ async def _prepare_checked(
         service_client=service, training_client=training_client, tokenizer=tokenizer, renderer=renderer,
         steps_per_epoch=data.steps_per_epoch,
     )
+    run.objective = plugins.make_objective(config, run, data)
     return Prepared(run, data, plugins.make_step_executor(config, training_client), checkpoint)
 
 
@@ -112,7 +114,10 @@ def resume_point(config: RunConfig, plugins: Plugins, run_dir: Path, resuming: b
 async def open_training_client(
     config: RunConfig, plugins: Plugins, service: Any, checkpoint: CheckpointRecord | None, run_dir: Path
 ) -> Any:
-    """A fresh LoRA training client, or the one saved in ``checkpoint`` (with its optimizer)."""
+    """A fresh LoRA training client, the weights of ``init_from`` (fresh optimizer), or the
+    one saved in ``checkpoint`` (with its optimizer)."""
+    if checkpoint is None and config.init_from:
+        return await open_init_from(config, plugins, service)
     if checkpoint is None:
         return await backend_call(
             lambda: service.create_lora_training_client(
@@ -128,4 +133,19 @@ async def open_training_client(
         "to resume from the one before",
     )
     plugins.note(config, f"resuming from step {checkpoint.step} ({checkpoint.state_path})")
+    return client
+
+
+async def open_init_from(config: RunConfig, plugins: Plugins, service: Any) -> Any:
+    """A training client on the weights ``init_from`` names, with a fresh optimizer; refused
+    when they were trained on another base model or with another LoRA rank."""
+    source = resolve_checkpoint(config.init_from, "init_from")
+    check_base(source, config.base_model, "init_from")
+    client = await backend_call(
+        lambda: service.create_training_client_from_state(source.state_path),
+        f"init_from {config.init_from!r}: could not load {source.state_path}",
+    )
+    check_same_base(client, config, f"init_from {config.init_from!r}", source)
+    config.set_init_from_path(source.state_path)
+    plugins.note(config, f"weights from {source.state_path} (init_from; fresh optimizer)")
     return client

@@ -30,10 +30,10 @@ RESULT_KEYS = (
     "learning_rate", "use_recommended_lr", "lr_schedule", "warmup_steps", "warmup_ratio", "min_lr",
     "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "grad_clip_norm", "batch_size",
     "num_steps", "num_epochs", "max_length", "overlong", "train_on_what", "loss_reduction", "seed",
-    "data.train", "data_fingerprint.train",
+    "data.train", "data_fingerprint.train", "objective", "init_from",
 )
 # Keys that run dirs made before them lack: compared only where the saved config has them.
-ADDED_KEYS = ("data_fingerprint.train",)
+ADDED_KEYS = ("data_fingerprint.train", "objective", "init_from")
 
 
 def check_run_dir(run_dir: Path, resume: bool, resume_command: str) -> None:

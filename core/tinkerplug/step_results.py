@@ -4,7 +4,7 @@ every step executor."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from tinkerplug.context import StepResult
 
@@ -16,17 +16,26 @@ def step_result(
     optim_output: Any,
     learning_rate: float,
     submitted_at: float,
+    summarize: Callable[[Any], dict[str, float]] | None = None,
 ) -> StepResult:
-    """Train NLL computed client-side, as the service defines it: sum(-logprob * weight)."""
+    """Train NLL computed client-side, as the service defines it: sum(-logprob * weight).
+    Datums without ``weights`` (the RL losses) report the loss's own ``loss:sum`` per
+    target token; ``summarize`` (the objective's) adds metrics from the output."""
     loss_sum = 0.0
     weight_sum = 0.0
     trained_tokens = 0
     for datum, output in zip(data, fwd_bwd_output.loss_fn_outputs, strict=True):
+        if "weights" not in datum.loss_fn_inputs:
+            trained_tokens += datum.model_input.length
+            continue
         logprobs = output["logprobs"].to_numpy()
         weights = datum.loss_fn_inputs["weights"].to_numpy()
         loss_sum += float(-(logprobs * weights).sum())
         weight_sum += float(weights.sum())
         trained_tokens += int((weights > 0).sum())
+    if not weight_sum and trained_tokens:
+        loss_sum = float((getattr(fwd_bwd_output, "metrics", None) or {}).get("loss:sum", float("nan")))
+        weight_sum = float(trained_tokens)
     finished_at = time.perf_counter()
     metrics = {
         "train/trained_tokens": float(trained_tokens),
@@ -36,6 +45,8 @@ def step_result(
     }
     for key, value in (getattr(optim_output, "metrics", None) or {}).items():
         metrics[f"optim/{key}"] = float(value)
+    if summarize is not None:
+        metrics.update(summarize(fwd_bwd_output))
     return StepResult(
         step=step,
         loss_sum=loss_sum,

@@ -15,6 +15,7 @@ from tinkerplug.errors import DataError
 
 # Each format and the keys that identify it, in the order detection tries them.
 FORMATS: dict[str, tuple[str, ...]] = {
+    "preference": ("chosen", "rejected"),
     "messages": ("messages",),
     "sharegpt": ("conversations",),
     "prompt_completion": ("prompt", "completion"),
@@ -23,6 +24,7 @@ FORMATS: dict[str, tuple[str, ...]] = {
 }
 FORMAT_HINT = (
     'formats: messages {"messages": [{"role": ..., "content": ...}]}, '
+    'preference {"prompt": ..., "chosen": ..., "rejected": ...} (or "messages" + chosen/rejected replies), '
     'prompt_completion {"prompt": ..., "completion": ...}, '
     'alpaca {"instruction": ..., "input": ..., "output": ...}, '
     'sharegpt {"conversations": [{"from": "human", "value": ...}]}, text {"text": ...}; '
@@ -54,6 +56,13 @@ def detect_format(columns: Any, where: str) -> str:
         if keys.issuperset(needed):
             return name
     shown = ", ".join(sorted(map(str, keys))) or "none"
+    half = keys & {"chosen", "rejected"}
+    if len(half) == 1:
+        missing = ({"chosen", "rejected"} - half).pop()
+        raise DataError(
+            f"{where}: preference record has {half.pop()!r} but no {missing!r} (its keys: {shown})",
+            hint='a preference record needs both "chosen" and "rejected" replies (and a "prompt" or "messages")',
+        )
     raise DataError(f"{where}: record fits no data format (its keys: {shown})", hint=FORMAT_HINT)
 
 
@@ -74,6 +83,11 @@ def to_record(row: Any, fmt: str, where: str) -> dict[str, Any]:
         if not isinstance(row["text"], str) or not row["text"]:
             raise DataError(f'{where}: "text" must be a non-empty string')
         return {"text": row["text"]}
+    if fmt == "preference":
+        record = _preference(row, where)
+        check_messages(record["messages"], where)
+        check_messages(record["rejected"], where)
+        return record
     record = {"messages": CONVERTERS[fmt](row, where)}
     check_messages(record["messages"], where)
     return record
@@ -113,6 +127,38 @@ def _prompt_completion(row: Mapping[str, Any], where: str) -> list[Any]:
     if isinstance(completion, str):
         completion = [{"role": "assistant", "content": completion}]
     return [*_plain(prompt), *_plain(completion)]
+
+
+def _preference(row: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """TRL's preference forms as ``{"messages": prompt + chosen, "rejected": prompt + rejected}``:
+    an explicit ``prompt`` (text or messages) or ``messages`` (the conversation so far) with
+    chosen/rejected replies (text, a message or messages); or implicit, where chosen and
+    rejected are whole conversations sharing the prompt."""
+    prompt = row.get("prompt", row.get("messages"))
+    chosen = _maybe_json(row["chosen"], "chosen", where, allow_str=True)
+    rejected = _maybe_json(row["rejected"], "rejected", where, allow_str=True)
+    if prompt is None:  # implicit prompt: the messages the two conversations share
+        chosen, rejected = _plain(_as_replies(chosen)), _plain(_as_replies(rejected))
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+            shared += 1
+        return {"messages": chosen, "rejected": rejected} if shared else _no_prompt(where)
+    prompt = _maybe_json(prompt, "prompt", where, allow_str=True)
+    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _plain(prompt)
+    return {"messages": [*prompt, *_plain(_as_replies(chosen))], "rejected": [*prompt, *_plain(_as_replies(rejected))]}
+
+
+def _as_replies(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": value}]
+    return [value] if isinstance(value, Mapping) else list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _no_prompt(where: str) -> Any:
+    raise DataError(
+        f'{where}: preference record has no "prompt" and its chosen/rejected conversations share no first message',
+        hint='give a "prompt" (or "messages") with chosen/rejected replies',
+    )
 
 
 def _alpaca(row: Mapping[str, Any], where: str) -> list[Any]:

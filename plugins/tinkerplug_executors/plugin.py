@@ -17,10 +17,16 @@ from collections import deque
 from typing import Any
 
 import tinkerplug
-from tinkerplug.context import StepResult
+from tinkerplug.context import StepBatch, StepResult, as_step_batch
 from tinkerplug.step_results import step_result
 
-LOSS_FN = "cross_entropy"
+
+def send(client: Any, batch: StepBatch) -> Any:
+    """The ``forward_backward`` future of ``batch``: a named Tinker loss, or a callable one
+    through ``forward_backward_custom`` (one pass on the local backend)."""
+    if callable(batch.loss_fn):
+        return client.forward_backward_custom(batch.datums, batch.loss_fn)
+    return client.forward_backward(batch.datums, batch.loss_fn, batch.loss_fn_config)
 
 
 class SyncExecutor:
@@ -29,11 +35,12 @@ class SyncExecutor:
     def __init__(self, training_client: Any):
         self.client = training_client
 
-    async def submit(self, step: int, data: list[Any], adam_params: Any) -> list[StepResult]:
+    async def submit(self, step: int, data: Any, adam_params: Any) -> list[StepResult]:
         started = time.perf_counter()
-        fwd_bwd = await self.client.forward_backward(data, LOSS_FN).result_async()
+        batch = as_step_batch(data)
+        fwd_bwd = await send(self.client, batch).result_async()
         optim = await self.client.optim_step(adam_params).result_async()
-        return [step_result(step, data, fwd_bwd, optim, adam_params.learning_rate, started)]
+        return [step_result(step, batch.datums, fwd_bwd, optim, adam_params.learning_rate, started, batch.summarize)]
 
     async def drain(self) -> list[StepResult]:
         return []
@@ -47,14 +54,15 @@ class PipelinedExecutor:
     def __init__(self, training_client: Any, submit_ahead: int):
         self.client = training_client
         self.submit_ahead = submit_ahead
-        self.in_flight: deque[tuple[int, list[Any], float, Any, Any, float]] = deque()
+        self.in_flight: deque[tuple[int, StepBatch, float, Any, Any, float]] = deque()
 
-    async def submit(self, step: int, data: list[Any], adam_params: Any) -> list[StepResult]:
+    async def submit(self, step: int, data: Any, adam_params: Any) -> list[StepResult]:
         started = time.perf_counter()
+        batch = as_step_batch(data)
         # Both requests go out before anything is awaited: they share one service cycle.
-        fwd_bwd = self.client.forward_backward(data, LOSS_FN)
+        fwd_bwd = send(self.client, batch)
         optim = self.client.optim_step(adam_params)
-        self.in_flight.append((step, data, adam_params.learning_rate, fwd_bwd, optim, started))
+        self.in_flight.append((step, batch, adam_params.learning_rate, fwd_bwd, optim, started))
         finished = []
         while len(self.in_flight) > self.submit_ahead:
             finished.append(await self._finish(self.in_flight.popleft()))
@@ -67,11 +75,11 @@ class PipelinedExecutor:
         return finished
 
     @staticmethod
-    async def _finish(item: tuple[int, list[Any], float, Any, Any, float]) -> StepResult:
-        step, data, lr, fwd_bwd, optim, started = item
+    async def _finish(item: tuple[int, StepBatch, float, Any, Any, float]) -> StepResult:
+        step, batch, lr, fwd_bwd, optim, started = item
         fwd_bwd_out = await fwd_bwd.result_async()
         optim_out = await optim.result_async()
-        return step_result(step, data, fwd_bwd_out, optim_out, lr, started)
+        return step_result(step, batch.datums, fwd_bwd_out, optim_out, lr, started, batch.summarize)
 
 
 @tinkerplug.hookimpl

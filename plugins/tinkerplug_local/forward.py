@@ -25,9 +25,11 @@ from tinkerplug_local.packing import (
     MASKED_ROW_TOKENS,
     VARLEN_ATTENTION,
     equal_length_batches,
+    layout_cost,
     length_groups,
     packed_inputs,
     padded_inputs,
+    padded_batches,
     packed_rows,
     split_logprobs,
     stacked_targets,
@@ -82,31 +84,42 @@ def microbatch_logprobs(
     options = options or ForwardOptions()
     parts = _model_parts(model, device, options)
     cap = options.microbatch_tokens or parts.token_caps[options.gradient_checkpointing]
-    for group in _layout(parts, [len(t) for t in tokens], cap, device):
+    groups, padded = _layout(parts, [len(t) for t in tokens], cap, device)
+    for group in groups:
         with torch.set_grad_enabled(grad), parts.adapter_off(), _autocast(device, parts.causal):
             with _checkpointing(parts.decoder, grad and options.gradient_checkpointing):
-                rows = _group_logprobs(parts, tokens, [targets[i].to(device) for i in group], group, device, pad_id)
+                targets_here = [targets[i].to(device) for i in group]
+                rows = _group_logprobs(parts, tokens, targets_here, group, device, pad_id, padded or len(group) == 1)
         yield Microbatch(indices=group, logprobs=rows)
 
 
-def _layout(parts: _Parts, lengths: list[int], cap: int, device: str) -> list[list[int]]:
-    """The datum indices of each microbatch (see packing.py)."""
+def _layout(parts: _Parts, lengths: list[int], cap: int, device: str) -> tuple[list[list[int]], bool]:
+    """The datum indices of each microbatch, and whether they run as right-padded batches
+    (else as packed rows; see packing.py): whichever layout the cost model finds cheaper."""
     if not (parts.split and parts.packing):
-        return length_groups(lengths, cap)
+        return length_groups(lengths, cap), False
     varlen = getattr(parts.causal.config, "_attn_implementation", "") in VARLEN_ATTENTION
     row_tokens = cap if varlen or device.startswith("cuda") else min(cap, MASKED_ROW_TOKENS)
     batches, rest = equal_length_batches(lengths, cap)
-    return batches + [[rest[i] for i in row] for row in packed_rows([lengths[i] for i in rest], row_tokens)]
+    rows = [[rest[i] for i in row] for row in packed_rows([lengths[i] for i in rest], row_tokens)]
+    padded = padded_batches(lengths, cap)
+    if varlen or layout_cost(padded, lengths, True) >= layout_cost(batches, lengths, True) + layout_cost(rows, lengths, False):
+        return batches + rows, False  # equal-length batches are padded batches with no pads
+    return padded, True
 
 
-def _group_logprobs(parts: _Parts, tokens: list[list[int]], targets: list[Any], group: list[int], device: str, pad_id: int) -> list[Any]:
+def _group_logprobs(
+    parts: _Parts, tokens: list[list[int]], targets: list[Any], group: list[int], device: str, pad_id: int, padded: bool
+) -> list[Any]:
     from tinkerplug_local.lm_head import token_logprobs
 
     if not parts.split:
         return _full_logits(parts.causal, tokens, targets, group, device, pad_id)
-    if parts.packing and len(group) > 1 and len({len(tokens[i]) for i in group}) == 1:
-        ids, _ = padded_inputs(tokens, group, pad_id)  # equal lengths: nothing is padded
-        hidden = parts.decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state.flatten(0, 1)
+    if parts.packing and (padded or len({len(tokens[i]) for i in group}) == 1):
+        # Right padding with no mask: causal attention never looks ahead, so real tokens never
+        # see the pads, and only real tokens' states go on to the LM head.
+        ids, mask = padded_inputs(tokens, group, pad_id)
+        hidden = parts.decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state[mask.to(device).bool()]
     elif parts.packing:
         ids, positions = packed_inputs(tokens, group)
         out = parts.decoder(input_ids=ids.to(device), position_ids=positions.to(device), use_cache=False)

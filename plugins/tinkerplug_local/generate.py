@@ -26,24 +26,58 @@ class Row:
     done: bool = False
 
 
-def _choose(logits: torch.Tensor, row: Row) -> tuple[int, float]:
-    """Pick the next token for one row; return it and its logprob under the sampling distribution."""
-    if row.temperature <= 0:
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        token = int(torch.argmax(logprobs))
-        return token, float(logprobs[token])
-    scaled = logits.float() / row.temperature
-    if 0 < row.top_k < scaled.numel():
-        kth = torch.topk(scaled, row.top_k).values[-1]
+def _sampling_key(row: Row) -> tuple[float, int, float]:
+    """Rows with equal keys draw from the same transform of their logits."""
+    return (0.0, 0, 1.0) if row.temperature <= 0 else (row.temperature, row.top_k, row.top_p)
+
+
+def choose_tokens(logits: torch.Tensor, rows: list[Row]) -> tuple[list[int], list[float]]:
+    """The next token of every row and its logprob under the row's sampling distribution,
+    vectorized over the rows that share sampling parameters. A row draws one uniform from its
+    own generator (seeded requests) and inverts its distribution's CDF, so what it samples
+    does not depend on the other rows in the batch."""
+    tokens = torch.empty(len(rows), dtype=torch.long)
+    logprobs = torch.empty(len(rows))
+    groups: dict[tuple[float, int, float], list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(_sampling_key(row), []).append(i)
+    for (temperature, top_k, top_p), indices in groups.items():
+        index = torch.tensor(indices)
+        scaled = logits[index.to(logits.device)].float()
+        if temperature <= 0:
+            picked = torch.argmax(scaled, dim=-1)
+            logprob = torch.log_softmax(scaled, dim=-1)
+        else:
+            logprob = torch.log_softmax(_truncated(scaled / temperature, top_k, top_p), dim=-1)
+            picked = _inverse_cdf(logprob.exp(), [rows[i].generator for i in indices])
+        tokens[index] = picked.cpu()
+        logprobs[index] = logprob.gather(-1, picked[:, None])[:, 0].cpu()
+    return tokens.tolist(), logprobs.tolist()
+
+
+def _truncated(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k, then top-p (the token that crosses ``top_p`` stays), as -inf logits, per row."""
+    if 0 < top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, top_k, dim=-1).values[:, -1:]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-    if row.top_p < 1.0:
-        sorted_logits, order = torch.sort(scaled, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        remove = cumulative - torch.softmax(sorted_logits, dim=-1) > row.top_p  # keep the token that crosses top_p
-        scaled = scaled.scatter(0, order[remove], float("-inf"))
-    logprobs = torch.log_softmax(scaled, dim=-1)
-    token = int(torch.multinomial(logprobs.exp(), 1, generator=row.generator))
-    return token, float(logprobs[token])
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        remove = probs.cumsum(-1) - probs > top_p
+        scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(remove, float("-inf")))
+    return scaled
+
+
+def _inverse_cdf(probs: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
+    """One draw per row: the first token whose cumulative probability exceeds a uniform."""
+    uniforms = torch.rand(len(generators))  # unseeded rows: the global generator
+    for i, generator in enumerate(generators):
+        if generator is not None:
+            uniforms[i] = torch.rand(1, generator=generator)[0]
+    cdf = probs.cumsum(-1)
+    targets = (uniforms.to(probs.device) * cdf[:, -1])[:, None]  # scaled: fp32 sums fall short of 1
+    # right=True skips tokens of probability 0 (their CDF equals the one before).
+    return torch.searchsorted(cdf, targets, right=True)[:, 0].clamp(max=probs.shape[-1] - 1)
 
 
 def _stopped_by_string(row: Row, tokenizer: Any) -> bool:
@@ -63,47 +97,84 @@ def _last_logits_only(model: Any) -> dict[str, Any]:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(causal.forward).parameters else {}
 
 
-@torch.no_grad()
-def generate(model: Any, rows: list[Row], pad_id: int, tokenizer: Any, device: str) -> None:
-    """Fill in ``tokens``, ``logprobs`` and ``stop_reason`` of every row, all rows at once."""
-    if not rows:
-        return
-    width = max(len(r.prompt) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):  # left padding: every row's next token lands in the last column
-        ids[i, width - len(row.prompt):] = torch.tensor(row.prompt)
-        mask[i, width - len(row.prompt):] = 1
+@dataclass
+class _Decode:
+    """The decode batch: the rows still generating, their KV cache, mask and last positions."""
+
+    rows: list[Row]
+    cache: Any
+    mask: torch.Tensor
+    last_pos: torch.Tensor
+    logits: torch.Tensor
+
+    def keep(self, alive: list[int]) -> None:
+        """Drop finished rows from the batch (their cache rows too): later steps skip them."""
+        index = torch.tensor(alive, device=self.mask.device)
+        self.rows = [self.rows[i] for i in alive]
+        self.cache.batch_select_indices(index)
+        self.mask, self.last_pos, self.logits = self.mask[index], self.last_pos[index], self.logits[index]
+
+
+def _prefill(model: Any, rows: list[Row], pad_id: int, device: str) -> _Decode:
+    """One forward over each distinct prompt (left padded, so every next token lands in the last
+    column), its cache and last logits then repeated for every row that shares the prompt."""
+    distinct: dict[tuple[int, ...], int] = {}
+    source = [distinct.setdefault(tuple(r.prompt), len(distinct)) for r in rows]
+    prompts = list(distinct)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        ids[i, width - len(prompt):] = torch.tensor(prompt)
+        mask[i, width - len(prompt):] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **_last_logits_only(model))
-    cache, logits = out.past_key_values, out.logits[:, -1, :]
-    last_pos = positions[:, -1]
-    for _ in range(max(r.max_tokens for r in rows)):
-        next_ids = torch.full((len(rows), 1), pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            if row.done:
-                continue
-            token, logprob = _choose(logits[i], row)
-            row.tokens.append(token)
-            row.logprobs.append(logprob)
-            next_ids[i, 0] = token
-            if token in row.stop_ids or _stopped_by_string(row, tokenizer):
-                row.done, row.stop_reason = True, "stop"
-            elif len(row.tokens) >= row.max_tokens:
-                row.done = True
-        if all(r.done for r in rows):
-            break
-        mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
-        last_pos = last_pos + 1
+    state = _Decode(list(rows), out.past_key_values, mask, positions[:, -1], out.logits[:, -1, :])
+    if source != list(range(len(prompts))):
+        index = torch.tensor(source, device=mask.device)
+        state.cache.batch_select_indices(index)
+        state.mask, state.last_pos, state.logits = mask[index], state.last_pos[index], state.logits[index]
+    return state
+
+
+def _record(rows: list[Row], tokens: list[int], logprobs: list[float], tokenizer: Any) -> list[int]:
+    """Append each row's new token; mark rows that stopped; the positions of those still going."""
+    alive = []
+    for i, (row, token, logprob) in enumerate(zip(rows, tokens, logprobs)):
+        row.tokens.append(token)
+        row.logprobs.append(logprob)
+        if token in row.stop_ids or _stopped_by_string(row, tokenizer):
+            row.done, row.stop_reason = True, "stop"
+        elif len(row.tokens) >= row.max_tokens:
+            row.done = True
+        else:
+            alive.append(i)
+    return alive
+
+
+@torch.no_grad()
+def generate(model: Any, rows: list[Row], pad_id: int, tokenizer: Any, device: str) -> None:
+    """Fill in ``tokens``, ``logprobs`` and ``stop_reason`` of every row, all rows at once: one
+    prefill per distinct prompt, then one decode step per token for the rows not yet done."""
+    if not rows:
+        return
+    state = _prefill(model, rows, pad_id, device)
+    while True:
+        tokens, logprobs = choose_tokens(state.logits, state.rows)
+        alive = _record(state.rows, tokens, logprobs, tokenizer)
+        if not alive:
+            return
+        if len(alive) < len(state.rows):
+            state.keep(alive)
+        next_ids = torch.tensor([[tokens[i]] for i in alive], dtype=torch.long, device=device)
+        state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
+        state.last_pos = state.last_pos + 1
         out = model(
-            input_ids=next_ids.to(device),
-            attention_mask=mask,
-            position_ids=last_pos[:, None],
-            past_key_values=cache,
-            use_cache=True,
+            input_ids=next_ids, attention_mask=state.mask, position_ids=state.last_pos[:, None],
+            past_key_values=state.cache, use_cache=True,
         )
-        cache, logits = out.past_key_values, out.logits[:, -1, :]
+        state.cache, state.logits = out.past_key_values, out.logits[:, -1, :]
 
 
 @torch.no_grad()

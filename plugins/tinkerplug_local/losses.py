@@ -17,9 +17,11 @@ from typing import Any, Callable, Mapping
 
 CLIP_DEFAULTS = {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}  # "fixed to 0.2" in the docs
 DRO_DEFAULTS = {"beta": 0.05}  # the docs' example value: they do not state the service's default
+# stable_reinforce: the docs do not publish its objective; these bounds are tinkerplug's choice.
+STABLE_DEFAULTS = {"mask_low_threshold": 0.5, "mask_high_threshold": 2.0}
 
 # Losses the SDK names (tinker.types.LossFnType) that the docs do not define publicly.
-UNDOCUMENTED = ("stable_reinforce", "custom")
+UNDOCUMENTED = ("custom",)
 
 
 def cross_entropy(lp: Any, inputs: Mapping[str, Any], config: Mapping[str, float]) -> Any:
@@ -62,6 +64,21 @@ def gspo(lp: Any, inputs: Mapping[str, Any], config: Mapping[str, float]) -> Any
     return -_clipped_objective(ratio, inputs, config)
 
 
+def stable_reinforce(lp: Any, inputs: Mapping[str, Any], config: Mapping[str, float]) -> Any:
+    """``-sum(keep * sg(r) * A * lp)`` with ``r`` against the *recorded* sampler logprobs
+    (``stability.py``), ``keep`` = the target was sampled and ``low <= r <= high``.
+
+    Its gradient is importance_sampling's (``-r * A * grad lp``) on the kept tokens, and
+    exactly REINFORCE's when sampler and learner agree; tokens whose ratio left the bounds
+    (a stale sampler, different numerics) are dropped rather than clipped. tinkerplug's choice:
+    the Tinker docs do not publish the objective.
+    """
+    ratio = (lp.detach() - inputs["sampler_logprobs"]).exp()
+    inside = (ratio >= config["mask_low_threshold"]) & (ratio <= config["mask_high_threshold"])
+    keep = inputs["sampled"] * inside.to(ratio.dtype)
+    return -(keep * ratio * inputs["advantages"] * lp).sum()
+
+
 def _clipped_objective(ratio: Any, inputs: Mapping[str, Any], config: Mapping[str, float]) -> Any:
     import torch
 
@@ -96,6 +113,8 @@ LOSSES: dict[str, LossSpec] = {
     "cispo": LossSpec(cispo, ("logprobs", "advantages"), CLIP_DEFAULTS, CLIP_INPUTS),
     "dro": LossSpec(dro, ("logprobs", "advantages"), DRO_DEFAULTS),
     "gspo": LossSpec(gspo, ("logprobs", "advantages", "sequence_ratio_mask"), CLIP_DEFAULTS, CLIP_INPUTS),
+    # logprobs (the client's copy of the sampler's) are checked when sent, but the recorded ones are used.
+    "stable_reinforce": LossSpec(stable_reinforce, ("advantages",), STABLE_DEFAULTS, ("logprobs",)),
 }
 SUPPORTED = tuple(LOSSES)
 
@@ -122,12 +141,18 @@ def resolve_config(loss_fn: str, spec: LossSpec, config: Mapping[str, Any] | Non
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"loss_fn_config[{key!r}] must be a finite number, got {value!r}")
         resolved[key] = float(value)
-    if "clip_low_threshold" in resolved and not 0 <= resolved["clip_low_threshold"] <= resolved["clip_high_threshold"]:
-        raise ValueError(
-            "loss_fn_config needs 0 <= clip_low_threshold <= clip_high_threshold (absolute bounds on the "
-            f"ratio, e.g. 0.8 and 1.2), got {resolved['clip_low_threshold']} and {resolved['clip_high_threshold']}"
-        )
+    for low, high in (("clip_low_threshold", "clip_high_threshold"), ("mask_low_threshold", "mask_high_threshold")):
+        if low in resolved:
+            _check_bounds(resolved, low, high)
     return resolved
+
+
+def _check_bounds(resolved: dict[str, float], low: str, high: str) -> None:
+    if not 0 <= resolved[low] <= resolved[high]:
+        raise ValueError(
+            f"loss_fn_config needs 0 <= {low} <= {high} (absolute bounds on the "
+            f"ratio, e.g. 0.8 and 1.2), got {resolved[low]} and {resolved[high]}"
+        )
 
 
 def check_datums(loss_fn: str, spec: LossSpec, data: list[Any], vocab_size: int | None = None) -> None:

@@ -22,6 +22,8 @@ class SampleRequest:
     include_prompt_logprobs: bool
     topk_prompt_logprobs: int = 0
     prompt_logprobs_last_n: int | None = None
+    sequence_ids: list[str] | None = None  # fixed at submission (serve); else made here
+    record: tuple[Any, str | None] | None = None  # (StabilityStore, owner): record_stability_info
 
 
 def _stops(params: types.SamplingParams, host: Any) -> tuple[set[int], list[str]]:
@@ -57,7 +59,7 @@ def run_sample_batch(host: Any, batch: list[tuple[SampleRequest, Any]]) -> None:
             continue
         for (request, future), rows in zip(items, rows_of):
             try:
-                future.set_result(_response(model, host, request, [_sequence(row) for row in rows]))
+                future.set_result(_response(model, host, request, _sequences(request, rows)))
             except BaseException as exc:  # noqa: BLE001 - delivered to the caller
                 future.set_exception(exc)
 
@@ -89,15 +91,22 @@ def _generate_all(model: Any, host: Any, rows: list[Any]) -> None:
     from tinkerplug_local.generate import generate
 
     pad_id = host.tokenizer.pad_token_id or 0
-    ordered = sorted(rows, key=lambda r: len(r.prompt))  # similar lengths together: less padding
+    # Similar lengths together (less padding), equal prompts next to each other (one prefill).
+    ordered = sorted(rows, key=lambda r: (len(r.prompt), r.prompt))
     for start in range(0, len(ordered), MAX_BATCH_ROWS):
         generate(model, ordered[start : start + MAX_BATCH_ROWS], pad_id, host.tokenizer, host.device)
 
 
-def _sequence(row: Any) -> types.SampledSequence:
-    return types.SampledSequence(
-        stop_reason=row.stop_reason, sequence_id=uuid.uuid4().hex, _tokens_list=row.tokens, _logprobs_list=row.logprobs
-    )
+def _sequences(request: SampleRequest, rows: list[Any]) -> list[types.SampledSequence]:
+    """The SDK's sequences; with ``record``, each is recorded in the stability store first."""
+    ids = request.sequence_ids or [uuid.uuid4().hex for _ in rows]
+    if request.record is not None:
+        store, owner = request.record
+        store.put(owner, request.prompt, [(i, row.tokens, row.logprobs) for i, row in zip(ids, rows)])
+    return [
+        types.SampledSequence(stop_reason=row.stop_reason, sequence_id=i, _tokens_list=row.tokens, _logprobs_list=row.logprobs)
+        for i, row in zip(ids, rows)
+    ]
 
 
 def _response(model: Any, host: Any, request: SampleRequest, sequences: list[Any]) -> types.SampleResponse:

@@ -21,6 +21,9 @@ class SamplingClient:
         self._adapter = adapter
         self._base_model = base_model
         self.model_path = model_path
+        self._stability: Any = None  # the service's StabilityStore
+        self._record = False  # record_stability_info given when the client was made
+        self.session: str | None = None  # the serve session that owns it (None in-process)
         if adapter is not None:  # free the adapter when the client goes away
             # ... but not at interpreter exit: torch work on a daemon thread then aborts Python.
             weakref.finalize(self, _release, host, adapter).atexit = False
@@ -37,6 +40,11 @@ class SamplingClient:
         """Runs on the worker: a frozen in-memory copy of training adapter ``adapter`` as it is now."""
         return cls(host, host.snapshot_adapter(adapter), host.source.name, model_path)
 
+    def recording(self, store: Any, record_stability_info: bool, session: str | None = None) -> "SamplingClient":
+        """Attach the service's stability store; ``record_stability_info`` is every sample's default."""
+        self._stability, self._record, self.session = store, bool(record_stability_info), session
+        return self
+
     def sample(
         self,
         prompt: types.ModelInput,
@@ -48,7 +56,12 @@ class SamplingClient:
         target_prompt_logprobs: types.TensorData | None = None,
         prompt_alt_tokens_k: int = 0,
         prompt_logprobs_last_n: int | None = None,
+        *,
+        record_stability_info: bool | None = None,
+        sequence_ids: list[str] | None = None,
     ) -> Any:
+        """The SDK's ``sample``; ``serve`` also passes each request's ``record_stability_info``
+        and the ``sequence_ids`` it promised the client when the request was submitted."""
         unsupported = dict(
             topk_sample_logprobs=topk_sample_logprobs,
             target_prompt_logprobs=target_prompt_logprobs,
@@ -64,9 +77,13 @@ class SamplingClient:
             raise ValueError("num_samples must be >= 1")
         if topk_prompt_logprobs < 0 or (prompt_logprobs_last_n is not None and prompt_logprobs_last_n < 0):
             raise ValueError("topk_prompt_logprobs and prompt_logprobs_last_n must be >= 0")
+        if sequence_ids is not None and len(sequence_ids) != num_samples:
+            raise ValueError(f"{len(sequence_ids)} sequence_ids for {num_samples} samples")
+        record = self._record if record_stability_info is None else record_stability_info
         request = SampleRequest(
             self._adapter, prompt.to_ints(), num_samples, sampling_params, include_prompt_logprobs,
-            topk_prompt_logprobs, prompt_logprobs_last_n,
+            topk_prompt_logprobs, prompt_logprobs_last_n, sequence_ids,
+            (self._stability, self.session) if record and self._stability is not None else None,
         )
         return self._host.submit_sample(request)
 

@@ -62,6 +62,9 @@ class ServiceClient:
         self.forward_options = ForwardOptions(bool(gradient_checkpointing), int(microbatch_tokens))
         self._hosts: dict[str, Any] = {}
         self._lock = threading.Lock()
+        from tinkerplug_local.stability import StabilityStore
+
+        self.stability = StabilityStore()  # what samplers with record_stability_info=True recorded
 
     def __enter__(self) -> "ServiceClient":
         return self
@@ -171,13 +174,18 @@ class ServiceClient:
             if base_model is None:
                 raise ValueError("create_sampling_client needs model_path or base_model")
             host = self._host(base_model)
-            return ClientFuture(completed(SamplingClient(host, None, base_model, None)).future())
+            client = SamplingClient(host, None, base_model, None).recording(self.stability, record_stability_info)
+            return ClientFuture(completed(client).future())
         directory = to_path(_local_path(str(model_path)))
         config_file = directory / "adapter_config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"{model_path} is not sampler weights (no adapter_config.json)")
         host = self._host(json.loads(config_file.read_text())["base_model_name_or_path"])
-        return host.worker.submit(lambda: SamplingClient.from_saved(host, str(model_path)), wrapper=ClientFuture)
+        stability = self.stability
+        return host.worker.submit(
+            lambda: SamplingClient.from_saved(host, str(model_path)).recording(stability, record_stability_info),
+            wrapper=ClientFuture,
+        )
 
     # -- info --------------------------------------------------------------------------------
 
@@ -246,7 +254,7 @@ class ServiceClient:
         retry_config: Any = None,
         record_stability_info: bool = False,
     ) -> Any:
-        return await self.create_sampling_client(model_path, base_model).result_async()
+        return await self.create_sampling_client(model_path, base_model, record_stability_info=record_stability_info).result_async()
 
 
 def _local_path(path: str) -> str:

@@ -21,17 +21,18 @@ class TrainingClient:
         self._meta = meta  # base_model, rank, seed, train_* flags
         self._optimizer: Any = None
         self._param_list: list[Any] | None = None
+        self.session: str | None = None  # the serve session that owns this model (None in-process)
 
     # -- training ----------------------------------------------------------------------------
 
     def forward(self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None) -> Any:
-        loss_of = _loss_of_datum(data, loss_fn, loss_fn_config, self._host.vocab_size)
+        loss_of = self._loss_of_datum(data, loss_fn, loss_fn_config)
         return self._host.worker.submit(lambda: self._run_forward(data, loss_of, backward=False))
 
     def forward_backward(
         self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None
     ) -> Any:
-        loss_of = _loss_of_datum(data, loss_fn, loss_fn_config, self._host.vocab_size)
+        loss_of = self._loss_of_datum(data, loss_fn, loss_fn_config)
         return self._host.worker.submit(lambda: self._run_forward(data, loss_of, backward=True))
 
     def forward_backward_custom(self, data: list[types.Datum], loss_fn: Any, *, loss_type_input: Any = None) -> Any:
@@ -49,6 +50,21 @@ class TrainingClient:
         if not isinstance(params, types.AdamParams):
             raise NotImplementedError("the local backend implements the Adam optimizer only")
         return self._host.worker.submit(lambda: self._run_optim(params))
+
+    def _loss_of_datum(self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None) -> Any:
+        """Check the request now (not later on the worker); return ``loss_of(index, logprobs)``."""
+        spec = check_loss_fn(loss_fn)
+        config = resolve_config(loss_fn, spec, loss_fn_config)
+        check_datums(loss_fn, spec, data, self._host.vocab_size)
+        extra = _stability_inputs(self._service.stability, self.session, data) if loss_fn == "stable_reinforce" else None
+
+        def loss_of(index: int, logprobs: Any) -> Any:
+            inputs = datum_inputs(spec, data[index], logprobs.device)
+            if extra is not None:
+                inputs.update({k: v.to(logprobs.device) for k, v in extra[index].items()})
+            return spec.fn(logprobs, inputs, config)
+
+        return loss_of
 
     def _logprobs(self, data: list[types.Datum], grad: bool) -> Any:
         """``forward.microbatch_logprobs`` over ``data``: per-datum target logprobs, a microbatch at a time."""
@@ -174,13 +190,16 @@ class TrainingClient:
             raise NotImplementedError(f"the local backend supports kind='snapshot' only, not {kind!r}")
         saved = self.save_weights_for_sampler(name) if name else None
         # Jobs run in order: by the time this one runs, the save above has finished.
-        return self._host.worker.submit(
-            lambda: SamplingClient.from_snapshot(self._host, self._adapter, saved.result().path if saved else None),
-            wrapper=ClientFuture,
-        )
+        stability = self._service.stability
+
+        def snapshot() -> Any:
+            client = SamplingClient.from_snapshot(self._host, self._adapter, saved.result().path if saved else None)
+            return client.recording(stability, record_stability_info, self.session)
+
+        return self._host.worker.submit(snapshot, wrapper=ClientFuture)
 
     def create_sampling_client(self, model_path: str, retry_config: Any = None, record_stability_info: bool = False) -> Any:
-        return self._service.create_sampling_client(model_path=model_path)
+        return self._service.create_sampling_client(model_path=model_path, record_stability_info=record_stability_info)
 
     def get_tokenizer(self) -> Any:
         return self._host.tokenizer
@@ -243,13 +262,13 @@ def _output(outputs: list[Any], metrics: dict[str, float]) -> types.ForwardBackw
     return types.ForwardBackwardOutput(loss_fn_output_type="TensorData", loss_fn_outputs=outputs, metrics=metrics)
 
 
-def _loss_of_datum(data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None, vocab_size: int) -> Any:
-    """Check the request now (not later on the worker); return ``loss_of(index, logprobs)``."""
-    spec = check_loss_fn(loss_fn)
-    config = resolve_config(loss_fn, spec, loss_fn_config)
-    check_datums(loss_fn, spec, data, vocab_size)
+def _stability_inputs(store: Any, owner: str | None, data: list[types.Datum]) -> list[dict[str, Any]]:
+    """stable_reinforce's recorded sampler logprobs and sampled-target mask, per datum."""
+    import torch
 
-    def loss_of(index: int, logprobs: Any) -> Any:
-        return spec.fn(logprobs, datum_inputs(spec, data[index], logprobs.device), config)
+    from tinkerplug_local.stability import resolve_provenance
 
-    return loss_of
+    return [
+        {"sampler_logprobs": torch.from_numpy(r.sampler_logprobs), "sampled": torch.from_numpy(r.sampled)}
+        for r in resolve_provenance(store, owner, data)
+    ]

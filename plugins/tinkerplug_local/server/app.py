@@ -17,8 +17,25 @@ UNSIGNED_PREFIX = "/api/v1/files/"  # download URLs carry their own signature in
 OAI_PREFIX = "/oai/"  # the OpenAI-compatible API: its errors in OpenAI's shape
 
 
+# Routes of the service that have no meaning on one machine, and why (what the SDK surfaces).
+REFUSED = {
+    "/api/v1/audit": "there is no organization audit log on one machine",
+    "/api/v1/billing/usage/events": "nothing is billed on one machine",
+    "/api/v1/auth/token": "it takes plain API keys (--api-key), not JWTs; whoami needs a JWT",
+    "/api/v1/auth/apikey/me": "it takes plain API keys (--api-key) and has no accounts",
+    "/api/v1/retrieve_futures": "its client config leaves sample_use_retrieve_futures off; results come by retrieve_future",
+    "/api/v1/join_sampling_session": "its client config leaves sample_join_sampling_session off",
+}
+REFUSED_SUFFIXES = {
+    "/project": "there are no projects on one machine (every session is in project 'local')",
+    "/trace_export": "it records no session traces",
+}
+
+
 async def not_served(request: Request) -> Any:
-    raise HTTPError(404, f"{endpoint(request)} is not served by tinkerplug serve (the local backend)")
+    path = request.url.path
+    why = REFUSED.get(path) or next((w for s, w in REFUSED_SUFFIXES.items() if path.startswith("/api/v1/sessions/") and path.endswith(s)), None)
+    raise HTTPError(404, f"{endpoint(request)}: not served by tinkerplug serve: {why or 'no such route on the local backend'}")
 
 
 async def _http_error(request: Request, exc: Exception) -> Any:
@@ -49,9 +66,14 @@ def oai_error_response(status: int, message: str, param: str | None = None, code
 
 
 def create_app(state: Any, api_keys: list[str], max_body: int = DEFAULT_MAX_BODY) -> Any:
-    from tinkerplug_local.server import routes_oai, routes_rest, routes_sampling, routes_service, routes_training
+    from tinkerplug_local.server import (
+        routes_checkpoints, routes_oai, routes_rest, routes_sampling, routes_service, routes_sessions, routes_training,
+    )
 
-    routes = [*routes_service.ROUTES, *routes_training.ROUTES, *routes_sampling.ROUTES, *routes_rest.ROUTES, *routes_oai.ROUTES]
+    routes = [
+        *routes_service.ROUTES, *routes_training.ROUTES, *routes_sampling.ROUTES, *routes_rest.ROUTES,
+        *routes_checkpoints.ROUTES, *routes_sessions.ROUTES, *routes_oai.ROUTES,
+    ]
     routes.append(Route("/{path:path}", not_served, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]))
     app = Starlette(routes=routes, exception_handlers={HTTPError: _http_error, Exception: _server_error})
     app.state.server = state

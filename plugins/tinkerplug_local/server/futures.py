@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 LONG_POLL_S = 20.0  # under the SDK's 45 s read timeout for retrieve_future
-KEEP_RETRIEVED_S = 120.0  # a client whose answer was lost on the way may ask again
+# A result is kept this long after it was delivered (a client whose answer was lost on the way
+# asks again, after its connection-error backoff) and, undelivered, this long after it finished
+# (the SDK polls without a deadline unless the caller gives result(timeout)); never while queued.
+KEEP_RETRIEVED_S = 600.0
 KEEP_UNRETRIEVED_S = 3600.0
 
 USER_ERRORS = (ValueError, TypeError, KeyError, NotImplementedError, FileNotFoundError, FileExistsError, IndexError)
@@ -32,6 +35,10 @@ class Pending:
     release_at: float | None = None  # perf_counter time; None: as soon as done
     created: float = field(default_factory=time.monotonic)
     retrieved: float | None = None
+    finished: float | None = None  # monotonic time it finished
+
+    def __post_init__(self) -> None:
+        self.future.add_done_callback(lambda _: setattr(self, "finished", time.monotonic()))
 
 
 class FutureTable:
@@ -73,6 +80,11 @@ class FutureTable:
             await asyncio.sleep(max(0.0, pending.release_at - now))
         return True
 
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a request that has not started (the SDK asks when a caller stops waiting)."""
+        pending = self.get(request_id)
+        return pending is not None and pending.future.cancel()
+
     def mark_retrieved(self, pending: Pending) -> None:
         pending.retrieved = time.monotonic()
 
@@ -81,7 +93,7 @@ class FutureTable:
         stale = [
             rid for rid, p in self._pending.items()
             if (p.retrieved is not None and now - p.retrieved > KEEP_RETRIEVED_S)
-            or (p.future.done() and now - p.created > KEEP_UNRETRIEVED_S)
+            or (p.finished is not None and now - p.finished > KEEP_UNRETRIEVED_S)
         ]
         for rid in stale:
             del self._pending[rid]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, Callable
 
 SCHEME = "tinker://"
 KINDS = {"weights": "training", "sampler_weights": "sampler", "external_weights": "external"}
@@ -29,6 +30,7 @@ def check_segment(value: str, what: str) -> str:
 class CheckpointPaths:
     def __init__(self, root: Path):
         self.root = root.resolve()
+        self.before_lookup: Callable[[], Any] = lambda: None  # the server sweeps expired checkpoints here
 
     def parse(self, tinker_path: str) -> tuple[str, str, str]:
         """(run, kind, name) of a ``tinker://`` path, each segment checked."""
@@ -43,6 +45,7 @@ class CheckpointPaths:
     def local(self, run: str, kind: str, name: str, must_exist: bool = True) -> Path:
         if kind not in KINDS:
             raise PathError(f"invalid checkpoint kind {kind!r}")
+        self.before_lookup()
         candidate = self.root / check_segment(run, "run id") / kind / check_segment(name, "checkpoint name")
         resolved = candidate.resolve()
         if not resolved.is_relative_to(self.root) or resolved != candidate:

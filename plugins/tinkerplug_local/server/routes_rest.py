@@ -7,7 +7,6 @@ import datetime
 import hashlib
 import hmac
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from tinker import types
 
 from tinkerplug_local.server.http import HTTPError, endpoint, json_response, read_json
 from tinkerplug_local.server.paths import KINDS, PathError, check_segment
+from tinkerplug_local.server.routes_checkpoints import remove_checkpoint
 
 URL_TTL_S = 3600
 STATE_META = "tinkerplug_state.json"
@@ -39,6 +39,7 @@ def _checked(request: Request, fn: Any, *args: Any) -> Any:
 
 
 def _checkpoints(state: Any, run: str) -> list[types.Checkpoint]:
+    state.checkpoint_meta.sweep()
     run_dir = state.paths.run_dir(run)
     found = []
     for kind, kind_type in KINDS.items():
@@ -47,10 +48,13 @@ def _checkpoints(state: Any, run: str) -> list[types.Checkpoint]:
             if item.name.startswith(".") or not item.is_dir() or item.is_symlink():
                 continue  # a checkpoint being written, or anything not the backend's
             size = sum(f.stat().st_size for f in item.iterdir() if f.is_file())
+            meta = state.checkpoint_meta.get(f"{run}/{kind}/{item.name}")
+            expires = meta.get("expires_at")
             found.append(
                 types.Checkpoint(
                     checkpoint_id=f"{kind}/{item.name}", checkpoint_type=kind_type, time=_utc(item.stat().st_mtime),
-                    tinker_path=f"tinker://{run}/{kind}/{item.name}", size_bytes=size,
+                    tinker_path=f"tinker://{run}/{kind}/{item.name}", size_bytes=size, public=bool(meta.get("public")),
+                    expires_at=_utc(expires) if expires is not None else None,
                 )
             )
     return sorted(found, key=lambda c: c.time)
@@ -118,7 +122,7 @@ async def delete_checkpoint(request: Request) -> Any:
     state = request.app.state.server
     p = request.path_params
     directory = _checked(request, state.paths.local, p["run"], p["kind"], p["name"])
-    shutil.rmtree(directory)
+    remove_checkpoint(state, f"{p['run']}/{p['kind']}/{p['name']}", directory)
     return json_response({})
 
 

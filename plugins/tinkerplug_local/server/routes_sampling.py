@@ -62,11 +62,12 @@ async def asample(request: Request) -> Any:
     options: dict[str, Any] = {name: getattr(body, name) for name in OPTIONS if getattr(body, name)}
     if body.target_prompt_logprobs is not None:
         options["target_prompt_logprobs"] = types.TensorData(**body.target_prompt_logprobs.model_dump())
+    ids = [uuid.uuid4().hex for _ in range(body.num_samples)]  # fixed at submission, as the SDK expects
     future = call(
         sampler.client.sample, body.prompt, body.num_samples, body.sampling_params,
-        include_prompt_logprobs=bool(body.prompt_logprobs), **options,
+        include_prompt_logprobs=bool(body.prompt_logprobs), record_stability_info=bool(body.record_stability_info),
+        sequence_ids=ids, **options,
     )
-    ids = [uuid.uuid4().hex for _ in range(body.num_samples)]
     return submitted(state, future, encode_sample_response, sample_sequence_ids=ids)
 
 
@@ -77,7 +78,16 @@ async def get_sampler(request: Request) -> Any:
         sampler = state.sampler(sampler_id)
     except KeyError as exc:
         raise HTTPError(404, f"{endpoint(request)}: {exc.args[0]}") from None
-    return json_response(types.GetSamplerResponse(sampler_id=sampler_id, base_model=sampler.base_model, model_path=sampler.model_path))
+    return json_response(types.GetSamplerResponse(sampler_id=sampler_id, base_model=_loadable(sampler.base_model), model_path=sampler.model_path))
+
+
+def _loadable(base_model: str) -> str:
+    """A shipped model by its directory: the SDK's ``SamplingClient.get_tokenizer()`` loads the
+    tokenizer from the base model this returns, and a shipped name is no hub id."""
+    from tinkerplug.models import shipped_model_dir
+
+    directory = shipped_model_dir(base_model)
+    return str(directory) if directory is not None else base_model
 
 
 ROUTES = [

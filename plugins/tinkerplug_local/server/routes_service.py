@@ -11,7 +11,8 @@ from starlette.routing import Route
 from tinker import types
 
 from tinkerplug_local.server.futures import error_body
-from tinkerplug_local.server.http import HTTPError, endpoint, json_response, parse, protobuf
+from tinkerplug_local.server.http import HTTPError, endpoint, json_response, parse, protobuf, read_json
+from tinkerplug_local.server.routes_sessions import record_created, record_finished
 
 # Flags the SDK reads once per client. Chunks of one forward_backward are sent one after the
 # other (not in parallel), so requests reach the worker in the order of their seq_id.
@@ -27,8 +28,9 @@ async def client_dynamic_config(request: Request) -> Any:
 
 
 async def create_session(request: Request) -> Any:
-    await parse(request, types.CreateSessionRequest)
+    body = await parse(request, types.CreateSessionRequest)
     session_id = request.app.state.server.new_session()
+    record_created(request.app.state.server, session_id, body)
     return json_response(types.CreateSessionResponse(session_id=session_id))
 
 
@@ -40,8 +42,10 @@ async def session_heartbeat(request: Request) -> Any:
 
 
 async def finish_session(request: Request) -> Any:
-    await request.body()
-    request.app.state.server.finish_session(request.path_params["session_id"])
+    body = await read_json(request)
+    session_id = request.path_params["session_id"]
+    request.app.state.server.finish_session(session_id)
+    record_finished(request.app.state.server, session_id, body)
     return JSONResponse({})
 
 
@@ -74,11 +78,22 @@ async def retrieve_future(request: Request) -> Any:
             {"type": "try_again", "request_id": body.request_id, "queue_state": "active"}, status_code=408
         )
     state.futures.mark_retrieved(pending)
+    if pending.future.cancelled():
+        return JSONResponse({"error": "the request was cancelled (cancel_future)", "category": "user"})
     exception = pending.future.exception()
     if exception is not None:
         return JSONResponse(error_body(exception))
     answer = pending.encode(pending.future.result())
     return protobuf(answer) if isinstance(answer, bytes) else JSONResponse(answer)
+
+
+async def cancel_future(request: Request) -> Any:
+    body = await read_json(request)
+    request_id = body.get("request_id") if isinstance(body, dict) else None
+    if not isinstance(request_id, str):
+        raise HTTPError(400, f"{endpoint(request)}: the body needs request_id")
+    request.app.state.server.futures.cancel(request_id)  # one already running finishes; its result is dropped later
+    return JSONResponse({})
 
 
 ROUTES = [
@@ -91,4 +106,5 @@ ROUTES = [
     Route("/api/v1/healthz", healthz, methods=["GET"]),
     Route("/api/v1/telemetry", telemetry, methods=["POST"]),
     Route("/api/v1/retrieve_future", retrieve_future, methods=["POST"]),
+    Route("/api/v1/cancel_future", cancel_future, methods=["POST"]),
 ]

@@ -96,7 +96,10 @@ async def forward_backward(request: Request) -> Any:
     model = _model(state, model_id, request)
     kind = "forward" if forward_only else "forward_backward"
     release = state.release_time(model, kind)
-    future = call(getattr(model.client, kind), data, loss_fn, config)
+    try:  # the request's own checks (loss, config, datums, provenance) run here: a 400 naming the datum
+        future = getattr(model.client, kind)(data, loss_fn, config)
+    except (ValueError, TypeError, KeyError, NotImplementedError) as exc:
+        raise HTTPError(400, f"{endpoint(request)}: {exc}") from None
     return submitted(state, future, encode_forward_backward_output, model_id, release)
 
 
@@ -113,9 +116,26 @@ async def save_weights(request: Request) -> Any:
     body = await parse(request, types.SaveWeightsRequest)
     model = _model(state, body.model_id, request)
     name = body.path or f"state-{uuid.uuid4().hex[:8]}"
+    saved = _saved(request, state, body.ttl_seconds)
     future = call(model.client.save_state, name, ttl_seconds=body.ttl_seconds, user_metadata=body.user_metadata)
-    answer = then(future, lambda r: types.SaveWeightsResponse(path=state.paths.to_tinker(r.path)))
+    answer = then(future, lambda r: types.SaveWeightsResponse(path=saved(r.path)))
     return submitted(state, answer, dump, body.model_id, state.release_time(model, "save_weights"))
+
+
+def _saved(request: Request, state: Any, ttl_seconds: int | None) -> Any:
+    """``local dir -> tinker:// path`` of a checkpoint just written, its TTL recorded."""
+    from tinkerplug_local.server.checkpoint_meta import MAX_TTL_S
+
+    if ttl_seconds is not None and not 0 < ttl_seconds <= MAX_TTL_S:
+        raise HTTPError(400, f"{endpoint(request)}: ttl_seconds must be between 1 and {MAX_TTL_S}, or null")
+
+    def convert(local_path: str) -> str:
+        tinker_path = state.paths.to_tinker(local_path)
+        if ttl_seconds is not None:
+            state.checkpoint_meta.set_ttl(tinker_path.removeprefix("tinker://"), ttl_seconds)
+        return tinker_path
+
+    return convert
 
 
 async def save_weights_for_sampler(request: Request) -> Any:
@@ -124,8 +144,9 @@ async def save_weights_for_sampler(request: Request) -> Any:
     model = _model(state, body.model_id, request)
     release = state.release_time(model, "save_weights_for_sampler")
     if body.path is not None:
+        saved = _saved(request, state, body.ttl_seconds)
         future = call(model.client.save_weights_for_sampler, body.path, ttl_seconds=body.ttl_seconds)
-        answer = then(future, lambda r: types.SaveWeightsForSamplerResponseInternal(path=state.paths.to_tinker(r.path)))
+        answer = then(future, lambda r: types.SaveWeightsForSamplerResponseInternal(path=saved(r.path)))
         return submitted(state, answer, dump, body.model_id, release)
     # save_weights_and_get_sampling_client: a snapshot and a sampling session on it.
     sampler_id = f"{body.model_id}:sample:{body.sampling_session_seq_id}"
@@ -149,6 +170,7 @@ async def save_weights_external(request: Request) -> Any:
     if body.age_encryption_recipients:
         raise HTTPError(400, f"{endpoint(request)}: age encryption is not served by tinkerplug serve")
     destination = state.paths.local(body.model_id, "external_weights", body.path, must_exist=False)
+    saved = _saved(request, state, body.ttl_seconds)
     future = call(model.client.save_weights_for_sampler, f"export-{uuid.uuid4().hex[:12]}")
 
     def moved(result: Any) -> types.SaveWeightsExternalResponseInternal:
@@ -157,7 +179,7 @@ async def save_weights_external(request: Request) -> Any:
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.rename(result.path, destination)
         size = sum(f.stat().st_size for f in destination.iterdir() if f.is_file())
-        return types.SaveWeightsExternalResponseInternal(path=state.paths.to_tinker(destination), size_bytes=size)
+        return types.SaveWeightsExternalResponseInternal(path=saved(destination), size_bytes=size)
 
     return submitted(state, then(future, moved), dump, body.model_id, state.release_time(model, "save_weights_external"))
 

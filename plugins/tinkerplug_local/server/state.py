@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinkerplug_local.server.checkpoint_meta import CheckpointMeta
 from tinkerplug_local.server.clock import ModelClock
 from tinkerplug_local.server.futures import FutureTable
 from tinkerplug_local.server.paths import CheckpointPaths
@@ -45,6 +46,9 @@ class ServerState:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.service = ServiceClient(checkpoint_dir=checkpoint_dir, device=device, dtype=dtype, **backend)
         self.paths = CheckpointPaths(self.service.store.root)
+        self.checkpoint_meta = CheckpointMeta(self.paths.root)  # TTLs and public flags
+        self.paths.before_lookup = self.checkpoint_meta.sweep
+        self.session_info: dict[str, dict[str, Any]] = {}  # kept after a session finishes, for get/list/search
         self.futures = FutureTable()
         self.clock_s = clock_ms / 1000.0
         self.clock_t0 = time.perf_counter()
@@ -89,6 +93,7 @@ class ServerState:
         # The local client writes its checkpoints under its model_id: make it the SDK's id,
         # so the tinker:// paths name the run the client knows.
         client.model_id = model_id
+        client.session = session_of(model_id)  # stable_reinforce: it trains on its session's samples
         clock = ModelClock(self.clock_s, self.clock_t0) if self.clock_s > 0 else None
         model = Model(client, base_model, rank, dict(user_metadata or {}), clock)
         with self._lock:
@@ -104,6 +109,7 @@ class ServerState:
         return model
 
     def add_sampler(self, sampler_id: str, sampler: Sampler) -> None:
+        sampler.client.recording(self.service.stability, sampler.client._record, session_of(sampler_id))
         with self._lock:
             self.samplers[sampler_id] = sampler
 
@@ -118,4 +124,10 @@ class ServerState:
         return model.clock.release_time(request) if model.clock is not None else None
 
     def close(self) -> None:
+        self.checkpoint_meta.close()
         self.service.close()
+
+
+def session_of(client_id: str) -> str:
+    """The session in a model or sampler id (``SESSION:train:N``, ``SESSION:sample:N``)."""
+    return client_id.split(":", 1)[0]

@@ -59,7 +59,27 @@ def _datum(message: Any, index: int) -> types.Datum:
         inputs = {name: _tensor_data_from_proto(t) for name, t in message.loss_fn_inputs.items()}
     except ValueError as exc:
         raise WireError(f"datum {index}: {exc}") from None
-    return types.Datum(model_input=types.ModelInput.from_ints(tokens), loss_fn_inputs=inputs)
+    spans = _spans(message.model_input_spans), _spans(message.loss_fn_input_spans)
+    if (spans[0] is None) != (spans[1] is None):
+        raise WireError(f"datum {index}: provenance comes as a pair: model_input_spans and loss_fn_input_spans, or neither")
+    return types.Datum(model_input=types.ModelInput.from_ints(tokens), loss_fn_inputs=inputs,
+                       model_input_spans=spans[0], loss_fn_input_spans=spans[1])
+
+
+def _spans(messages: Any) -> list[Any] | None:
+    """The SDK's provenance spans of one repeated ``ProvenanceSpan`` field (None when empty)."""
+    spans: list[Any] = []
+    for message in messages:
+        arm = message.WhichOneof("span")
+        if arm is None:
+            raise WireError("a provenance span has neither prompt_tokens nor sampled_tokens")
+        kind = types.SampledProvenanceSpan if arm == "sampled_tokens" else types.PromptProvenanceSpan
+        run = getattr(message, arm)
+        try:
+            spans.append(kind(sequence_id=run.sequence_id, offset=run.offset, length=run.length))
+        except ValueError as exc:
+            raise WireError(str(exc)) from None
+    return spans or None
 
 
 # -- responses -----------------------------------------------------------------------------------

@@ -1,0 +1,120 @@
+"""Sampling from a policy for the objectives that need samples (RL, distillation): prompts of
+records, seeded sampling of groups, datums of sampled tokens. Plain helpers over the SDK's
+types, shared so that no objective plugin depends on another."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from tinkerplug.backend_calls import await_result
+
+
+@dataclass
+class Sample:
+    """One sampled completion of ``prompt``: its tokens, the sampler's logprobs, the reply text."""
+
+    prompt: Any  # types.ModelInput
+    tokens: list[int]
+    logprobs: list[float]
+    text: str
+
+
+def prompt_messages(record: Mapping[str, Any]) -> list[Any]:
+    """The conversation up to (not including) its last assistant message: what a policy answers."""
+    messages = list(record["messages"])
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
+    return messages[:last]
+
+
+def reference_reply(record: Mapping[str, Any]) -> str | None:
+    """The record's last assistant message (the reference reply), or ``None``."""
+    replies = [m for m in record.get("messages", []) if m.get("role") == "assistant"]
+    content = replies[-1].get("content") if replies else None
+    return content if isinstance(content, str) else None
+
+
+def sampling_seed(seed: int, step: int, slot: int, what: str = "policy") -> int:
+    """A sampling seed fixed by the run's seed, the step and the prompt's slot: a resumed run
+    samples exactly what the uninterrupted one did."""
+    digest = hashlib.sha256(f"{seed}:{what}:{step}:{slot}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+async def sample_groups(
+    sampler: Any, renderer: Any, prompts: Sequence[Any], group_size: int, max_tokens: int,
+    temperature: float, seeds: Sequence[int],
+) -> list[list[Sample]]:
+    """``group_size`` samples of each prompt, all requests sent before any is awaited."""
+    from tinker import types
+
+    stop = renderer.get_stop_sequences()
+    futures = [
+        sampler.sample(prompt, group_size, types.SamplingParams(max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed))
+        for prompt, seed in zip(prompts, seeds, strict=True)
+    ]
+    responses = await asyncio.gather(*(await_result_later(f) for f in futures))
+    return [
+        [Sample(prompt, list(s.tokens), list(s.logprobs or []), reply_text(renderer, s.tokens)) for s in response.sequences]
+        for prompt, response in zip(prompts, responses)
+    ]
+
+
+async def await_result_later(future: Any) -> Any:
+    return await await_result(future)
+
+
+def reply_text(renderer: Any, tokens: Sequence[int]) -> str:
+    """The reply as the renderer parses it (its content), stripped."""
+    message, _ = renderer.parse_response(list(tokens))
+    content = message.get("content", "")
+    if not isinstance(content, str):  # structured content: its text parts
+        content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+    return content.strip()
+
+
+def sampled_datum(sample: Sample, advantages: Sequence[float]) -> Any:
+    """An RL datum: prompt + sampled tokens, shifted; the sampler's logprobs and per-token
+    advantages on the sampled positions, zero on the prompt's (as the cookbook builds them)."""
+    from tinker import types
+
+    tokens = sample.prompt.to_ints() + sample.tokens
+    n_prompt = sample.prompt.length - 1
+    return types.Datum(
+        model_input=types.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={
+            "target_tokens": tokens[1:],
+            "logprobs": [0.0] * n_prompt + list(sample.logprobs),
+            "advantages": [0.0] * n_prompt + list(advantages),
+        },
+    )
+
+
+def supervised_datum(sample: Sample) -> Any:
+    """A ``cross_entropy`` datum that trains on the sampled tokens only (SFT on samples)."""
+    from tinker import types
+
+    tokens = sample.prompt.to_ints() + sample.tokens
+    n_prompt = sample.prompt.length - 1
+    return types.Datum(
+        model_input=types.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={"target_tokens": tokens[1:], "weights": [0.0] * n_prompt + [1.0] * len(sample.tokens)},
+    )
+
+
+async def completion_logprobs(sampler: Any, samples: Sequence[Sample]) -> list[list[float]]:
+    """Another model's logprobs of each sample's completion tokens (``compute_logprobs`` on
+    prompt + completion: the reference of a KL, a teacher's view)."""
+    from tinker import types
+
+    futures = [sampler.compute_logprobs(types.ModelInput.from_ints(s.prompt.to_ints() + s.tokens)) for s in samples]
+    results = await asyncio.gather(*(await_result_later(f) for f in futures))
+    return [[float(x) for x in lps[s.prompt.length:]] for s, lps in zip(samples, results)]
+
+
+def learner_logprobs(output: Any, samples: Sequence[Sample]) -> list[Any]:
+    """The learner's logprobs of each sample's completion tokens, from the output of a
+    ``forward_backward`` on ``sampled_datum``/``supervised_datum`` datums of ``samples``."""
+    return [item["logprobs"].to_numpy()[s.prompt.length - 1:] for s, item in zip(samples, output.loss_fn_outputs)]

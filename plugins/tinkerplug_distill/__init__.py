@@ -1,0 +1,1 @@
+"""The distillation objective (``objective = "distill"``, ``[distill]``)."""

@@ -1,0 +1,1 @@
+"""The preference objective (``objective = "dpo"``, ``[dpo]``)."""

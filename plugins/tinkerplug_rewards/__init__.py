@@ -1,0 +1,1 @@
+"""First-party rewards for ``objective = "rl"``: ``exact_match`` and ``math``."""

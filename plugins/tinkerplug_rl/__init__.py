@@ -1,0 +1,1 @@
+"""The RL objective (``objective = "rl"``, ``[rl]``): sampled groups, rewards, group-relative advantages."""

@@ -1,0 +1,1 @@
+"""The supervised objective (``objective = "sft"``, the default)."""
