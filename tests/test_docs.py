@@ -4,6 +4,7 @@ generated reference pages match the code, the plugin-authoring example works as 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
