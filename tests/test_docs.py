@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from tinkerplug.plugins import hook_signature, hookspec_functions
+from tinkerplug.hook_docs import hook_signature, hookspec_functions
 
 DOCS = ROOT / "docs"
 REGENERATE = "regenerate the reference pages with `python scripts/gen_docs.py`"

@@ -11,7 +11,7 @@ import pytest
 import tinker
 from tinker import types
 
-from conftest import DATA, ROOT, read_jsonl, run_cli
+from conftest import DATA, ROOT, read_jsonl, run_cli, run_inprocess
 
 MODEL = "tiny-chat"
 
@@ -52,7 +52,7 @@ def test_methods_take_the_sdks_arguments(class_name):
     so any call written against the SDK binds the same way."""
     import importlib
 
-    module = {"ServiceClient": "service", "TrainingClient": "training", "SamplingClient": "sampling"}[class_name]
+    module = {"ServiceClient": "service", "TrainingClient": "training_client", "SamplingClient": "sampling"}[class_name]
     ours = getattr(importlib.import_module(f"tinkerplug_local.{module}"), class_name)
     sdk = getattr(tinker, class_name)
     problems = []
@@ -89,7 +89,7 @@ def _datum(tokens: list[int]) -> types.Datum:
 def test_unsupported_loss_names_the_supported_one(service):
     client = service.create_lora_training_client(MODEL, rank=4, seed=0).result()
     with pytest.raises(NotImplementedError, match="supported: cross_entropy, importance_sampling, ppo"):
-        client.forward_backward([_datum([5, 6, 7, 8])], "stable_reinforce")
+        client.forward_backward([_datum([5, 6, 7, 8])], "no_such_loss")
 
 
 def test_checkpoint_paths_are_accepted_back_plain_or_local_scheme(service):
@@ -173,11 +173,12 @@ def test_local_command_costs_nothing_until_tinker_is_imported(tmp_path):
 
 
 def test_local_command_reports_a_missing_command():
-    result = run_cli("local", "--", "no-such-program-xyz")
+    result = run_inprocess("local", "--", "no-such-program-xyz")
     assert result.returncode == 2
     assert "command not found: no-such-program-xyz" in result.stderr
 
 
+@pytest.mark.slow  # a peer script under `tinkerplug local`
 def test_example_tinker_script_runs_unmodified(tmp_path):
     script = ROOT / "examples" / "tinker-script" / "train.py"
     imports = [line for line in script.read_text().splitlines() if line.startswith(("import ", "from "))]
@@ -249,6 +250,7 @@ sl_loop.main(
 '''
 
 
+@pytest.mark.slow  # a peer script under `tinkerplug local`
 def test_cookbook_sl_loop_trains_and_resumes_through_the_switch(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(SL_LOOP_DRIVER)

@@ -16,7 +16,7 @@ RL_TABLE = "[rl]\ngroup_size = 4\nmax_tokens = 4\n"
 
 CONSTANT_OBJECTIVE = '''
 import tinkerplug
-from tinkerplug.context import StepBatch
+from tinkerplug.hook_types import StepBatch
 
 
 class FirstExampleOnly:
@@ -96,7 +96,7 @@ def test_rl_samples_groups_scores_them_and_logs_per_reward_metrics(tmp_path):
 
 
 def test_rewards_are_registered_by_plugins():
-    from tinkerplug.plugins import load_plugins
+    from tinkerplug.plugin_loader import load_plugins
 
     registered = load_plugins().register_rewards()
     assert {"exact_match", "math"} <= set(registered)

@@ -131,3 +131,22 @@ def test_layout_cost_keeps_long_varied_datums_packed():
     assert len(packing.padded_batches(short, 8192)) == 1
     assert packing.layout_cost([list(range(48))], short, True) < packing.layout_cost(
         packing.packed_rows(short, 512), short, False)
+
+
+def test_compute_logprobs_sent_together_share_one_forward(service, monkeypatch):
+    sampler = service.create_sampling_client(base_model="tiny-chat").result()
+    tokenizer = sampler.get_tokenizer()
+    prompts = [types.ModelInput.from_ints(tokenizer.encode(text)) for text in ("Reverse: abc", "hello there", "x", "Reverse: abc")]
+    alone = [sampler.compute_logprobs(p, prompt_logprobs_last_n=2 if i == 1 else None).result() for i, p in enumerate(prompts)]
+    calls = []
+    real = sampler._host.model_for
+    monkeypatch.setattr(sampler._host, "model_for", lambda adapter: calls.append(adapter) or real(adapter))
+    futures = [sampler.compute_logprobs(p, prompt_logprobs_last_n=2 if i == 1 else None) for i, p in enumerate(prompts)]
+    together = [f.result() for f in futures]
+    assert len(calls) < len(prompts)  # batched (the first may run before the rest are queued)
+    assert together[2] == [None]  # one token: nothing to score
+    for a, b in zip(alone, together):
+        assert len(a) == len(b) and [x is None for x in a] == [x is None for x in b]
+        torch.testing.assert_close(torch.tensor([x for x in b if x is not None]), torch.tensor([x for x in a if x is not None]),
+                                   atol=1e-5, rtol=1e-5)
+    assert sum(x is not None for x in together[1]) == 2  # prompt_logprobs_last_n

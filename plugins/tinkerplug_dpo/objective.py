@@ -12,15 +12,15 @@ from typing import Any
 
 from tinkerplug.backend_calls import await_result
 from tinkerplug.checkpoint_refs import open_reference_sampler
-from tinkerplug.context import StepBatch
+from tinkerplug.hook_types import StepBatch
 from tinkerplug.errors import DataError
 
-METRICS = ("dpo/loss", "dpo/accuracy", "dpo/margin", "dpo/chosen_logprob", "dpo/rejected_logprob")
+METRICS = ("dpo/nll", "dpo/loss", "dpo/accuracy", "dpo/margin", "dpo/chosen_logprob", "dpo/rejected_logprob")
 
 
 class DPOObjective:
-    def __init__(self, run: Any, data: Any, beta: float):
-        self.run, self.data, self.beta = run, data, beta
+    def __init__(self, run: Any, data: Any, beta: float, nll_coef: float = 0.0):
+        self.run, self.data, self.beta, self.nll_coef = run, data, beta, nll_coef
         self.reference: Any = None
         self.reference_sums: dict[int, tuple[float, float]] = {}
 
@@ -33,7 +33,7 @@ class DPOObjective:
             record = self.data.records[index]
             datums += [self.datum(record["messages"]), self.datum(record["rejected"])]
         references = await self.reference_logprob_sums(indices, datums)
-        return StepBatch(datums, dpo_loss(self.beta, references), summarize=summarize)
+        return StepBatch(datums, dpo_loss(self.beta, references, self.nll_coef), summarize=summarize)
 
     def datum(self, messages: list[Any]) -> Any:
         """A reply as a datum: its last assistant message weighted 1, the rest 0."""
@@ -77,8 +77,9 @@ def check_pair(data: Any, index: int) -> None:
         )
 
 
-def dpo_loss(beta: float, references: list[tuple[float, float]]) -> Any:
-    """The custom loss of one batch (``(data, logprobs_list) -> (loss, metrics)``)."""
+def dpo_loss(beta: float, references: list[tuple[float, float]], nll_coef: float = 0.0) -> Any:
+    """The custom loss of one batch (``(data, logprobs_list) -> (loss, metrics)``); with
+    ``nll_coef``, plus that times the chosen replies' mean NLL per token (DPO + NLL, as RPO)."""
 
     def loss_fn(data: list[Any], logprobs_list: list[Any]) -> tuple[Any, dict[str, float]]:
         import torch
@@ -88,7 +89,12 @@ def dpo_loss(beta: float, references: list[tuple[float, float]]) -> Any:
         ref = torch.tensor(references, dtype=chosen.dtype)
         margin = beta * ((chosen - ref[:, 0]) - (rejected - ref[:, 1]))
         loss = -torch.nn.functional.logsigmoid(margin).mean()
-        metrics = {
+        tokens = torch.stack([d.loss_fn_inputs["weights"].to_torch().sum() for d in data[0::2]]).to(chosen.dtype)
+        nll = (-chosen / tokens.clamp(min=1)).mean()
+        metrics = {"dpo/nll": float(nll.detach())}
+        if nll_coef:
+            loss = loss + nll_coef * nll
+        metrics |= {
             "dpo/loss": float(loss.detach()),
             "dpo/accuracy": float((margin > 0).float().mean()),
             "dpo/margin": float(margin.detach().mean()),

@@ -14,13 +14,14 @@ def settings_model() -> Any:
         model_config = ConfigDict(extra="forbid")
 
         beta: float = Field(0.1, gt=0, description="How far the policy may move from the reference (DPO's beta).")
+        nll_coef: float = Field(0.0, ge=0, description="Add this times the chosen replies' NLL per token (DPO + NLL).")
 
     return DPOSettings
 
 
 @tinkerplug.hookimpl
 def register_config_sections(register: Any) -> None:
-    register("dpo", settings_model(), result_keys=("beta",))
+    register("dpo", settings_model(), result_keys=("beta", "nll_coef"))
 
 
 @tinkerplug.hookimpl
@@ -36,5 +37,5 @@ def make_objective(config: Any, run: Any, data: Any) -> Any:
 
     for index in data.batch_indices(run.start_step):
         check_pair(data, index)
-    return DPOObjective(run, data, config.section("dpo").beta)
+    return DPOObjective(run, data, config.section("dpo").beta, config.section("dpo").nll_coef)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ DEFAULT_ROOT_ENV = "TINKERPLUG_LOCAL_DIR"
 DEVICE_ENV = "TINKERPLUG_LOCAL_DEVICE"
 CHECKPOINTING_ENV = "TINKERPLUG_LOCAL_GRADIENT_CHECKPOINTING"
 MICROBATCH_ENV = "TINKERPLUG_LOCAL_MICROBATCH_TOKENS"
+LOCAL_SESSION = "local"  # the session id of LossHandles made in-process
 
 
 class ServiceClient:
@@ -30,6 +32,8 @@ class ServiceClient:
     (default ``$TINKERPLUG_LOCAL_GRADIENT_CHECKPOINTING`` = 1, or off) recomputes each layer in
     backward: less memory for more time. ``microbatch_tokens`` caps the tokens run at once
     (default ``$TINKERPLUG_LOCAL_MICROBATCH_TOKENS``, or 0: chosen from the device's memory).
+    ``max_adapters`` (default 0: no limit) keeps that many training adapters per base model in
+    memory; the least recently used others wait on disk with their optimizer state, exactly.
     ``base_url``, ``api_key``
     and the SDK's other arguments are accepted and ignored, so scripts written for the
     service run unchanged; no API key is needed.
@@ -45,6 +49,7 @@ class ServiceClient:
         dtype: str = "auto",
         gradient_checkpointing: bool | None = None,
         microbatch_tokens: int | None = None,
+        max_adapters: int = 0,
         **sdk_kwargs: Any,
     ):
         from tinkerplug_local.forward import ForwardOptions
@@ -60,11 +65,17 @@ class ServiceClient:
         if microbatch_tokens < 0:
             raise ValueError(f"microbatch_tokens must be >= 0 (0: from the device's memory), got {microbatch_tokens}")
         self.forward_options = ForwardOptions(bool(gradient_checkpointing), int(microbatch_tokens))
+        if max_adapters < 0:
+            raise ValueError(f"max_adapters must be >= 0 (0: no limit), got {max_adapters}")
+        self.max_adapters = max_adapters  # training adapters in memory per base model; the rest on disk
         self._hosts: dict[str, Any] = {}
         self._lock = threading.Lock()
         from tinkerplug_local.stability import StabilityStore
 
         self.stability = StabilityStore()  # what samplers with record_stability_info=True recorded
+        from tinkerplug_local.uploaded import UploadedLosses
+
+        self.uploaded_losses = UploadedLosses()  # create_custom_loss graphs, by loss_id
 
     def __enter__(self) -> "ServiceClient":
         return self
@@ -78,13 +89,18 @@ class ServiceClient:
             host.worker.close()
         return completed(None)
 
+    def hosts(self) -> list[Any]:
+        """The loaded base models (``ModelHost``), one worker each (no lock: a load holds it for seconds)."""
+        return list(self._hosts.values())
+
     def _host(self, base_model: str) -> Any:
         from tinkerplug_local.host import ModelHost
 
         source = resolve_model(base_model)
         with self._lock:  # one loaded copy of each base model per client
             if source.location not in self._hosts:
-                self._hosts[source.location] = ModelHost(source, self.device, self.dtype, self.forward_options)
+                self._hosts[source.location] = ModelHost(
+                    source, self.device, self.dtype, self.forward_options, self.max_adapters, self.store.root)
             return self._hosts[source.location]
 
     # -- training clients --------------------------------------------------------------------
@@ -113,11 +129,13 @@ class ServiceClient:
 
     def _new_training_client(self, host: Any, meta: dict[str, Any]) -> Any:
         """Runs on the worker: a fresh LoRA adapter and the client that trains it."""
-        from tinkerplug_local.training import TrainingClient
+        from tinkerplug_local.training_client import TrainingClient
 
         targets = host.target_modules(meta["train_mlp"], meta["train_attn"], meta["train_unembed"])
         adapter = host.new_adapter(meta["rank"], targets, meta["seed"])
-        return TrainingClient(self, host, adapter, self.store.new_model_id(), meta)
+        client = TrainingClient(self, host, adapter, self.store.new_model_id(), meta)
+        host.residency.touch(client)  # counted from now; the least recent other may go to disk
+        return client
 
     def create_training_client_from_state(
         self,
@@ -186,6 +204,21 @@ class ServiceClient:
             lambda: SamplingClient.from_saved(host, str(model_path)).recording(stability, record_stability_info),
             wrapper=ClientFuture,
         )
+
+    # -- custom losses ---------------------------------------------------------------------
+
+    def create_custom_loss(self, fn: Any, input_ranks: Any) -> ClientFuture:
+        """The SDK's ``create_custom_loss``: ``fn`` traced and checked by the SDK, then its graph
+        encoded as it would be uploaded and rebuilt here from the whitelist (``loss_graph.py``),
+        so it runs in one pass exactly as ``serve`` runs it."""
+        import dataclasses
+
+        from tinker.lib.public_interfaces.custom_loss import encode_graph, trace_loss
+
+        handle = trace_loss(fn, input_ranks, LOCAL_SESSION)
+        loss_id = f"{LOCAL_SESSION}:loss:{uuid.uuid4().hex[:12]}"
+        self.uploaded_losses.create(None, loss_id, handle.name, list(handle.inputs), encode_graph(handle).nodes)
+        return ClientFuture(completed(dataclasses.replace(handle, loss_id=loss_id)).future())
 
     # -- info --------------------------------------------------------------------------------
 
