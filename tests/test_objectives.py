@@ -95,6 +95,37 @@ def test_rl_samples_groups_scores_them_and_logs_per_reward_metrics(tmp_path):
     assert "rl/kl_reference" in rows[0]  # kl_every = 10: step 0
 
 
+def test_eval_chat_and_plot_work_on_an_rl_run(tmp_path, capsys):
+    config = write_config(tmp_path, RL_TABLE, num_steps=2, batch_size=4, objective="rl")
+    main(["run", str(config), "-q"])
+    run_dir = str(tmp_path / "run")
+    capsys.readouterr()
+    main(["eval", run_dir, "--json", "--set", "heldout.limit=4"])
+    assert "heldout/exact_match" in capsys.readouterr().out
+    main(["chat", run_dir, "--prompt", "First letter: hello", "--max-tokens", "4"])
+    assert capsys.readouterr().out.strip()
+    main(["plot", run_dir, "--out", str(tmp_path / "curves.png")])
+    out = capsys.readouterr().out
+    assert "rl/reward" in out and "rl/zero_variance_groups" in out and (tmp_path / "curves.png").is_file()
+
+
+def test_the_docs_tables_are_what_the_script_prints_for_the_recorded_runs():
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from post_training import DOC, EXAMPLES, docs_block, render
+
+    text = DOC.read_text(encoding="utf-8")
+    for name in EXAMPLES:
+        begin, end = docs_block(name)
+        shown = text.split(begin, 1)[1].split(end, 1)[0]
+        assert shown == "\n" + render(name, ROOT / "examples" / name / "recorded"), (
+            f"docs/tutorial/post-training.md: the {name} table is stale; run `python scripts/post_training.py --update-docs`"
+        )
+
+
 def test_rewards_are_registered_by_plugins():
     from tinkerplug.plugins import load_plugins
 

@@ -34,11 +34,23 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float
     return [p[0] for p in points], [p[1] for p in points]
 
 
+# The training curves an objective logs (rl, dpo, distill), beside train/loss, when present.
+OBJECTIVE_CURVES = ("rl/reward", "rl/zero_variance_groups", "rl/sampler_learner_kl", "rl/kl_reference",
+                    "dpo/accuracy", "dpo/margin", "distill/teacher_kl")
+
+
+def objective_keys(steps: list[dict[str, Any]]) -> list[str]:
+    """The objective curves in the run's step rows: the keys above and each reward's mean."""
+    present = {k for r in steps for k in r}
+    rewards = sorted(k for k in present if k.startswith("rl/reward/") and not k.endswith("_std"))
+    return [k for k in OBJECTIVE_CURVES if k in present] + rewards
+
+
 def plot_run(info: Any, out: Path) -> list[str]:
     """Draw the run's curves into ``out``; return the panel titles."""
     plt = _pyplot()
     eval_keys = [k for k in info.eval_keys() if not k.endswith("/n")]  # sample counts are not curves
-    panels = ["train/loss", "lr", *eval_keys]
+    panels = ["train/loss", "lr", *objective_keys(info.steps), *eval_keys]
     cols = 2 if len(panels) > 1 else 1
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(6.4 * cols, 3.2 * nrows), squeeze=False, sharex=True)
@@ -46,7 +58,7 @@ def plot_run(info: Any, out: Path) -> list[str]:
     last_step = max([info.steps_done, *checkpoints, *(r["step"] for r in info.metrics)], default=1)
     for ax, key in zip(axes.flat, panels):
         steps, values = _series(info.metrics if key.startswith("eval/") else info.steps, key)
-        if key == "train/loss" and len(values) > 20:
+        if key != "lr" and not key.startswith("eval/") and len(values) > 20:  # noisy per step: smoothed too
             ax.plot(steps, values, color="tab:blue", alpha=0.3, linewidth=1, label="per step")
             window = max(2, len(values) // 20)
             smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1]) for i in range(len(values))]
