@@ -348,3 +348,56 @@ def test_a_bad_teacher_is_refused_clearly(name, tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and all(part in err for part in expected) and "Traceback" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+FIRST_LETTER_ENV = '''
+from functools import partial
+
+from tinker_cookbook.rl.problem_env import ProblemEnv, ProblemGroupBuilder
+from tinker_cookbook.rl.types import RLDataset
+
+
+class FirstLetter(ProblemEnv):
+    def __init__(self, renderer, word):
+        super().__init__(renderer, format_coef=0.0)
+        self.word = word
+
+    def get_question(self):
+        return f"First letter: {self.word}"
+
+    def check_answer(self, response):
+        return response.strip() == self.word[0]
+
+    def check_format(self, response):
+        return True
+
+    def get_reference_answer(self):
+        return self.word[0]
+
+
+class Words(RLDataset):
+    def __init__(self, renderer):
+        self.renderer = renderer
+        self.words = ["apple", "banana", "cherry", "dates", "elder", "figs", "grape", "honey"]
+
+    def get_batch(self, index):
+        words = self.words[(index * 2) % 8:(index * 2) % 8 + 2]
+        return [ProblemGroupBuilder(env_thunk=partial(FirstLetter, self.renderer, w), num_envs=4) for w in words]
+
+    def __len__(self):
+        return 4
+
+
+def make(renderer, config):
+    return Words(renderer)
+'''
+
+
+def test_rl_trains_on_a_cookbook_environment(tmp_path):
+    (tmp_path / "words_env.py").write_text(FIRST_LETTER_ENV)
+    text = '[rl]\ngroup_size = 4\nmax_tokens = 4\nenv = "words_env.py:make"\n'
+    config = write_config(tmp_path, text, num_steps=2, batch_size=4, objective="rl")
+    main(["run", str(config), "-q"])
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 2 and all(r["train/examples"] == 8 for r in rows)  # 2 groups of 4 a step
+    assert all(0 <= r["rl/reward"] <= 1 and abs(r["rl/sampler_learner_kl"]) < 1e-3 for r in rows)
