@@ -143,7 +143,7 @@ def main() -> None:
     import time
     from pathlib import Path
 
-    from tinkerplug.plugins import load_plugins
+    from tinkerplug.plugin_loader import load_plugins
     from tinkerplug_local import ServiceClient
 
     model = model_dir(args.model)

@@ -59,13 +59,39 @@ def write_config(directory: Path, text: str = "", **overrides: object) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the real ``tinkerplug`` command."""
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600, input: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real ``tinkerplug`` command in a new process."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "tinkerplug.cli", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, input=input,
     )
+
+
+PROCESSES_ENV = "TINKERPLUG_TEST_PROCESSES"
+
+
+def run_inprocess(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float | None = None, input: str = ""
+):
+    """``run_cli`` in this process (``tinkerplug.testing``), with the same ``returncode``,
+    ``stdout`` and ``stderr``: for tests where a process is not what is tested, so they skip an
+    interpreter start-up and the re-import of torch. ``PYTHONPATH`` entries in ``env`` that are
+    not on ``sys.path`` become importable for the call; ``input`` is its stdin; ``timeout`` is
+    not enforced. With ``TINKERPLUG_TEST_PROCESSES=1`` it is ``run_cli``: every such test on a
+    real process again, to time the difference or to check that both behave the same."""
+    from tinkerplug.testing import TinkerplugRunner
+
+    if os.environ.get(PROCESSES_ENV) == "1":  # the same tests on real processes (before/after timings, a cross-check)
+        return run_cli(*args, cwd=cwd, env=env, timeout=timeout or 600, input=input)
+    extra = dict(env or {})
+    runner = TinkerplugRunner(Path(cwd) if cwd is not None else Path.cwd())
+    for entry in reversed((extra.pop("PYTHONPATH", "") or "").split(os.pathsep)):
+        if entry and entry not in sys.path:
+            runner.syspath_prepend(entry)
+    return runner.invoke(*args, env=extra, input=input)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -217,12 +217,12 @@ def test_some_examples_too_long_are_counted(tmp_path, capsys):
 
 
 def test_unexpected_errors_print_one_line_and_how_to_see_the_traceback(tmp_path, monkeypatch, capsys):
-    import tinkerplug.training
+    import tinkerplug.prepare
 
     def broken(*args, **kwargs):
         raise RuntimeError("something nobody expected\nsecond line")
 
-    monkeypatch.setattr(tinkerplug.training, "open_training_data", broken)
+    monkeypatch.setattr(tinkerplug.prepare, "open_training_data", broken)
     args = write_case(tmp_path, Case([]))
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -237,6 +237,7 @@ def test_unexpected_errors_print_one_line_and_how_to_see_the_traceback(tmp_path,
         main(args)  # uncaught: Python prints the traceback
 
 
+@pytest.mark.slow  # real processes, on purpose
 def test_errors_in_a_real_process(tmp_path):
     """The same, end to end in a real process: exit codes, stderr, no traceback."""
     _broken_plugin_dist(tmp_path)
@@ -246,9 +247,9 @@ def test_errors_in_a_real_process(tmp_path):
     assert "distribution tinkerplug-broken" in result.stderr
 
     (tmp_path / "boom.py").write_text(
-        "import tinkerplug.training\n\n"
+        "import tinkerplug.prepare\n\n"
         "def _boom(*a, **k):\n    raise RuntimeError('boom')\n\n"
-        "tinkerplug.training.open_training_data = _boom\n"
+        "tinkerplug.prepare.open_training_data = _boom\n"
     )
     result = run_cli(*args, "-p", str(tmp_path / "boom.py"))
     assert result.returncode == 1 and "Traceback" not in result.stderr

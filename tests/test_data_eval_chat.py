@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import DATA, ROOT, read_jsonl, run_cli
+from conftest import DATA, ROOT, read_jsonl, run_inprocess
 from tinkerplug.cli import main
 
 STEPS = 30
@@ -54,7 +52,7 @@ def write_mixture(directory: Path) -> Path:
 @pytest.fixture(scope="module")
 def mixture_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("mixture")
-    result = run_cli("run", str(write_mixture(directory)))
+    result = run_inprocess("run", str(write_mixture(directory)))
     assert result.returncode == 0, result.stderr
     assert "data mixture:" in result.stderr and "sharegpt.json 32 records × 0.5 = 16" in result.stderr
     return directory / "run"
@@ -126,7 +124,7 @@ def test_eval_command_reproduces_the_runs_final_evals(mixture_run: Path, capsys:
 def test_eval_reports_a_failing_evaluator_and_keeps_the_others(mixture_run: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken.py"
     broken.write_text("import tinkerplug\n\n@tinkerplug.hookimpl\ndef evaluate(context):\n    raise ValueError('no luck')\n")
-    result = run_cli("eval", str(mixture_run), "--step", "20", "-p", str(broken), "-p", "no:inspect")
+    result = run_inprocess("eval", str(mixture_run), "--step", "20", "-p", str(broken), "-p", "no:inspect")
     assert result.returncode == 3, result.stderr
     assert "plugin 'project:broken'" in result.stderr and "no luck" in result.stderr and "Traceback" not in result.stderr
     saved = json.loads((mixture_run / "evals" / "step-20.json").read_text())
@@ -136,16 +134,13 @@ def test_eval_reports_a_failing_evaluator_and_keeps_the_others(mixture_run: Path
 def test_chat_answers_once_and_interactively(mixture_run: Path) -> None:
     question = _chats(1)[0][0]["content"]  # a training prompt: the trained model knows it
     expected = _chats(1)[0][1]["content"]
-    once = run_cli("chat", str(mixture_run), "--prompt", question, "--temperature", "0", "--max-tokens", "8")
+    once = run_inprocess("chat", str(mixture_run), "--prompt", question, "--temperature", "0", "--max-tokens", "8")
     assert once.returncode == 0, once.stderr
     assert once.stdout.strip() == expected
 
-    # Interactive, for real: a process reading its stdin turn by turn; the second turn sees the first.
+    # Interactive: reading its stdin turn by turn; the second turn sees the first.
     lines = f"{question}\nWhat did I just ask?\n/reset\n{question}\n/quit\nnever read\n"
-    chat = subprocess.run(
-        [sys.executable, "-m", "tinkerplug.cli", "chat", str(mixture_run), "--temperature", "0", "--max-tokens", "8", "--base"],
-        input=lines, capture_output=True, text=True, timeout=300,
-    )
+    chat = run_inprocess("chat", str(mixture_run), "--temperature", "0", "--max-tokens", "8", "--base", input=lines)
     assert chat.returncode == 0, chat.stderr
     replies = re.findall(r"^\[(step \d+|base)\] (.*)$", chat.stdout, re.M)
     assert [label for label, _ in replies] == [f"step {STEPS}", "base"] * 3, chat.stdout

@@ -4,6 +4,7 @@ generated reference pages match the code, the plugin-authoring example works as 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -12,7 +13,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from tinkerplug.plugins import hook_signature, hookspec_functions
+from tinkerplug.hook_docs import hook_signature, hookspec_functions
 
 DOCS = ROOT / "docs"
 REGENERATE = "regenerate the reference pages with `python scripts/gen_docs.py`"

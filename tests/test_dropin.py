@@ -11,7 +11,7 @@ import pytest
 import tinker
 from tinker import types
 
-from conftest import DATA, ROOT, read_jsonl, run_cli
+from conftest import DATA, ROOT, read_jsonl, run_cli, run_inprocess
 
 MODEL = "tiny-chat"
 
@@ -173,11 +173,12 @@ def test_local_command_costs_nothing_until_tinker_is_imported(tmp_path):
 
 
 def test_local_command_reports_a_missing_command():
-    result = run_cli("local", "--", "no-such-program-xyz")
+    result = run_inprocess("local", "--", "no-such-program-xyz")
     assert result.returncode == 2
     assert "command not found: no-such-program-xyz" in result.stderr
 
 
+@pytest.mark.slow  # a peer script under `tinkerplug local`
 def test_example_tinker_script_runs_unmodified(tmp_path):
     script = ROOT / "examples" / "tinker-script" / "train.py"
     imports = [line for line in script.read_text().splitlines() if line.startswith(("import ", "from "))]
@@ -249,6 +250,7 @@ sl_loop.main(
 '''
 
 
+@pytest.mark.slow  # a peer script under `tinkerplug local`
 def test_cookbook_sl_loop_trains_and_resumes_through_the_switch(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(SL_LOOP_DRIVER)

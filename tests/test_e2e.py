@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from conftest import read_jsonl, run_cli, write_config
+from conftest import read_jsonl, run_inprocess, write_config
 
 
 def test_run_trains_evaluates_and_checkpoints(tmp_path):
     config = write_config(tmp_path, num_steps=60, eval_every=30, save_every=30)
-    result = run_cli("run", str(config))
+    result = run_inprocess("run", str(config))
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "run"
     rows = read_jsonl(run_dir / "metrics.jsonl")
@@ -36,7 +36,7 @@ def test_existing_run_dir_is_refused_and_untouched(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text("precious\n")
-    result = run_cli("run", str(config))
+    result = run_inprocess("run", str(config))
     assert result.returncode != 0
     assert "already exists" in result.stderr and "--resume" in result.stderr
     assert "Traceback" not in result.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_jsonl, run_cli, write_config
+from conftest import read_jsonl, run_inprocess, write_config
 
 PROMPT = [{"role": "user", "content": "What is 47 - 18?"}, {"role": "assistant", "content": "29"}]
 
@@ -19,7 +19,7 @@ PROMPT = [{"role": "user", "content": "What is 47 - 18?"}, {"role": "assistant",
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("export")
     config = write_config(directory, num_steps=6, save_every=3)
-    result = run_cli("run", str(config), "-q")
+    result = run_inprocess("run", str(config), "-q")
     assert result.returncode == 0, result.stderr
     return directory / "run"
 
@@ -53,7 +53,7 @@ def test_adapter_loads_with_peft_and_matches_the_sampler(run_dir, tmp_path, serv
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "adapter"
-    result = run_cli("export", str(run_dir), "--out", str(out))
+    result = run_inprocess("export", str(run_dir), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in out.iterdir()}
     info = json.loads((out / "tinkerplug_export.json").read_text())
@@ -74,7 +74,7 @@ def test_merged_model_matches_the_sampler_of_its_step(run_dir, tmp_path, service
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "merged"
-    result = run_cli("export", str(run_dir), "--step", "3", "--merge", "--out", str(out))
+    result = run_inprocess("export", str(run_dir), "--step", "3", "--merge", "--out", str(out))
     assert result.returncode == 0, result.stderr
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
@@ -92,11 +92,11 @@ def test_export_refuses_a_non_empty_out_and_an_unknown_step(run_dir, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = run_cli("export", str(run_dir), "--out", str(out))
+    result = run_inprocess("export", str(run_dir), "--out", str(out))
     assert result.returncode != 0 and "already exists and is not empty" in result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
-    result = run_cli("export", str(run_dir), "--step", "4", "--out", str(tmp_path / "x"))
+    result = run_inprocess("export", str(run_dir), "--step", "4", "--out", str(tmp_path / "x"))
     assert result.returncode != 0
     assert "no checkpoint at step 4" in result.stderr and "checkpoint steps: 3, 6" in result.stderr
     assert not (tmp_path / "x").exists() and "Traceback" not in result.stderr
@@ -116,7 +116,7 @@ def test_tinker_checkpoints_are_fetched_through_the_backend_and_fail_fast(run_di
               "sampler_path": "tinker://abc:train:0/sampler_weights/step-000006"}
     (remote / "checkpoints.jsonl").write_text(json.dumps(record) + "\n")
     started = time.perf_counter()
-    result = run_cli("export", str(remote), "--out", str(tmp_path / "out"), env={"TINKER_API_KEY": "tml-not-real"})
+    result = run_inprocess("export", str(remote), "--out", str(tmp_path / "out"), env={"TINKER_API_KEY": "tml-not-real"})
     assert result.returncode != 0
     assert "cannot reach Tinker at http://127.0.0.1:9" in result.stderr, result.stderr
     assert time.perf_counter() - started < 60

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from tinkerplug.context import CheckpointRecord
+from tinkerplug.hook_types import CheckpointRecord
 from tinkerplug.testing import first_letter_records
 
 GREETING_TABLE = '''

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tinkerplug.plugins import hook_names
+from tinkerplug.hook_docs import hook_names
 
 TESTS = Path(__file__).resolve().parent
 BY_NAME_CALLS = {"first", "each", "impls", "call_each"}  # Plugins methods that take the hook's name

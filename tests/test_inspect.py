@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, read_jsonl, run_cli, write_config
+from conftest import ROOT, read_jsonl, run_inprocess, write_config
 
 QUICKSTART_TASK = ROOT / "examples" / "quickstart" / "inspect_task.py"
 INSPECT_TABLE = f"""
@@ -46,7 +46,7 @@ def test_inspect_eval_during_training(tmp_path: Path) -> None:
     and a project plugin that raises: it is reported by name and the others' results are kept."""
     (tmp_path / "broken_eval.py").write_text(BROKEN_EVALUATOR)
     config = write_config(tmp_path, INSPECT_TABLE, num_steps=3, plugins=["broken_eval.py"])
-    done = run_cli("run", str(config), cwd=tmp_path, env={"COLUMNS": "200"})
+    done = run_inprocess("run", str(config), cwd=tmp_path, env={"COLUMNS": "200"})
     assert done.returncode == 0, done.stdout + done.stderr
     output = done.stdout + done.stderr
     assert "plugin 'project:broken_eval' raised in hook 'evaluate': ValueError: broken at step 0" in output
@@ -91,7 +91,7 @@ def test_inspect_eval_during_training(tmp_path: Path) -> None:
 def test_raising_evaluator_stops_the_run_with_eval_errors_raise(tmp_path: Path) -> None:
     (tmp_path / "broken_eval.py").write_text(BROKEN_EVALUATOR)
     config = write_config(tmp_path, num_steps=2, plugins=["broken_eval.py"], eval_errors="raise")
-    done = run_cli("run", str(config), cwd=tmp_path)
+    done = run_inprocess("run", str(config), cwd=tmp_path)
     assert done.returncode == 3  # PluginError
     assert "plugin 'project:broken_eval' raised in hook 'evaluate': ValueError: broken at step 0" in done.stderr
     assert "Traceback" not in done.stderr
@@ -129,7 +129,7 @@ def test_concurrent_evals_in_one_process_take_turns(service, tmp_path: Path) -> 
 def test_task_specs_are_relative_to_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tinkerplug.config import load_config
     from tinkerplug.errors import ConfigError
-    from tinkerplug.loading import PluginSchema
+    from tinkerplug.assemble import PluginSchema
     from tinkerplug_inspect.plugin import task_specs
     from tinkerplug_inspect.settings import InspectSettings
 

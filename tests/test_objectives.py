@@ -16,7 +16,7 @@ RL_TABLE = "[rl]\ngroup_size = 4\nmax_tokens = 4\n"
 
 CONSTANT_OBJECTIVE = '''
 import tinkerplug
-from tinkerplug.context import StepBatch
+from tinkerplug.hook_types import StepBatch
 
 
 class FirstExampleOnly:
@@ -127,7 +127,7 @@ def test_the_docs_tables_are_what_the_script_prints_for_the_recorded_runs():
 
 
 def test_rewards_are_registered_by_plugins():
-    from tinkerplug.plugins import load_plugins
+    from tinkerplug.plugin_loader import load_plugins
 
     registered = load_plugins().register_rewards()
     assert {"exact_match", "math"} <= set(registered)

@@ -1,5 +1,7 @@
 """The run as phases and what plugins add to it: the one exit path (``on_run_end`` after an
-error), commands and backends from plugins, result keys of plugin tables, checkpoint retention."""
+error), commands and backends from plugins, result keys of plugin tables, checkpoint retention.
+
+Commands run in this process (``tinkerplug.testing``): none of these is about the process."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from conftest import read_jsonl, run_cli, write_config
+from conftest import read_jsonl, run_inprocess, write_config
 
 RECORD_END = """
 import json, os
@@ -30,7 +32,7 @@ def test_a_plugin_error_mid_run_exits_3_and_on_run_end_still_sees_it(tmp_path):
     )
     config = write_config(tmp_path, executor="sync")
     end = tmp_path / "end.json"
-    result = run_cli("run", str(config), "-p", str(plugin), env={"END_FILE": str(end)})
+    result = run_inprocess("run", str(config), "-p", str(plugin), env={"END_FILE": str(end)})
     assert result.returncode == 3, result.stderr
     assert "plugin 'project:flaky_lr' raised in hook 'lr_for_step'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -64,13 +66,13 @@ def create_service_client(config, run_dir):
 def test_a_project_file_adds_a_backend(tmp_path):
     (tmp_path / "mirror.py").write_text(BACKEND)
     config = write_config(tmp_path, backend="mirror", num_steps=2, plugins=["./mirror.py"])
-    result = run_cli("run", str(config), "-q")
+    result = run_inprocess("run", str(config), "-q")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "mirror-used").read_text() == "yes"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["backend"] == "mirror"
 
     typo = write_config(tmp_path, backend="miror", plugins=["./mirror.py"])
-    result = run_cli("run", str(typo))
+    result = run_inprocess("run", str(typo))
     assert result.returncode == 2
     assert "backend 'miror' is not a registered backend; did you mean 'mirror'?" in result.stderr
     assert "backends: local, mirror, tinker" in result.stderr
@@ -82,7 +84,7 @@ def eval_weights(run_dir: Path) -> list[str]:
 
 def test_sampler_weights_are_saved_only_for_an_evaluator_that_samples(tmp_path):
     config = write_config(tmp_path, num_steps=2, text="enabled = false\n")  # [heldout]: the only sampler
-    result = run_cli("run", str(config), "-p", "no:terminal")
+    result = run_inprocess("run", str(config), "-p", "no:terminal")
     assert result.returncode == 0
     assert eval_weights(tmp_path / "run") == []
     assert "tinkerplug:" not in result.stderr and "summary" not in result.stderr  # the reporter is off
@@ -90,17 +92,17 @@ def test_sampler_weights_are_saved_only_for_an_evaluator_that_samples(tmp_path):
 
 def test_a_changed_plugin_result_key_refuses_the_resume(tmp_path):
     config = write_config(tmp_path, num_steps=2)
-    first = run_cli("run", str(config))
+    first = run_inprocess("run", str(config))
     assert first.returncode == 0
     assert eval_weights(tmp_path / "run") == ["eval-000000", "eval-000002"]  # [heldout] sampled at both
     # the terminal plugin reports each event once
     for line in ("tinkerplug: data: ", "eval @ step 0:", "eval @ step 2:", "checkpoint @ step 2:", "run summary"):
         assert first.stderr.count(line) == 1, (line, first.stderr)
-    result = run_cli("run", str(config), "--resume", "--set", "local.dtype=float32")
+    result = run_inprocess("run", str(config), "--resume", "--set", "local.dtype=float32")
     assert result.returncode == 2
     assert 'local.dtype: "auto" -> "float32"' in result.stderr
     # device does not change what is computed: not a result key
-    assert run_cli("run", str(config), "--resume", "--set", "local.device=cpu").returncode == 0
+    assert run_inprocess("run", str(config), "--resume", "--set", "local.device=cpu").returncode == 0
 
 
 def test_an_installed_plugin_adds_a_command(tmp_path):
@@ -116,9 +118,9 @@ def test_an_installed_plugin_adds_a_command(tmp_path):
         "@tinkerplug.hookimpl\ndef register_commands(cli):\n    cli.add_command(hello)\n"
     )
     env = {"PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
-    assert "Say hello." in run_cli("--help", env=env).stdout
-    assert run_cli("hello", "world", env=env).stdout == "hello world\n"
-    listed = json.loads(run_cli("plugins", "--json", "--hook", "register_commands", env=env).stdout)
+    assert "Say hello." in run_inprocess("--help", env=env).stdout
+    assert run_inprocess("hello", "world", env=env).stdout == "hello world\n"
+    listed = json.loads(run_inprocess("plugins", "--json", "--hook", "register_commands", env=env).stdout)
     assert [row["name"] for row in listed] == ["hello", "local", "eval", "commands", "chat"]
 
 
@@ -129,7 +131,7 @@ def test_retention_keeps_the_last_and_every_mth_and_resume_still_works(tmp_path)
         "    if step == 9:\n        raise RuntimeError('preempted')\n"
     )
     config = write_config(tmp_path, save_every=2, executor="sync", text="[retention]\nkeep_last = 2\nkeep_every = 4\n")
-    first = run_cli("run", str(config), "-q", "-p", str(crash))
+    first = run_inprocess("run", str(config), "-q", "-p", str(crash))
     assert first.returncode == 3
     run_dir = tmp_path / "run"
 
@@ -142,7 +144,7 @@ def test_retention_keeps_the_last_and_every_mth_and_resume_still_works(tmp_path)
     removed = rows[0]
     assert removed["removed"] and not Path(removed["state_path"]).exists() and not Path(removed["sampler_path"]).exists()
 
-    resumed = run_cli("run", str(config), "-q", "--resume")
+    resumed = run_inprocess("run", str(config), "-q", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert live() == [4, 8, 10, 12] and read_jsonl(run_dir / "checkpoints.jsonl")[-1]["final"]
     assert [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")][:12] == list(range(12))
@@ -158,7 +160,7 @@ def test_evaluate_checkpoint_runs_the_evaluators_on_a_saved_checkpoint(tmp_path)
     from tinkerplug.evaluation import evaluate_checkpoint
 
     config = write_config(tmp_path, num_steps=2, save_every=1)
-    assert run_cli("run", str(config), "-q").returncode == 0
+    assert run_inprocess("run", str(config), "-q").returncode == 0
     before = eval_weights(tmp_path / "run")
     record, metrics = asyncio.run(evaluate_checkpoint(tmp_path / "run", step=1))
     assert record.step == 1 and metrics["eval/heldout/n"] > 0
@@ -173,13 +175,14 @@ def test_a_plugin_failing_to_add_its_command_does_not_take_the_cli_down(tmp_path
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tinkerplug-badcmd\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[tinkerplug]\nbadcmd = tinkerplug_badcmd\n")
     bad.write_text("import tinkerplug\n\n@tinkerplug.hookimpl\ndef register_commands(cli):\n    raise KeyError('oops')\n")
-    result = run_cli("--help", env={"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *sys.path])})
+    result = run_inprocess("--help", env={"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *sys.path])})
     assert result.returncode == 0 and "export" in result.stdout and "local" in result.stdout
     assert "warning: plugin 'badcmd' raised in hook 'register_commands': KeyError: 'oops'; its commands are missing" in result.stderr
 
 
 def test_the_plugin_manager_has_one_method_per_hook():
-    from tinkerplug.plugins import Plugins, hook_names
+    from tinkerplug.hook_docs import hook_names
+    from tinkerplug.plugins import Plugins
 
     # evaluate is called one plugin at a time (each evaluator isolated): its method hands out the calls
     methods = {name: {"evaluate": "evaluators"}.get(name, name) for name in hook_names()}

@@ -9,21 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl, run_cli, write_config
+from conftest import read_jsonl, run_cli, run_inprocess, write_config
 
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("runs")
     config = write_config(directory, num_steps=6, eval_every=3, save_every=3, run_dir=str(directory / "runs" / "first"))
-    result = run_cli("run", str(config), "-q")
+    result = run_inprocess("run", str(config), "-q")
     assert result.returncode == 0, result.stderr
     return directory / "runs"
 
 
 def test_plot_writes_curves_with_every_eval_metric(runs_dir):
     run = runs_dir / "first"
-    result = run_cli("plot", str(run))
+    result = run_inprocess("plot", str(run))
     assert result.returncode == 0, result.stderr
     png = run / "curves.png"
     header = png.read_bytes()[:24]
@@ -39,6 +39,7 @@ def test_plot_writes_curves_with_every_eval_metric(runs_dir):
 def test_plot_without_matplotlib_says_what_to_install(runs_dir, tmp_path):
     # A real interpreter in which `import matplotlib` fails, as when the extra is not installed.
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['matplotlib'] = None\n")
+    # a process: the stand-in package on PYTHONPATH must shadow an installed matplotlib
     result = run_cli("plot", str(runs_dir / "first"), "--out", str(tmp_path / "c.png"), env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode != 0
     assert "needs matplotlib" in result.stderr and "tinkerplug[plot]" in result.stderr
@@ -49,7 +50,7 @@ def test_runs_lists_steps_loss_eval_and_checkpoint(runs_dir, tmp_path):
     (runs_dir / "empty-dir").mkdir(exist_ok=True)  # not a run: not listed
     (runs_dir / "merged").mkdir(exist_ok=True)  # an HF model dir (export --merge): not a run either
     (runs_dir / "merged" / "config.json").write_text('{"model_type": "qwen3", "hidden_size": 128}')
-    result = run_cli("runs", str(runs_dir), "--json")
+    result = run_inprocess("runs", str(runs_dir), "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [r["run"] for r in rows] == ["first"]
@@ -61,26 +62,26 @@ def test_runs_lists_steps_loss_eval_and_checkpoint(runs_dir, tmp_path):
     assert row["last_eval_step"] == 6 and "eval/heldout/exact_match" in row["last_eval"]
     assert row["last_checkpoint_step"] == 6
 
-    table = run_cli("runs", str(runs_dir))
+    table = run_inprocess("runs", str(runs_dir))
     assert table.returncode == 0 and "first" in table.stdout and "6/6" in table.stdout
-    default = run_cli("runs", cwd=runs_dir.parent)  # ./runs by default
+    default = run_inprocess("runs", cwd=runs_dir.parent)  # ./runs by default
     assert default.returncode == 0 and "first" in default.stdout
-    nothing = run_cli("runs", str(tmp_path))
+    nothing = run_inprocess("runs", str(tmp_path))
     assert nothing.returncode == 0 and "no runs under" in nothing.stdout
 
 
 def test_show_prints_config_last_metrics_and_checkpoints(runs_dir, tmp_path):
     run = runs_dir / "first"
-    result = run_cli("show", str(run))
+    result = run_inprocess("show", str(run))
     assert result.returncode == 0, result.stderr
     for text in ("base_model = tiny-chat", "batch_size = 8", "steps: 6/6", "last step (5):", "train/loss =",
                  "last eval (step 6):", "heldout/exact_match =", "checkpoints (2):", "step 3:", "(final)"):
         assert text in result.stdout, text
-    data = json.loads(run_cli("show", str(run), "--json").stdout)
+    data = json.loads(run_inprocess("show", str(run), "--json").stdout)
     assert [c["step"] for c in data["checkpoints"]] == [3, 6]
     assert data["config"]["num_steps"] == 6 and data["last_step"]["step"] == 5
 
-    missing = run_cli("show", str(tmp_path / "nope"))
+    missing = run_inprocess("show", str(tmp_path / "nope"))
     assert missing.returncode != 0 and "is not a run directory" in missing.stderr
     assert "Traceback" not in missing.stderr
 

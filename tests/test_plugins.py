@@ -160,7 +160,7 @@ def test_plugins_with_config_shows_its_project_files_relative_to_the_config(tink
 
 
 def test_hooks_command_prints_every_hookspec(tinkerplug_runner):
-    from tinkerplug.plugins import hook_signature, hookspec_functions
+    from tinkerplug.hook_docs import hook_signature, hookspec_functions
 
     result = tinkerplug_runner.invoke("hooks")
     assert result.exit_code == 0, result.output
@@ -251,7 +251,7 @@ def test_tensorboard_logger_records_what_the_jsonl_logger_records(override_run):
 
 def test_tensorboard_enabled_without_tensorboardx_says_how_to_install(tmp_path, monkeypatch):
     from tinkerplug.cli import load_run_config
-    from tinkerplug.context import RunContext
+    from tinkerplug.hook_types import RunContext
     from tinkerplug.errors import PluginError
 
     config, plugins = load_run_config(str(write_config(tmp_path)), ("tensorboard.enabled=true",), ())
@@ -316,7 +316,7 @@ def test_hookimpl_with_an_argument_the_spec_lacks_is_rejected(tinkerplug_runner,
 
 def test_a_wrapper_wraps_a_fan_out_hook(tmp_path):
     """Fan-out hooks go through pluggy, so a wrapper sees the call and every result."""
-    from tinkerplug.plugins import load_plugins
+    from tinkerplug.plugin_loader import load_plugins
 
     wrapper = write_plugin(
         tmp_path, "wrap",
@@ -374,7 +374,7 @@ def test_light_commands_import_no_heavy_package(args, with_example_installed):
 
 def test_async_hook_other_than_evaluate_is_refused_not_silently_skipped(tmp_path):
     from tinkerplug.errors import PluginError
-    from tinkerplug.plugins import load_plugins
+    from tinkerplug.plugin_loader import load_plugins
 
     async_logger = write_plugin(tmp_path, "async_logger", "@tinkerplug.hookimpl\nasync def log_metrics(step, metrics):\n    pass\n")
     plugins = load_plugins(cli_files=[str(async_logger)], disabled=["jsonl", "tensorboard", "terminal", "wandb"])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA, read_jsonl, run_cli
+from conftest import DATA, read_jsonl, run_cli, run_inprocess
 from tinkerplug.batches import BatchPlan
 
 BASE_MODEL = os.environ.get("TINKERPLUG_TEST_MODEL", "tiny-chat")
@@ -176,6 +176,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory / "run"
 
 
+@pytest.mark.slow  # real processes: Ctrl-C and kill -9
 def test_ctrl_c_then_sigkills_anywhere_resume_to_the_identical_run(tmp_path, reference):
     config = _config(tmp_path)
     run_dir = tmp_path / "run"
@@ -231,7 +232,7 @@ def test_ctrl_c_then_sigkills_anywhere_resume_to_the_identical_run(tmp_path, ref
 def test_resume_with_a_changed_config_is_refused_and_touches_nothing(tmp_path, reference):
     before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
     config = reference.parent / "config.toml"
-    result = run_cli("run", str(config), "--resume", "--set", "batch_size=8", cwd=reference.parent)
+    result = run_inprocess("run", str(config), "--resume", "--set", "batch_size=8", cwd=reference.parent)
     assert result.returncode == 2
     assert "batch_size: 4 -> 8" in result.stderr and "Traceback" not in result.stderr
     assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
@@ -240,7 +241,7 @@ def test_resume_with_a_changed_config_is_refused_and_touches_nothing(tmp_path, r
 def test_resuming_a_finished_run_does_nothing(tmp_path, reference):
     before = (reference / "metrics.jsonl").read_text()
     config = reference.parent / "config.toml"
-    result = run_cli("run", str(config), "--resume", cwd=reference.parent)
+    result = run_inprocess("run", str(config), "--resume", cwd=reference.parent)
     assert result.returncode == 0, result.stderr
     assert "already finished" in result.stderr
     assert (reference / "metrics.jsonl").read_text() == before
@@ -264,7 +265,7 @@ def test_every_epoch_sees_every_example_once_whatever_the_resume_step():
 
 def test_checkpoints_jsonl_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     from tinkerplug import rundir
-    from tinkerplug.context import CheckpointRecord
+    from tinkerplug.hook_types import CheckpointRecord
 
     record = CheckpointRecord(step=6, epoch=0, batch=6, state_path="s", sampler_path="w", time=1.0)
     rundir.append_checkpoint(tmp_path, record)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl, run_cli, write_config
+from conftest import read_jsonl, run_inprocess, write_config
 from tinkerplug.config import RunConfig
 from tinkerplug.errors import ConfigError
 from tinkerplug_schedule.plugin import lr_for_step, recommended_lr
@@ -142,7 +142,7 @@ def lr_for_step(step, num_steps, config):
 def test_a_project_file_replaces_the_schedule_and_its_lr_is_what_the_optimizer_gets(tmp_path):
     (tmp_path / "my_lr.py").write_text(USER_SCHEDULE)
     config = write_config(tmp_path, num_steps=4, batch_size=4, save_every=2, lr_schedule="cosine", warmup_steps=1)
-    result = run_cli("run", str(config), "-q", "-p", "./my_lr.py", "--set", "heldout.limit=2", cwd=tmp_path)
+    result = run_inprocess("run", str(config), "-q", "-p", "./my_lr.py", "--set", "heldout.limit=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
     assert [r["lr"] for r in rows] == [7e-3, 3e-3, 0.0, 0.0]

@@ -6,7 +6,9 @@ import json
 import os
 from pathlib import Path
 
-from conftest import DATA, ROOT, run_cli
+import pytest
+
+from conftest import DATA, ROOT, run_cli, run_inprocess
 
 BASE_MODEL = os.environ.get("TINKERPLUG_TEST_MODEL", "tiny-chat")
 FAKE_KEY = "tml-FAKE0SECRET0do0not0write0me0anywhere"
@@ -14,9 +16,10 @@ FAKE_KEY = "tml-FAKE0SECRET0do0not0write0me0anywhere"
 # Files a careless loader might pick up from the current directory. Each one, if imported,
 # leaves a marker file behind.
 PLANTED = ["conftest.py", "tinkerplug_hooks.py", "tinkerplug_plugins.py", "my_hooks.py", "plugins.py",
-           "tinkerplug_jsonl.py"]  # the last one has the name of a first-party plugin module
+           "tinkerplug_metrics_jsonl.py"]  # the last one has the name of a first-party plugin module
 
 
+@pytest.mark.slow  # a process: `python -m` puts the current directory on sys.path
 def test_api_key_is_never_written_and_cwd_files_are_never_loaded(tmp_path):
     for name in PLANTED:
         (tmp_path / name).write_text(
@@ -59,7 +62,7 @@ def test_a_key_in_the_config_is_refused_before_anything_is_written(tmp_path):
         f'base_model = "tiny-chat"\nrun_dir = {json.dumps(str(tmp_path / "run"))}\n'
         f"[data]\ntrain = {json.dumps(str(DATA / 'fast_train.jsonl'))}\n"
     )
-    result = run_cli("run", str(config), "--set", f"tinker.api_key={FAKE_KEY}", cwd=tmp_path)
+    result = run_inprocess("run", str(config), "--set", f"tinker.api_key={FAKE_KEY}", cwd=tmp_path)
     assert result.returncode == 2 and "looks like a secret" in result.stderr
     assert "TINKER_API_KEY" in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import run_cli
+from conftest import run_inprocess
 
 MODEL = "tiny-chat"
 KEY = "tml-serve-test-key"
@@ -110,6 +110,7 @@ def train(client, steps: int, offset: int = 0) -> list[float]:
 # -- the SDK against the server ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # a `tinkerplug serve` process
 def test_training_sampling_and_checkpoints_match_the_local_backend(server, service):
     from tinker import types
 
@@ -142,12 +143,14 @@ def test_training_sampling_and_checkpoints_match_the_local_backend(server, servi
     assert train(resumed, 2, offset=1) == train(local, 2, offset=1)  # weights and Adam restored
 
 
+@pytest.mark.slow  # a `tinkerplug serve` process
 def test_unsupported_loss_reaches_the_client_as_a_failed_request(server):
     client = sdk(server).create_lora_training_client(MODEL, rank=4, seed=0).result()
     with pytest.raises(Exception, match="no_such_loss"):
         client.forward_backward(BATCHES[0], "no_such_loss").result(timeout=60)
 
 
+@pytest.mark.slow  # a `tinkerplug serve` process
 def test_two_clients_train_at_once_on_one_base_model(server, service):
     """Each client's results are what it gets alone: its own LoRA and optimizer."""
     alone = []
@@ -166,6 +169,7 @@ def test_two_clients_train_at_once_on_one_base_model(server, service):
     assert [together[0], together[1]] == alone
 
 
+@pytest.mark.slow  # a `tinkerplug serve` process
 def test_rest_calls_list_get_delete_and_download(server, tmp_path):
     import tinker
 
@@ -198,6 +202,7 @@ def test_rest_calls_list_get_delete_and_download(server, tmp_path):
 # -- bad input, hostile paths, dying clients ---------------------------------------------------
 
 
+@pytest.mark.slow  # a `tinkerplug serve` process
 def test_bad_bodies_get_4xx_and_the_server_goes_on(server):
     headers = {"X-API-Key": KEY}
     api = server.url + "/api/v1"
@@ -221,6 +226,7 @@ def test_bad_bodies_get_4xx_and_the_server_goes_on(server):
     assert server.healthy()
 
 
+@pytest.mark.slow  # a `tinkerplug serve` process
 def test_no_request_path_leaves_the_checkpoint_dir(server, tmp_path):
     outside = tmp_path / "outside" / "weights" / "x"
     outside.mkdir(parents=True)
@@ -243,6 +249,7 @@ def test_no_request_path_leaves_the_checkpoint_dir(server, tmp_path):
     assert server.healthy()
 
 
+@pytest.mark.slow  # a `tinkerplug serve` process
 def test_a_client_killed_mid_request_leaves_the_server_healthy(server, tmp_path):
     # A body cut off half way, then a real SDK client SIGKILLed while its results are pending.
     with socket.create_connection(("127.0.0.1", server.port)) as raw:
@@ -268,6 +275,7 @@ def test_a_client_killed_mid_request_leaves_the_server_healthy(server, tmp_path)
 # -- keys and binding --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a `tinkerplug serve` process
 def test_keys_are_required_when_set_and_never_shown(tmp_path):
     from tinkerplug.errors import BackendError
     from tinkerplug_tinker.connect import check_service
@@ -284,10 +292,10 @@ def test_keys_are_required_when_set_and_never_shown(tmp_path):
 
 
 def test_a_non_loopback_bind_needs_a_key(tmp_path):
-    refused = run_cli("serve", "--host", "0.0.0.0", "--checkpoint-dir", str(tmp_path), env={"TINKERPLUG_SERVE_KEYS": ""})
+    refused = run_inprocess("serve", "--host", "0.0.0.0", "--checkpoint-dir", str(tmp_path), env={"TINKERPLUG_SERVE_KEYS": ""})
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "refusing to serve on 0.0.0.0" in refused.stderr and "--api-key" in refused.stderr
-    bad_key = run_cli("serve", "--api-key", "not-a-tinker-key", "--checkpoint-dir", str(tmp_path))
+    bad_key = run_inprocess("serve", "--api-key", "not-a-tinker-key", "--checkpoint-dir", str(tmp_path))
     assert bad_key.returncode != 0 and "must start with 'tml-'" in bad_key.stderr
     assert "not-a-tinker-key" not in bad_key.stderr
     assert not list(tmp_path.iterdir())  # refused before anything was written
@@ -304,6 +312,7 @@ def test_serve_help_imports_nothing_heavy():
 # -- the clock ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a `tinkerplug serve` process
 def test_clocked_mode_releases_results_at_cycle_ends(tmp_path):
     """With ``--clock-ms`` a loop that awaits each request pays cycles a step; one that keeps
     the next step queued gets one step a cycle (benchmarks/pipelining.py --http measures it)."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA, read_jsonl
-import tinkerplug.rendering as tp_streaming
+import tinkerplug.training_data as tp_streaming
 from tinkerplug.cli import main
 from tinkerplug.errors import DataError
 from tinkerplug_data.jsonl import JsonlRecords, parse_line
@@ -238,7 +238,7 @@ def test_streamed_runs_resume_exactly_and_reuse_the_cache(tmp_path, streaming, c
 
 def test_without_drops_the_batches_are_the_plans(tmp_path, streaming):
     from tinkerplug.batches import BatchPlan
-    from tinkerplug.rendering import TrainingData
+    from tinkerplug.training_data import TrainingData
 
     class Config:
         batch_size, seed, max_length, overlong, loss_reduction = 4, 1, 64, "drop", "sum"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DATA, read_jsonl, run_cli, write_config
+from conftest import DATA, read_jsonl, run_inprocess, write_config
 from tinkerplug.errors import BackendError, TinkerplugError
 
 UNREACHABLE = "http://127.0.0.1:9"
@@ -82,7 +82,7 @@ def test_datums_are_the_sdk_types_and_encode_into_its_request(tmp_path, service)
 
     from tinkerplug.cli import load_run_config
     from tinkerplug.models import shipped_model_dir
-    from tinkerplug.rendering import render_training_data
+    from tinkerplug.training_data import render_training_data
 
     config, plugins = load_run_config(str(write_config(tmp_path)), (), ())
     tokenizer = AutoTokenizer.from_pretrained(shipped_model_dir("tiny-chat"))
@@ -132,12 +132,12 @@ def test_unreachable_base_url_fails_in_seconds(tinker_env):
 def test_run_against_an_unreachable_service_stops_at_once_with_a_clear_error(tmp_path):
     config = write_config(tmp_path, f'[tinker]\nbase_url = "{UNREACHABLE}"\n', backend="tinker")
     started = time.perf_counter()
-    result = run_cli("run", str(config), env={"TINKER_API_KEY": FAKE_KEY}, timeout=120)
+    result = run_inprocess("run", str(config), env={"TINKER_API_KEY": FAKE_KEY}, timeout=120)
     elapsed = time.perf_counter() - started
     assert result.returncode != 0
     assert "cannot reach Tinker at http://127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.stderr and FAKE_KEY not in result.stderr
-    assert elapsed < 60, elapsed  # process start and imports included; the check itself is instant
+    assert elapsed < 60, elapsed  # imports included; the check itself is instant
 
 
 class _Server:
@@ -283,7 +283,7 @@ def test_a_stall_is_reported_with_the_resume_command(tmp_path):
     config = write_config(
         tmp_path, num_steps=4, save_every=2, executor="sync", stall_minutes=0.02, plugins=["slow.py"]
     )
-    result = run_cli("run", str(config))
+    result = run_inprocess("run", str(config))
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stderr.split())  # rich wraps long lines
     assert "no training step finished for" in text

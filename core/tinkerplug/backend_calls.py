@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Awaitable, Callable
 
-from tinkerplug.context import StepResult
+from tinkerplug.hook_types import StepResult
 from tinkerplug.errors import BackendError, TinkerplugError
 
 

@@ -13,7 +13,7 @@ from tinkerplug.environ import quiet_openmp
 from tinkerplug.errors import TinkerplugError
 
 # Re-exported: tests and plugins' own tests assemble runs with these.
-from tinkerplug.loading import load_plugins_for, load_run_config  # noqa: F401
+from tinkerplug.assemble import load_plugins_for, load_run_config  # noqa: F401
 
 if __name__ == "__main__":
     # `python -m tinkerplug.cli` puts the current directory first on sys.path: a stray
@@ -79,7 +79,7 @@ def plugins_cmd(as_json: bool, hook: str | None, config_path: str | None, plugin
     import json
 
     from tinkerplug.errors import ConfigError
-    from tinkerplug.plugins import hook_names
+    from tinkerplug.hook_docs import hook_names
 
     if config_path is not None and not Path(config_path).is_file():
         raise ConfigError(f"config file {config_path} not found", hint="-c takes the run's TOML config file")
@@ -116,25 +116,28 @@ def plugins_cmd(as_json: bool, hook: str | None, config_path: str | None, plugin
 
 @cli.command("hooks")
 @click.argument("name", required=False)
-@click.option("--markdown", is_flag=True, help="Print the hook reference (docs/reference/hooks.md).")
-def hooks_cmd(name: str | None, markdown: bool) -> None:
+@click.option("--markdown", is_flag=True, help="Print the hook reference page (docs/reference/hooks.md).")
+@click.option("--table", is_flag=True, help="Print the summary table: hook, phase, firstresult, required, first-party implementers.")
+def hooks_cmd(name: str | None, markdown: bool, table: bool) -> None:
     """Print every hookspec (or hook NAME) with its signature and documentation."""
     import inspect
 
-    from tinkerplug.plugins import hook_groups, hook_reference_markdown, hook_signature, hookspec_functions, is_firstresult
+    from tinkerplug.hook_docs import hook_phases, hook_reference_markdown, hook_signature, hookspec_functions, is_firstresult, summary_table
+    from tinkerplug.plugin_loader import first_party_implementers
 
-    if markdown:
-        click.echo(hook_reference_markdown(), nl=False)
+    if markdown or table:
+        implementers = first_party_implementers()
+        click.echo(hook_reference_markdown(implementers) if markdown else summary_table(implementers) + "\n", nl=False)
         return
     specs = hookspec_functions()
     if name:
         specs = [(n, f) for n, f in specs if n == name]
         if not specs:
             raise TinkerplugError(f"no hook named {name!r}", hint="`tinkerplug hooks` lists them")
-    groups, heading = hook_groups(), None
+    phases, heading = hook_phases(), None
     for hook_name, func in specs:
-        if groups.get(hook_name) != heading and not name:
-            heading = groups.get(hook_name)
+        if phases.get(hook_name) != heading and not name:
+            heading = phases.get(hook_name)
             click.echo(f"== {heading} ==\n")
         first = "  [firstresult]" if is_firstresult(func) else ""
         click.echo(f"{hook_signature(hook_name, func)}{first}")
@@ -145,7 +148,7 @@ def _add_plugin_commands() -> None:
     """Commands of installed plugins (``register_commands``): entry points only, since project
     files are named by a config or ``-p`` that is not parsed yet. A plugin that fails to import
     is skipped here; a command that loads plugins reports it."""
-    from tinkerplug.plugins import load_command_plugins
+    from tinkerplug.plugin_loader import load_command_plugins
 
     for error in load_command_plugins().register_commands(cli):
         click.echo(f"warning: {error.message}; its commands are missing", err=True)

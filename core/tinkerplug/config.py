@@ -7,16 +7,17 @@ to the current directory. Plugins add their own ``[tables]`` with the
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, model_validator
 
 from tinkerplug.errors import ConfigError
-from tinkerplug.loading import PluginSchema
 
 TRAIN_ON_WHAT = (
     "last_assistant_message",
@@ -27,6 +28,36 @@ TRAIN_ON_WHAT = (
     "all_user_and_system_messages",
     "customized",
 )
+
+
+# Core config keys that decide what a run computes (plugins add theirs: ``result_keys`` in
+# ``register_config_sections``). A resumed run must keep them, or it would not
+# be the same run (a new batch size reorders the data, a new num_steps moves the LR schedule).
+RESULT_KEYS = (
+    "backend", "base_model", "renderer", "lora_rank", "train_mlp", "train_attn", "train_unembed",
+    "learning_rate", "use_recommended_lr", "lr_schedule", "warmup_steps", "warmup_ratio", "min_lr",
+    "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "grad_clip_norm", "batch_size",
+    "num_steps", "num_epochs", "max_length", "overlong", "train_on_what", "loss_reduction", "seed",
+    "data.train", "data_fingerprint.train", "objective", "init_from",
+)
+
+
+@dataclass
+class PluginSchema:
+    """What the plugins add to the config: tables (with their owners and the keys that decide
+    a result) and backend names (``tinkerplug.assemble.plugin_schema`` asks the plugins)."""
+
+    sections: dict[str, Any] = field(default_factory=dict)  # table -> pydantic model
+    owners: dict[str, str] = field(default_factory=dict)  # table -> plugin
+    result_keys: list[str] = field(default_factory=list)  # dotted: "local.dtype"
+    backends: dict[str, str] = field(default_factory=dict)  # name -> description
+    backend_owners: dict[str, str] = field(default_factory=dict)
+    objectives: dict[str, str] = field(default_factory=dict)  # name -> description
+    objective_owners: dict[str, str] = field(default_factory=dict)
+
+    def did_you_mean(self, name: str, among: Any = None) -> str:
+        close = difflib.get_close_matches(name, list(self.backends if among is None else among), n=1)
+        return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class SourceConfig(BaseModel):
@@ -149,8 +180,6 @@ class RunConfig(BaseModel):
     _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
     _plugin_result_keys: tuple[str, ...] = PrivateAttr(())
     _source: Path | None = PrivateAttr(None)
-    _data_counts: list[dict[str, Any]] | None = PrivateAttr(None)
-    _init_from_path: str | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -180,27 +209,13 @@ class RunConfig(BaseModel):
     def result_keys(self) -> tuple[str, ...]:
         """The dotted keys that decide what this run computes: the core's and those the
         plugins declared (``register(name, Model, result_keys=...)``). ``--resume`` keeps them."""
-        from tinkerplug.rundir import RESULT_KEYS
-
         return RESULT_KEYS + self._plugin_result_keys
-
-    def set_data_counts(self, counts: list[dict[str, Any]]) -> None:
-        """Per training source: path, weight, records, examples (written to ``config.json``)."""
-        self._data_counts = counts
-
-    def set_init_from_path(self, path: str) -> None:
-        """The state ``init_from`` resolved to (written to ``config.json``)."""
-        self._init_from_path = path
 
     def to_json(self) -> dict[str, Any]:
         """The resolved config as written to ``RUN_DIR/config.json`` (no secrets: keys come
         only from the environment and are never part of the config)."""
         data = self.model_dump(mode="json")
         data["backend"] = self.resolved_backend
-        if self._data_counts is not None:
-            data["data_counts"] = self._data_counts
-        if self._init_from_path is not None:
-            data["init_from_path"] = self._init_from_path
         if self._source is not None:  # commands on the run dir resolve plugin paths from it
             data["config_file"] = str(self._source)
         for name, section in sorted(self._sections.items()):
@@ -268,7 +283,7 @@ def load_config(
 ) -> RunConfig:
     """Read, override and validate a config file.
 
-    ``schema`` holds what the plugins add (``tinkerplug.loading.plugin_schema``): tables, the
+    ``schema`` holds what the plugins add (``tinkerplug.assemble.plugin_schema``): tables, the
     keys of theirs that decide a result, backend names. Tables named after a ``disabled``
     plugin are ignored, so ``-p no:inspect`` works on a config that has an ``[inspect]`` table.
     """

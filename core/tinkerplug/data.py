@@ -62,17 +62,3 @@ def _source(table: Any, role: str, config: RunConfig) -> DataSource:
     return DataSource(
         path=str(table.path), role=role, format=table.format or config.data.format, split=table.split, weight=table.weight
     )
-
-
-def open_training_data(config: RunConfig, plugins: Any) -> tuple[Records, list[dict[str, Any]]]:
-    """The training records (a single source as is, several mixed by weight from ``seed``)
-    and per-source counts: path, weight, records, examples."""
-    sources = train_sources(config)
-    opened = [(source, plugins.load_records(source, config)) for source in sources]
-    if len(opened) == 1 and sources[0].weight == 1.0:
-        records = opened[0][1]
-        return records, [{"path": sources[0].path, "weight": 1.0, "records": len(records), "examples": len(records)}]
-    from tinkerplug.mixture import MixtureRecords
-
-    mixture = MixtureRecords(opened, config.seed)
-    return mixture, mixture.counts

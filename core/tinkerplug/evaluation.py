@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from tinkerplug.backend_calls import wait_result
-from tinkerplug.context import EvalContext
+from tinkerplug.hook_types import EvalContext
 from tinkerplug.plugins import hook_error
 
 if TYPE_CHECKING:
-    from tinkerplug.context import CheckpointRecord, RunContext
+    from tinkerplug.hook_types import CheckpointRecord, RunContext
     from tinkerplug.plugins import Plugins
 
 

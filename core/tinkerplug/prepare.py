@@ -1,74 +1,119 @@
 """The prepare phase: read and check every input, and render, before anything is written.
 
-Data, backend, training client (fresh, or loaded from the checkpoint to resume), renderer,
-the first step's examples (all of them for small data), executor: a bad input fails here, so
-it leaves no half-made run dir.
+Run dir, data, resume point, backend, training client (fresh, or loaded from the checkpoint to
+resume), renderer, the first step's examples (all of them for small data), executor: a bad
+input fails here, so it leaves no half-made run dir. The config is not changed from here on.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinkerplug import rundir
+from tinkerplug import rundir, training_data
 from tinkerplug.backend_calls import backend_call
 from tinkerplug.config import RunConfig
-from tinkerplug.context import CheckpointRecord, RunContext, StepExecutor
-from tinkerplug.data import Records, heldout_source
-from tinkerplug.checkpoint_refs import check_base, check_same_base, resolve_checkpoint
+from tinkerplug.checkpoint_refs import CheckpointRef, check_base, check_same_base, resolve_checkpoint
+from tinkerplug.data import Records, heldout_source, train_sources
 from tinkerplug.errors import ConfigError
+from tinkerplug.hook_types import CheckpointRecord, RunContext, StepExecutor
+from tinkerplug.mixture import MixtureRecords, describe
 from tinkerplug.plugins import Plugins
-from tinkerplug import rendering
 from tinkerplug.record_check import BackgroundCheck, check_records
-from tinkerplug.rendering import TrainingData, render_training_data
+from tinkerplug.training_data import TrainingData, render_training_data
 
 
 @dataclass
 class Prepared:
-    """What the open and steps phases start from."""
+    """What the open and steps phases start from: every input checked, nothing written yet
+    (a resume holds the run dir's lock)."""
 
     run: RunContext
     data: TrainingData
     executor: StepExecutor
     checkpoint: CheckpointRecord | None  # the one resumed from
+    resuming: bool  # the run dir holds this run already
+    run_json: dict[str, Any]  # config.json: the resolved config, data counts and fingerprint
 
 
-async def prepare(
-    config: RunConfig, plugins: Plugins, run_dir: Path, resuming: bool, records: Records
-) -> Prepared | dict[str, Any]:
-    """Everything a run needs, checked; or the summary of a run that already finished.
-    ``records``: the training data, read before the resume check (its fingerprint)."""
+@dataclass
+class AlreadyFinished:
+    """A ``--resume`` of a run whose final checkpoint exists: nothing to do."""
+
+    summary: dict[str, Any]
+
+
+async def prepare(config: RunConfig, plugins: Plugins, command: str, held: ExitStack) -> Prepared | AlreadyFinished:
+    """Every input a run needs, read and checked before anything is written: the run dir
+    (refused when taken), the data (a resume on changed data or settings refused), the
+    checkpoint to resume from, backend, training client, renderer, rendered examples,
+    executor. A resume's lock on the run dir goes on ``held``. ``command`` resumes the run."""
+    run_dir = Path(config.run_dir).resolve()
+    rundir.check_run_dir(run_dir, config.resume, command)
+    resuming = config.resume and (run_dir / rundir.CONFIG_JSON).is_file()
+    records, counts = open_training_data(config, plugins)  # indexed, not parsed: fast
+    saved = run_json(config, records, counts)
+    if resuming:  # checked before the lock, which rewrites .lock: a refused resume touches nothing
+        rundir.check_resume_config(run_dir, saved, command, config.result_keys())
+        held.callback(rundir.RunDirLock(run_dir).acquire().release)
     checkpoint = resume_point(config, plugins, run_dir, resuming)
     if checkpoint is not None and checkpoint.final:
         plugins.note(config, f"{run_dir} already finished (final checkpoint at step {checkpoint.step}): nothing to do")
-        return {"run_dir": str(run_dir), "steps_run": 0, "num_steps": checkpoint.step, "interrupted": False}
+        return AlreadyFinished({"run_dir": str(run_dir), "steps_run": 0, "num_steps": checkpoint.step, "interrupted": False})
+    init_from = init_from_ref(config) if checkpoint is None else None
+    if init_from is not None:
+        saved["init_from_path"] = init_from.state_path  # the state init_from resolved to
     # Every record is parsed in a thread while the model loads; a big file from step 0 on.
-    checked = BackgroundCheck(records, start=len(records) <= rendering.WAIT_FOR_CHECK_UP_TO)
+    checked = BackgroundCheck(records, start=len(records) <= training_data.WAIT_FOR_CHECK_UP_TO)
     try:
-        return await _prepare_checked(config, plugins, run_dir, records, checkpoint, checked)
+        run, data = await _prepare_checked(config, plugins, run_dir, records, checkpoint or init_from, checked)
     except BaseException:
         checked.close()
         raise
+    executor = plugins.make_step_executor(config, run.training_client)
+    return Prepared(run, data, executor, checkpoint, resuming, saved)
+
+
+def open_training_data(config: RunConfig, plugins: Plugins) -> tuple[Records, list[dict[str, Any]]]:
+    """The training records (a single source as is, several mixed by weight from ``seed``)
+    and per-source counts: path, weight, records, examples."""
+    sources = train_sources(config)
+    opened = [(source, plugins.load_records(source, config)) for source in sources]
+    if len(opened) == 1 and sources[0].weight == 1.0:
+        records = opened[0][1]
+        return records, [{"path": sources[0].path, "weight": 1.0, "records": len(records), "examples": len(records)}]
+    mixture = MixtureRecords(opened, config.seed)
+    plugins.note(config, f"data mixture: {describe(mixture.counts)}")
+    return mixture, mixture.counts
+
+
+def run_json(config: RunConfig, records: Records, counts: list[dict[str, Any]]) -> dict[str, Any]:
+    """``config.json``: the resolved config, the per-source data counts, and the training
+    data's fingerprint (a resume on an edited file is refused like a changed setting:
+    ``data_fingerprint.train``)."""
+    return {**config.to_json(), "data_counts": counts, "data_fingerprint": {"train": records.fingerprint()}}
 
 
 async def _prepare_checked(
-    config: RunConfig, plugins: Plugins, run_dir: Path, records: Records, checkpoint: CheckpointRecord | None,
+    config: RunConfig, plugins: Plugins, run_dir: Path, records: Records, start: CheckpointRecord | CheckpointRef | None,
     checked: BackgroundCheck,
-) -> Prepared:
+) -> tuple[RunContext, TrainingData]:
+    """The backend and the model (fresh, resumed from a checkpoint or ``init_from``), the
+    renderer, the data rendered, the objective."""
+    checkpoint = start if isinstance(start, CheckpointRecord) else None
     heldout = heldout_source(config)
     if heldout is not None:  # evaluators read it later: a bad file must fail now, not at step 0
         check_records(plugins.load_records(heldout, config))
     service = plugins.create_service_client(config, str(run_dir))
     plugins.note(config, f"backend {config.resolved_backend}, base model {config.base_model}")
-    training_client = await open_training_client(config, plugins, service, checkpoint, run_dir)
+    training_client = await open_training_client(config, plugins, service, start, run_dir)
     tokenizer = training_client.get_tokenizer()
     renderer = plugins.resolve_renderer(config, tokenizer)
-    checked.wait(len(records) <= rendering.WAIT_FOR_CHECK_UP_TO)
     start_step = checkpoint.step if checkpoint else 0
-    data = render_training_data(records, renderer, config, plugins, tokenizer, start_step)
-    data.check = checked
-    report_counts(data, config, plugins)
+    data = render_training_data(records, renderer, config, plugins, tokenizer, start_step, checked)
+    data.report_counts(at_end=False)
     num_steps = config.num_steps or (config.num_epochs or 1) * data.steps_per_epoch
     if start_step > num_steps:
         raise ConfigError(f"--resume: the last checkpoint is at step {start_step}, past num_steps={num_steps}")
@@ -78,25 +123,7 @@ async def _prepare_checked(
         steps_per_epoch=data.steps_per_epoch,
     )
     run.objective = plugins.make_objective(config, run, data)
-    return Prepared(run, data, plugins.make_step_executor(config, training_client), checkpoint)
-
-
-def report_counts(data: TrainingData, config: RunConfig, plugins: Plugins) -> None:
-    """The data counts: exact when every record is rendered (small data, or a full cache),
-    else where the rest comes from (the counts of what was rendered follow at the end)."""
-    stats = data.stats
-    if not stats.complete:
-        plugins.note(
-            config,
-            f"data: {stats.total} records; rendering runs ahead of training "
-            f"({stats.rendered} in the cache {data.cache.directory}); counts at the end",
-        )
-        return
-    note, warning = stats.describe(config.max_length)
-    plugins.note(config, note)
-    if warning:
-        plugins.warn(config, warning)
-    data.counts_reported = True
+    return run, data
 
 
 def resume_point(config: RunConfig, plugins: Plugins, run_dir: Path, resuming: bool) -> CheckpointRecord | None:
@@ -112,12 +139,12 @@ def resume_point(config: RunConfig, plugins: Plugins, run_dir: Path, resuming: b
 
 
 async def open_training_client(
-    config: RunConfig, plugins: Plugins, service: Any, checkpoint: CheckpointRecord | None, run_dir: Path
+    config: RunConfig, plugins: Plugins, service: Any, checkpoint: CheckpointRecord | CheckpointRef | None, run_dir: Path
 ) -> Any:
-    """A fresh LoRA training client, the weights of ``init_from`` (fresh optimizer), or the
-    one saved in ``checkpoint`` (with its optimizer)."""
-    if checkpoint is None and config.init_from:
-        return await open_init_from(config, plugins, service)
+    """A fresh LoRA training client, the weights of ``init_from`` (a ``CheckpointRef``; fresh
+    optimizer), or the one saved in ``checkpoint`` (with its optimizer)."""
+    if isinstance(checkpoint, CheckpointRef):
+        return await open_init_from(config, plugins, service, checkpoint)
     if checkpoint is None:
         return await backend_call(
             lambda: service.create_lora_training_client(
@@ -136,16 +163,23 @@ async def open_training_client(
     return client
 
 
-async def open_init_from(config: RunConfig, plugins: Plugins, service: Any) -> Any:
-    """A training client on the weights ``init_from`` names, with a fresh optimizer; refused
-    when they were trained on another base model or with another LoRA rank."""
+def init_from_ref(config: RunConfig) -> CheckpointRef | None:
+    """The weights ``init_from`` names, if set; refused when a run dir says they were trained
+    on another base model (before anything loads)."""
+    if not config.init_from:
+        return None
     source = resolve_checkpoint(config.init_from, "init_from")
     check_base(source, config.base_model, "init_from")
+    return source
+
+
+async def open_init_from(config: RunConfig, plugins: Plugins, service: Any, source: CheckpointRef) -> Any:
+    """A training client on the weights ``init_from`` names, with a fresh optimizer; refused
+    when they were trained with another base model or LoRA rank."""
     client = await backend_call(
         lambda: service.create_training_client_from_state(source.state_path),
         f"init_from {config.init_from!r}: could not load {source.state_path}",
     )
     check_same_base(client, config, f"init_from {config.init_from!r}", source)
-    config.set_init_from_path(source.state_path)
     plugins.note(config, f"weights from {source.state_path} (init_from; fresh optimizer)")
     return client

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tinkerplug.context import CheckpointRecord
+from tinkerplug.hook_types import CheckpointRecord
 from tinkerplug.errors import ConfigError, TinkerplugError
 
 CONFIG_JSON = "config.json"
@@ -22,16 +22,6 @@ CHECKPOINTS_JSONL = "checkpoints.jsonl"
 METRICS_JSONL = "metrics.jsonl"
 LOCK_FILE = ".lock"
 
-# Core config keys that decide what a run computes (plugins add theirs: ``result_keys`` in
-# ``register_config_sections``). A resumed run must keep them, or it would not
-# be the same run (a new batch size reorders the data, a new num_steps moves the LR schedule).
-RESULT_KEYS = (
-    "backend", "base_model", "renderer", "lora_rank", "train_mlp", "train_attn", "train_unembed",
-    "learning_rate", "use_recommended_lr", "lr_schedule", "warmup_steps", "warmup_ratio", "min_lr",
-    "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "grad_clip_norm", "batch_size",
-    "num_steps", "num_epochs", "max_length", "overlong", "train_on_what", "loss_reduction", "seed",
-    "data.train", "data_fingerprint.train", "objective", "init_from",
-)
 # Keys that run dirs made before them lack: compared only where the saved config has them.
 ADDED_KEYS = ("data_fingerprint.train", "objective", "init_from")
 
@@ -111,7 +101,7 @@ def create_run_dir(run_dir: Path, resume: bool, resume_command: str) -> RunDirLo
 
 
 def check_resume_config(
-    run_dir: Path, current: dict[str, Any], resume_command: str, keys: tuple[str, ...] = RESULT_KEYS
+    run_dir: Path, current: dict[str, Any], resume_command: str, keys: tuple[str, ...]
 ) -> None:
     """A resumed run must compute what the interrupted one did: refuse changed result keys
     (``keys``: the core's ``RESULT_KEYS`` plus those plugins declared, ``config.result_keys()``)."""

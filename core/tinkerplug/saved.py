@@ -14,15 +14,15 @@ from tinkerplug.errors import BackendError, TinkerplugError
 
 if TYPE_CHECKING:
     from tinkerplug.config import RunConfig
-    from tinkerplug.context import CheckpointRecord
+    from tinkerplug.hook_types import CheckpointRecord
     from tinkerplug.plugins import Plugins
 
 
 def checkpoint_at(run_dir: Path, step: int | None) -> CheckpointRecord:
     """Checkpoint ``step`` (default: the last) of ``run_dir``; an error listing the steps
     there are when it has none at ``step``, or that says what a run dir is."""
-    from tinkerplug.commands.runs import read_run
-    from tinkerplug.context import CheckpointRecord
+    from tinkerplug.run_info import read_run
+    from tinkerplug.hook_types import CheckpointRecord
     from tinkerplug.rundir import pick_checkpoint
 
     info = read_run(run_dir)  # "not a run directory" before anything else
@@ -80,7 +80,7 @@ class SavedCheckpoint:
 def open_checkpoint(
     run_dir: Path, step: int | None, overrides: tuple[str, ...] = (), plugin_options: tuple[str, ...] = ()
 ) -> SavedCheckpoint:
-    from tinkerplug.loading import load_saved_run
+    from tinkerplug.assemble import load_saved_run
 
     run_dir = Path(run_dir).resolve()
     record = checkpoint_at(run_dir, step)  # before the plugins: a bad RUN_DIR or --step fails fast

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from tinkerplug.context import StepResult
+from tinkerplug.hook_types import StepResult
 
 
 def step_result(

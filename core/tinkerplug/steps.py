@@ -15,9 +15,9 @@ from typing import Any
 
 from tinkerplug import rundir
 from tinkerplug.backend_calls import await_result, executor_call
-from tinkerplug.context import CheckpointRecord, RunContext, StepBatch, StepExecutor, StepResult
+from tinkerplug.hook_types import CheckpointRecord, RunContext, StepBatch, StepExecutor, StepResult
 from tinkerplug.evaluation import eval_context_for_step, run_evaluators
-from tinkerplug.rendering import TrainingData
+from tinkerplug.training_data import TrainingData
 
 
 @dataclass

@@ -154,9 +154,12 @@ class TinkerplugRunner:
         """``tinkerplug run CONFIG ARGS...`` in this process."""
         return self.invoke("run", str(config), *args, **kwargs)
 
-    def invoke(self, *args: str, env: Mapping[str, str | None] | None = None, cwd: str | Path | None = None) -> Result:
+    def invoke(
+        self, *args: str, env: Mapping[str, str | None] | None = None, cwd: str | Path | None = None, input: str = "",
+    ) -> Result:
         """``tinkerplug ARGS...`` in this process, in ``cwd`` (default: the runner's directory)
-        with ``env`` added (None removes a variable); everything is restored afterwards."""
+        with ``env`` added (None removes a variable) and ``input`` as its stdin; everything is
+        restored afterwards."""
         from tinkerplug import cli
 
         workdir = Path(cwd) if cwd is not None else self.path
@@ -164,7 +167,7 @@ class TinkerplugRunner:
         exit_code, escaped = 0, None
         commands = dict(cli.cli.commands)
         with _isolated(workdir, env or {}, self.sys_path):
-            with contextlib.redirect_stdout(_Tee(out, both)), contextlib.redirect_stderr(_Tee(err, both)):
+            with contextlib.redirect_stdout(_Tee(out, both)), contextlib.redirect_stderr(_Tee(err, both)), _stdin(input):
                 try:
                     if self.sys_path:  # installed plugins there add commands at start-up, as in a new process
                         cli._add_plugin_commands()
@@ -195,7 +198,7 @@ class TinkerplugRunner:
         """The ``(RunConfig, Plugins)`` a run of CONFIG would use, without running it: call a
         hook as the loop does, e.g. ``plugins.lr_for_step(step, num_steps, config)``. The
         plugins stay importable until ``cleanup`` (the fixture's teardown)."""
-        from tinkerplug.loading import load_run_config
+        from tinkerplug.assemble import load_run_config
 
         if self._loaded is None:
             self._loaded = (list(sys.path), set(sys.modules))
@@ -249,6 +252,16 @@ def _isolated(cwd: Path, env: Mapping[str, str | None], sys_path: list[str], kee
             signal.signal(signal.SIGINT, saved_sigint)
         if not keep_modules:
             _unload(set(sys.modules) - before, sys_path)
+
+
+@contextlib.contextmanager
+def _stdin(text: str) -> Iterator[None]:
+    saved = sys.stdin
+    sys.stdin = io.StringIO(text)
+    try:
+        yield
+    finally:
+        sys.stdin = saved
 
 
 def _unload(new: set[str], sys_path: list[str]) -> None:

@@ -1,8 +1,8 @@
 """A run, as four phases of hook calls.
 
 *prepare* (``prepare.py``) reads and checks every input and renders the data, writing
-nothing; *open* creates and locks the run dir, writes ``config.json`` and calls
-``on_run_start``; *steps* (``steps.py``) trains, with evals and checkpoints when due;
+nothing; *open* creates and locks the run dir and writes ``config.json``, then
+``on_run_start`` is called; *steps* (``steps.py``) trains, with evals and checkpoints when due;
 *finish* runs the last evals, saves the final checkpoint and builds the summary.
 ``on_run_end`` is called from a ``finally`` for every run that opened, with
 ``summary["error"]`` or ``summary["interrupted"]`` when it did not get to its end.
@@ -20,12 +20,10 @@ from typing import Any
 from tinkerplug import rundir
 from tinkerplug.backend_calls import wait_result
 from tinkerplug.config import RunConfig
-from tinkerplug.context import RunContext
-from tinkerplug.data import Records, open_training_data
 from tinkerplug.errors import TinkerplugError
+from tinkerplug.hook_types import RunContext
 from tinkerplug.plugins import Plugins
-from tinkerplug.prepare import Prepared, prepare
-from tinkerplug.rendering import TrainingData
+from tinkerplug.prepare import AlreadyFinished, Prepared, prepare
 from tinkerplug.steps import LoopState, Steps, stop_on_sigint
 from tinkerplug.watchdog import watch_for_stalls
 
@@ -38,45 +36,38 @@ def default_resume_command(config: RunConfig) -> str:
 
 
 async def train(config: RunConfig, plugins: Plugins, resume_command: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the training ``config`` describes; return the summary.
-
-    Every input is checked (data read, backend and training client created, examples
-    rendered) before the run dir is created, so a bad input leaves nothing behind.
-    """
-    run_dir = Path(config.run_dir).resolve()
+    """Run (or resume) the training ``config`` describes; return the summary. The phases,
+    in order: prepare (every input checked, nothing written), open (the run dir, locked,
+    with its ``config.json``), then steps and finish with ``on_run_end`` in a ``finally``."""
     command = resume_command or default_resume_command(config)
-    rundir.check_run_dir(run_dir, config.resume, command)
-    resuming = config.resume and (run_dir / rundir.CONFIG_JSON).is_file()
-    records, counts = open_training_data(config, plugins)  # indexed, not parsed: fast
-    config.set_data_counts(counts)  # written to config.json
-    if len(counts) > 1:
-        from tinkerplug.mixture import describe
-
-        plugins.note(config, f"data mixture: {describe(counts)}")
-    if resuming:  # before the lock, which rewrites .lock: a refused resume touches nothing
-        rundir.check_resume_config(run_dir, run_json(config, records), command, config.result_keys())
-    with contextlib.ExitStack() as locks:
-        if resuming:
-            locks.callback(rundir.RunDirLock(run_dir).acquire().release)
-        prepared = await prepare(config, plugins, run_dir, resuming, records)
-        if isinstance(prepared, dict):  # already finished: nothing to open
-            return prepared
-        if not resuming:  # inputs are good: only now does the run dir come into being
-            locks.callback(rundir.create_run_dir(run_dir, config.resume, command).release)
-        return await open_and_run(prepared, command)
+    with contextlib.ExitStack() as held:  # the run dir's lock, released last
+        prepared = await prepare(config, plugins, command, held)
+        if isinstance(prepared, AlreadyFinished):
+            return prepared.summary
+        open_run_dir(prepared, command, held)
+        return await steps_and_finish(prepared, command)
 
 
-async def open_and_run(prepared: Prepared, command: str) -> dict[str, Any]:
-    """The open, steps and finish phases, with one exit: ``on_run_end`` in a ``finally``."""
+def open_run_dir(prepared: Prepared, command: str, held: contextlib.ExitStack) -> None:
+    """The open phase: the inputs are good, so only now does the run dir come into being
+    (a resume holds its lock already), with its ``config.json``."""
+    run_dir = prepared.run.run_dir
+    if not prepared.resuming:
+        held.callback(rundir.create_run_dir(run_dir, prepared.run.config.resume, command).release)
+    config_file = run_dir / rundir.CONFIG_JSON
+    if not config_file.exists():
+        rundir.atomic_write_text(config_file, json.dumps(prepared.run_json, indent=2) + "\n")
+
+
+async def steps_and_finish(prepared: Prepared, command: str) -> dict[str, Any]:
+    """``on_run_start``, the steps and finish phases, with one exit: ``on_run_end`` in a
+    ``finally``."""
     run, plugins, config = prepared.run, prepared.run.plugins, prepared.run.config
     state = LoopState(started=time.perf_counter())
     state.last_finished = state.started
     if prepared.checkpoint is not None:
         state.checkpointed_steps.add(prepared.checkpoint.step)
     steps = Steps(run, prepared.data, prepared.executor, state)
-    config_file = run.run_dir / rundir.CONFIG_JSON
-    if not config_file.exists():
-        rundir.atomic_write_text(config_file, json.dumps(run_json(config, prepared.data.records), indent=2) + "\n")
     summary: dict[str, Any] = {}
     prepared.data.start(run.start_step, run.num_steps)
     try:
@@ -94,26 +85,10 @@ async def open_and_run(prepared: Prepared, command: str) -> dict[str, Any]:
         tell_how_to_resume(exc, run.run_dir, command, plugins, config)
         raise
     finally:
-        close_data(prepared.data, config, plugins)
+        prepared.data.close()
+        prepared.data.report_counts(at_end=True)
         end_run(steps, summary)
         close_service(run, summary)
-
-
-def run_json(config: RunConfig, records: Records) -> dict[str, Any]:
-    """``config.json``: the resolved config and the training data's fingerprint (a resume on
-    an edited file is refused like a changed setting: ``data_fingerprint.train``)."""
-    return {**config.to_json(), "data_fingerprint": {"train": records.fingerprint()}}
-
-
-def close_data(data: TrainingData, config: RunConfig, plugins: Plugins) -> None:
-    """Stop rendering ahead, keep what was rendered; say the counts a streamed run knows now
-    (of every record when the run rendered them all, else of those rendered)."""
-    data.close()
-    if not data.counts_reported:
-        note, warning = data.stats.describe(config.max_length)
-        plugins.note(config, note)
-        if warning:
-            plugins.warn(config, warning)
 
 
 async def finish(steps: Steps) -> None:

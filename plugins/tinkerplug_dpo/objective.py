@@ -12,7 +12,7 @@ from typing import Any
 
 from tinkerplug.backend_calls import await_result
 from tinkerplug.checkpoint_refs import open_reference_sampler
-from tinkerplug.context import StepBatch
+from tinkerplug.hook_types import StepBatch
 from tinkerplug.errors import DataError
 
 METRICS = ("dpo/nll", "dpo/loss", "dpo/accuracy", "dpo/margin", "dpo/chosen_logprob", "dpo/rejected_logprob")

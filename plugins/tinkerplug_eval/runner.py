@@ -59,7 +59,7 @@ def _evaluator_names(run_dir: Path, plugin_options: tuple[str, ...], tasks: tupl
     """The plugins whose ``evaluate`` should have run (those that raised lack a timing)."""
     if tasks:
         return {"inspect"}
-    from tinkerplug.loading import load_saved_run
+    from tinkerplug.assemble import load_saved_run
 
     _, plugins = load_saved_run(Path(run_dir).resolve(), (), plugin_options)
     return {name for name, _ in plugins.evaluators()}

@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any
 
 import tinkerplug
-from tinkerplug.context import StepBatch, StepResult, as_step_batch
+from tinkerplug.hook_types import StepBatch, StepResult, as_step_batch
 from tinkerplug.step_results import step_result
 
 

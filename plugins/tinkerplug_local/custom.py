@@ -24,17 +24,26 @@ ONE_PASS_MAX_TOKENS = 16384
 TARGETS_ONLY = LossSpec(fn=lambda *args: None, inputs=(), config={})  # the request checks of a loss that reads no inputs
 
 
-def check_custom_request(data: list[types.Datum], loss_fn: Any, loss_type_input: Any, vocab_size: int | None = None) -> None:
+def check_custom_request(data: list[types.Datum], loss_fn: Any, loss_type_input: Any, vocab_size: int | None = None) -> Any:
+    """The loss as ``loss_fn(data, logprobs_list)``: a callable, or a ``LossHandle`` that runs
+    here as the SDK runs one it did not upload (``run_loss_handle``)."""
+    from tinker.lib.public_interfaces.custom_loss import LossHandle, check_loss_inputs, run_loss_handle
+
     if loss_type_input not in (None, "logprobs"):
         raise ValueError(f"Unsupported loss_type_input={loss_type_input!r}. Supported values are: logprobs")
-    if not callable(loss_fn) or hasattr(loss_fn, "loss_id"):
-        raise NotImplementedError(
-            "forward_backward_custom on the local backend takes a callable loss_fn(data, logprobs_list) -> "
-            f"(loss, metrics); got {type(loss_fn).__name__} (server-side LossHandles are not supported)"
-        )
     if not data:
         raise ValueError("No data provided")
+    if isinstance(loss_fn, LossHandle):
+        check_loss_inputs(loss_fn, data)
+        handle = loss_fn
+        loss_fn = lambda batch, logprobs_list: run_loss_handle(handle, batch, logprobs_list)  # noqa: E731
+    if not callable(loss_fn):
+        raise NotImplementedError(
+            "forward_backward_custom takes a callable loss_fn(data, logprobs_list) -> (loss, metrics) or a "
+            f"LossHandle from create_custom_loss; got {type(loss_fn).__name__}"
+        )
     check_datums("forward_backward_custom", TARGETS_ONLY, data, vocab_size)
+    return loss_fn
 
 
 def run_custom(client: Any, data: list[types.Datum], loss_fn: Callable[..., Any]) -> types.ForwardBackwardOutput:

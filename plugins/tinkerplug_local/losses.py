@@ -20,9 +20,6 @@ DRO_DEFAULTS = {"beta": 0.05}  # the docs' example value: they do not state the 
 # stable_reinforce: the docs do not publish its objective; these bounds are tinkerplug's choice.
 STABLE_DEFAULTS = {"mask_low_threshold": 0.5, "mask_high_threshold": 2.0}
 
-# Losses the SDK names (tinker.types.LossFnType) that the docs do not define publicly.
-UNDOCUMENTED = ("custom",)
-
 
 def cross_entropy(lp: Any, inputs: Mapping[str, Any], config: Mapping[str, float]) -> Any:
     """``sum(-lp * weights)``; with (N, K) targets and weights, a soft (top-K) target."""
@@ -121,10 +118,10 @@ SUPPORTED = tuple(LOSSES)
 
 def check_loss_fn(loss_fn: str) -> LossSpec:
     if loss_fn not in LOSSES:
-        why = "is not publicly defined by the Tinker docs" if loss_fn in UNDOCUMENTED else "is not supported"
         raise NotImplementedError(
-            f"loss_fn {loss_fn!r} {why}, so the local backend does not implement it; "
-            f"supported: {', '.join(SUPPORTED)} (and forward_backward_custom for any other loss)"
+            f"loss_fn {loss_fn!r} is not supported, so the local backend does not implement it; "
+            f"supported: {', '.join(SUPPORTED)}, and custom (a loss made with create_custom_loss; "
+            "forward_backward_custom for any other loss)"
         )
     return LOSSES[loss_fn]
 
@@ -173,7 +170,7 @@ def check_datums(loss_fn: str, spec: LossSpec, data: list[Any], vocab_size: int 
         if shape[0] != n or len(shape) > 2:
             raise ValueError(f"datum {index}: target_tokens has shape {list(shape)}, model_input has {n} tokens "
                              f"(expected [{n}] or [{n}, K])")
-        if len(shape) == 2 and loss_fn not in ("cross_entropy", "forward_backward_custom"):
+        if len(shape) == 2 and loss_fn not in ("cross_entropy", "forward_backward_custom", "custom"):
             raise ValueError(f"datum {index}: {loss_fn} takes one target per position; target_tokens has shape {list(shape)}")
         for key in spec.inputs + tuple(k for k in spec.optional if k in datum.loss_fn_inputs):
             _check_values(loss_fn, datum, index, key, shape)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ DEFAULT_ROOT_ENV = "TINKERPLUG_LOCAL_DIR"
 DEVICE_ENV = "TINKERPLUG_LOCAL_DEVICE"
 CHECKPOINTING_ENV = "TINKERPLUG_LOCAL_GRADIENT_CHECKPOINTING"
 MICROBATCH_ENV = "TINKERPLUG_LOCAL_MICROBATCH_TOKENS"
+LOCAL_SESSION = "local"  # the session id of LossHandles made in-process
 
 
 class ServiceClient:
@@ -65,6 +67,9 @@ class ServiceClient:
         from tinkerplug_local.stability import StabilityStore
 
         self.stability = StabilityStore()  # what samplers with record_stability_info=True recorded
+        from tinkerplug_local.uploaded import UploadedLosses
+
+        self.uploaded_losses = UploadedLosses()  # create_custom_loss graphs, by loss_id
 
     def __enter__(self) -> "ServiceClient":
         return self
@@ -113,7 +118,7 @@ class ServiceClient:
 
     def _new_training_client(self, host: Any, meta: dict[str, Any]) -> Any:
         """Runs on the worker: a fresh LoRA adapter and the client that trains it."""
-        from tinkerplug_local.training import TrainingClient
+        from tinkerplug_local.training_client import TrainingClient
 
         targets = host.target_modules(meta["train_mlp"], meta["train_attn"], meta["train_unembed"])
         adapter = host.new_adapter(meta["rank"], targets, meta["seed"])
@@ -186,6 +191,21 @@ class ServiceClient:
             lambda: SamplingClient.from_saved(host, str(model_path)).recording(stability, record_stability_info),
             wrapper=ClientFuture,
         )
+
+    # -- custom losses ---------------------------------------------------------------------
+
+    def create_custom_loss(self, fn: Any, input_ranks: Any) -> ClientFuture:
+        """The SDK's ``create_custom_loss``: ``fn`` traced and checked by the SDK, then its graph
+        encoded as it would be uploaded and rebuilt here from the whitelist (``loss_graph.py``),
+        so it runs in one pass exactly as ``serve`` runs it."""
+        import dataclasses
+
+        from tinker.lib.public_interfaces.custom_loss import encode_graph, trace_loss
+
+        handle = trace_loss(fn, input_ranks, LOCAL_SESSION)
+        loss_id = f"{LOCAL_SESSION}:loss:{uuid.uuid4().hex[:12]}"
+        self.uploaded_losses.create(None, loss_id, handle.name, list(handle.inputs), encode_graph(handle).nodes)
+        return ClientFuture(completed(dataclasses.replace(handle, loss_id=loss_id)).future())
 
     # -- info --------------------------------------------------------------------------------
 

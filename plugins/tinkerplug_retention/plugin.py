@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import tinkerplug
-from tinkerplug.context import CheckpointRecord
+from tinkerplug.hook_types import CheckpointRecord
 from tinkerplug.rundir import mark_removed, read_checkpoints
 
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from tinkerplug import rollouts
 from tinkerplug.backend_calls import await_result
 from tinkerplug.checkpoint_refs import open_reference_sampler
-from tinkerplug.context import StepBatch
+from tinkerplug.hook_types import StepBatch
 from tinkerplug.errors import PluginError
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import tinkerplug
-from tinkerplug.context import StepBatch
+from tinkerplug.hook_types import StepBatch
 
 
 class SupervisedObjective:

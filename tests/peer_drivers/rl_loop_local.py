@@ -1,8 +1,9 @@
 """tinker_cookbook.recipes.rl_loop.main, unchanged, on a local task instead of GSM8K.
 
-    python rl_loop_local.py MODEL LOG_PATH STEPS TASK LEARNING_RATE [BATCH GROUP]
+    python rl_loop_local.py MODEL LOG_PATH STEPS TASK LEARNING_RATE [BATCH GROUP [LOSS_FN]]
 
-TASK is reverse, upper or add; the recipe's GSM8K grader (a \\boxed{} answer) is swapped for
+LOSS_FN (cookbook 0.6.x only, whose Config has it): importance_sampling, cispo, gspo or
+stable_reinforce. TASK is reverse, upper or add; the recipe's GSM8K grader (a \\boxed{} answer) is swapped for
 partial credit, as tiny-chat never writes \\boxed{}.
 """
 import difflib
@@ -47,5 +48,6 @@ def closeness(response: str, answer: str) -> float:
 datasets.load_dataset = load_local
 rl_loop.get_reward = closeness
 batch_size, group_size = (int(a) for a in sys.argv[6:8]) if len(sys.argv) > 7 else (8, 8)
+loss = {"loss_fn": sys.argv[8]} if len(sys.argv) > 8 else {}
 rl_loop.main(rl_loop.Config(log_path=log_path, model_name=model_name, batch_size=batch_size, group_size=group_size,
-                            learning_rate=float(sys.argv[5]), lora_rank=8, max_tokens=10, max_steps=steps, save_every=0))
+                            learning_rate=float(sys.argv[5]), lora_rank=8, max_tokens=10, max_steps=steps, save_every=0, **loss))

@@ -31,7 +31,7 @@ EXPORT_INFO = "tinkerplug_export.json"
 @click.option("--merge", is_flag=True, help="Write the base model with the adapter merged in, plus its tokenizer.")
 def export(run_dir: Path, out: Path, step: int | None, merge: bool) -> None:
     """Export a checkpoint of RUN_DIR as a PEFT adapter (or, with --merge, a merged HF model)."""
-    from tinkerplug.commands.runs import read_run
+    from tinkerplug.run_info import read_run
     from tinkerplug.rundir import pick_checkpoint
 
     info = read_run(run_dir)
@@ -89,9 +89,9 @@ def fetch_adapter(record: dict[str, Any], run_dir: Path, dest: Path) -> None:
             f"the step-{record['step']} sampler weights {local} are gone",
             hint=f"{run_dir / 'checkpoints.jsonl'} lists the checkpoints; export another with --step",
         )
-    from tinkerplug.context import CheckpointRecord
+    from tinkerplug.hook_types import CheckpointRecord
 
-    from tinkerplug.loading import load_saved_run
+    from tinkerplug.assemble import load_saved_run
 
     config, plugins = load_saved_run(run_dir)
     done = plugins.fetch_sampler_weights(CheckpointRecord(**record), config, str(dest))

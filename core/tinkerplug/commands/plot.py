@@ -101,7 +101,7 @@ def plot_run(info: Any, out: Path) -> list[str]:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help=f"Image to write (default: RUN_DIR/{CURVES_PNG}).")
 def plot(run_dir: Path, out: Path | None) -> None:
     """Plot loss, learning rate and eval metrics of RUN_DIR over steps, checkpoints marked."""
-    from tinkerplug.commands.runs import read_run
+    from tinkerplug.run_info import read_run
 
     info = read_run(run_dir)
     if not info.metrics:

@@ -67,12 +67,13 @@ def oai_error_response(status: int, message: str, param: str | None = None, code
 
 def create_app(state: Any, api_keys: list[str], max_body: int = DEFAULT_MAX_BODY) -> Any:
     from tinkerplug_local.server import (
-        routes_checkpoints, routes_oai, routes_rest, routes_sampling, routes_service, routes_sessions, routes_training,
+        routes_checkpoints, routes_losses, routes_oai, routes_rest, routes_sampling, routes_service, routes_sessions,
+        routes_training,
     )
 
     routes = [
         *routes_service.ROUTES, *routes_training.ROUTES, *routes_sampling.ROUTES, *routes_rest.ROUTES,
-        *routes_checkpoints.ROUTES, *routes_sessions.ROUTES, *routes_oai.ROUTES,
+        *routes_checkpoints.ROUTES, *routes_sessions.ROUTES, *routes_oai.ROUTES, *routes_losses.ROUTES,
     ]
     routes.append(Route("/{path:path}", not_served, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]))
     app = Starlette(routes=routes, exception_handlers={HTTPError: _http_error, Exception: _server_error})

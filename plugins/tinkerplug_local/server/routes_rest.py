@@ -20,9 +20,9 @@ from tinker import types
 from tinkerplug_local.server.http import HTTPError, endpoint, json_response, read_json
 from tinkerplug_local.server.paths import KINDS, PathError, check_segment
 from tinkerplug_local.server.routes_checkpoints import remove_checkpoint
+from tinkerplug_local.store import STATE_META
 
 URL_TTL_S = 3600
-STATE_META = "tinkerplug_state.json"
 
 
 def _utc(seconds: float) -> datetime.datetime:

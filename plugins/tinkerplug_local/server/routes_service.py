@@ -15,8 +15,9 @@ from tinkerplug_local.server.http import HTTPError, endpoint, json_response, par
 from tinkerplug_local.server.routes_sessions import record_created, record_finished
 
 # Flags the SDK reads once per client. Chunks of one forward_backward are sent one after the
-# other (not in parallel), so requests reach the worker in the order of their seq_id.
-CLIENT_CONFIG = types.ClientConfigResponse(parallel_fwdbwd_chunks=False, use_pyqwest_transport=False)
+# other (not in parallel), so requests reach the worker in the order of their seq_id; custom
+# losses are uploaded and run here in one pass (routes_losses.py).
+CLIENT_CONFIG = types.ClientConfigResponse(parallel_fwdbwd_chunks=False, use_pyqwest_transport=False, custom_loss_server_side=True)
 
 
 async def client_config(request: Request) -> Any:

@@ -12,17 +12,20 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinkerplug_local.server.checkpoint_meta import CheckpointMeta
 from tinkerplug_local.server.clock import ModelClock
 from tinkerplug_local.server.futures import FutureTable
 from tinkerplug_local.server.paths import CheckpointPaths
 
+if TYPE_CHECKING:
+    from tinkerplug_local.training_client import TrainingClient
+
 
 @dataclass
 class Model:
-    client: Any  # tinkerplug_local.training.TrainingClient
+    client: TrainingClient
     base_model: str
     rank: int
     user_metadata: dict[str, str]
@@ -85,8 +88,7 @@ class ServerState:
             for key in [k for k in self.samplers if k.startswith(prefix)]:
                 del self.samplers[key]  # the local SamplingClient frees its adapter when dropped
         for model in models:
-            host, adapter = model.client._host, model.client._adapter
-            host.worker.submit(lambda host=host, adapter=adapter: host.delete_adapter(adapter))
+            model.client.release()
         return known
 
     def add_model(self, model_id: str, client: Any, base_model: str, rank: int, user_metadata: dict[str, str] | None) -> Model:

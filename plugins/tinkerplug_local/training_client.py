@@ -23,23 +23,46 @@ class TrainingClient:
         self._param_list: list[Any] | None = None
         self.session: str | None = None  # the serve session that owns this model (None in-process)
 
+    def release(self) -> None:
+        """Free this client's adapter on the host, after the jobs already queued on its worker
+        (the server does this when the client's session ends)."""
+        host, adapter = self._host, self._adapter
+        host.worker.submit(lambda: host.delete_adapter(adapter))
+
     # -- training ----------------------------------------------------------------------------
 
     def forward(self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None) -> Any:
+        if loss_fn == "custom":
+            return self._uploaded(data, loss_fn_config, backward=False)
         loss_of = self._loss_of_datum(data, loss_fn, loss_fn_config)
         return self._host.worker.submit(lambda: self._run_forward(data, loss_of, backward=False))
 
     def forward_backward(
         self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None
     ) -> Any:
+        if loss_fn == "custom":
+            return self._uploaded(data, loss_fn_config, backward=True)
         loss_of = self._loss_of_datum(data, loss_fn, loss_fn_config)
         return self._host.worker.submit(lambda: self._run_forward(data, loss_of, backward=True))
+
+    def _uploaded(self, data: list[types.Datum], loss_fn_config: Mapping[str, Any] | None, backward: bool) -> Any:
+        """A loss made with ``create_custom_loss``, named by ``loss_fn_config["loss_id"]``."""
+        from tinkerplug_local.uploaded import check_uploaded_request, run_uploaded
+
+        config = dict(loss_fn_config or {})
+        if set(config) != {"loss_id"}:
+            raise ValueError(f"loss_fn 'custom' takes loss_fn_config {{'loss_id': ...}} only, got keys {sorted(config)}")
+        graph = self._service.uploaded_losses.get(config["loss_id"], self.session)
+        check_uploaded_request(graph, data, self._host.vocab_size)
+        return self._host.worker.submit(lambda: run_uploaded(self, data, graph, backward))
 
     def forward_backward_custom(self, data: list[types.Datum], loss_fn: Any, *, loss_type_input: Any = None) -> Any:
         """The SDK's custom loss, in one forward pass where the SDK makes two (see ``custom.py``)."""
         from tinkerplug_local.custom import check_custom_request, run_custom
 
-        check_custom_request(data, loss_fn, loss_type_input, self._host.vocab_size)
+        if getattr(loss_fn, "loss_id", None) is not None:  # uploaded: one forward_backward, on the worker
+            return self.forward_backward(data, "custom", {"loss_id": loss_fn.loss_id})
+        loss_fn = check_custom_request(data, loss_fn, loss_type_input, self._host.vocab_size)
         return self._host.worker.submit(lambda: run_custom(self, data, loss_fn))
 
     async def forward_backward_custom_async(self, data: list[types.Datum], loss_fn: Any, *, loss_type_input: Any = None) -> Any:

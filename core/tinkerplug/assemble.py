@@ -6,10 +6,8 @@ Light at import (the CLI imports it at start-up): pydantic and the config model 
 
 from __future__ import annotations
 
-import difflib
 import json
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,30 +15,14 @@ from tinkerplug.errors import ConfigError, PluginError, TinkerplugError
 from tinkerplug.plugins import hook_error
 
 if TYPE_CHECKING:
-    from tinkerplug.config import RunConfig
+    from tinkerplug.config import PluginSchema, RunConfig
     from tinkerplug.plugins import Plugins
-
-
-@dataclass
-class PluginSchema:
-    """What the plugins add to the config: tables (with their owners and the keys that decide
-    a result) and backend names."""
-
-    sections: dict[str, Any] = field(default_factory=dict)  # table -> pydantic model
-    owners: dict[str, str] = field(default_factory=dict)  # table -> plugin
-    result_keys: list[str] = field(default_factory=list)  # dotted: "local.dtype"
-    backends: dict[str, str] = field(default_factory=dict)  # name -> description
-    backend_owners: dict[str, str] = field(default_factory=dict)
-    objectives: dict[str, str] = field(default_factory=dict)  # name -> description
-    objective_owners: dict[str, str] = field(default_factory=dict)
-
-    def did_you_mean(self, name: str, among: Any = None) -> str:
-        close = difflib.get_close_matches(name, list(self.backends if among is None else among), n=1)
-        return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def plugin_schema(plugins: Plugins) -> PluginSchema:
     """Ask every plugin for its config tables and backends; two may not claim the same name."""
+    from tinkerplug.config import PluginSchema
+
     schema = PluginSchema()
     owner = _CurrentPlugin()
 
@@ -98,7 +80,7 @@ def split_plugin_options(options: tuple[str, ...] | list[str]) -> tuple[list[str
 def load_plugins_for(config_path: str | None, overrides: tuple[str, ...], plugin_options: tuple[str, ...]):
     """The plugins a run of CONFIG would use: entry points, the config's ``plugins`` files and
     ``-p`` files, minus ``disable_plugins`` and ``-p no:NAME``. Returns (plugins, raw config)."""
-    from tinkerplug.plugins import load_plugins
+    from tinkerplug.plugin_loader import load_plugins
 
     raw: dict[str, Any] = {}
     base_dir = None
@@ -155,7 +137,7 @@ def load_saved_run(
     installed are dropped: such commands need the backend and evaluators, not a project's hooks.
     """
     from tinkerplug.config import RunConfig, apply_override, build_config, parse_override
-    from tinkerplug.plugins import load_plugins
+    from tinkerplug.plugin_loader import load_plugins
 
     file = run_dir / "config.json"
     if not file.is_file():

@@ -142,7 +142,7 @@ class TrainingData:
         self.plugins = plugins
         self.cache = cache
         self.plan = BatchPlan(len(records), config.batch_size, config.seed)
-        self.counts_reported = False  # at start-up; else the counts follow at the end
+        self._counts_reported = False  # at start-up when complete; else at the end
         self._checked = False
         self._lock = threading.Lock()
         self.check: BackgroundCheck | None = None  # the records' parse check, when one runs
@@ -200,12 +200,17 @@ class TrainingData:
             chosen.append(index)
         return chosen
 
+    def raise_bad_record(self, until_done: bool) -> None:
+        """A bad record the background check found so far stops the run (``until_done``:
+        once every record is checked)."""
+        if self.check is not None:
+            self.check.wait(until_done)
+
     def batch(self, step: int) -> list[Any]:
         """The ``tinker.types.Datum`` list of step ``step`` (from the thread, once started)."""
-        if self.check is not None:
-            self.check.wait(False)  # a bad record found meanwhile stops the run here
-            if step > self._first_step:
-                self.check.start()  # a big file's check: from step 0 on, beside training
+        self.raise_bad_record(False)  # a bad record found meanwhile stops the run here
+        if self.check is not None and step > self._first_step:
+            self.check.start()  # a big file's check: from step 0 on, beside training
         if self._ahead is not None:
             return self._ahead.get(step)
         return self.build_batch(step)
@@ -232,6 +237,26 @@ class TrainingData:
         if self.check is not None:
             self.check.close()
         self.cache.flush()
+
+    def report_counts(self, at_end: bool) -> None:
+        """Say the data counts once: at start-up when every record is rendered (small data, a
+        full cache), else where the rest comes from now and the counts of what was rendered
+        ``at_end``."""
+        stats, plugins, config = self.stats, self.plugins, self.config
+        if self._counts_reported:
+            return
+        if not stats.complete and not at_end:
+            plugins.note(
+                config,
+                f"data: {stats.total} records; rendering runs ahead of training "
+                f"({stats.rendered} in the cache {self.cache.directory}); counts at the end",
+            )
+            return
+        note, warning = stats.describe(config.max_length)
+        plugins.note(config, note)
+        if warning:
+            plugins.warn(config, warning)
+        self._counts_reported = True
 
     def check_enough_kept(self) -> None:
         """Render every record (once; through the cache) and refuse data with fewer kept
@@ -274,12 +299,17 @@ def check_stats(stats: RenderStats, config: Any) -> None:
 
 
 def render_training_data(
-    records: Any, renderer: Any, config: Any, plugins: Any, tokenizer: Any = None, start_step: int = 0
+    records: Any, renderer: Any, config: Any, plugins: Any, tokenizer: Any = None, start_step: int = 0,
+    check: BackgroundCheck | None = None,
 ) -> TrainingData:
     """The run's data over the render cache of its key (see ``render_cache``; records without
     a ``fingerprint``, or no ``tokenizer``: a cache in memory only). Small data is rendered
     whole now (exact counts and refusals before step 0); the first step's examples always
-    are, so a renderer that fails on the data fails before the run dir exists."""
+    are, so a renderer that fails on the data fails before the run dir exists. ``check``: the
+    records' background check, awaited here for a file of up to ``WAIT_FOR_CHECK_UP_TO``
+    records, else at each step (``TrainingData.raise_bad_record``)."""
+    if check is not None:  # a bad record first: its FILE:LINE says more than any count
+        check.wait(until_done=len(records) <= WAIT_FOR_CHECK_UP_TO)
     if len(records) < config.batch_size:
         raise DataError(
             f"{config.data.train} has {len(records)} examples, fewer than batch_size={config.batch_size}",
@@ -291,6 +321,7 @@ def render_training_data(
     else:
         cache = RenderCache(None, len(records))
     data = TrainingData(records, renderer, config, plugins, cache)
+    data.check = check
     if len(records) - data.stats.rendered <= RENDER_ALL_UP_TO:
         data.render_missing()
     check_stats(data.stats, config)
