@@ -18,7 +18,7 @@ from typing import Any
 
 from tinkerplug import rollouts
 from tinkerplug.backend_calls import await_result
-from tinkerplug.context import StepBatch
+from tinkerplug.hook_types import StepBatch
 from tinkerplug.errors import ConfigError
 from tinkerplug_rl.objective import RLObjective
 
