@@ -6,7 +6,10 @@ Runs ``tests/peer_drivers/rl_loop_061_calls.py`` (the Tinker calls of cookbook 0
 reward on the same prompts and seeds). Printed: mean reward in the first and last ``window``
 steps, and the gain over the lr-0 run in the last window, per seed, then the mean over seeds.
 
-    python benchmarks/stable_reinforce.py [--steps 60] [--window 30] [--seeds 0 1] [--learning-rate 1e-3]
+With ``--stale N`` the sampler is refreshed every N steps only: the later steps of each block
+train on an older policy's samples (off-policy), where the two losses differ.
+
+    python benchmarks/stable_reinforce.py [--steps 60] [--window 30] [--seeds 0 1] [--learning-rate 1e-3] [--stale 1]
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ DRIVER = Path(__file__).parents[1] / "tests" / "peer_drivers" / "rl_loop_061_cal
 def rewards(loss: str, lr: float, seed: int, args: argparse.Namespace, workdir: Path) -> list[float]:
     command = [sys.executable, "-m", "tinkerplug.cli", "local", "--checkpoint-dir", str(workdir / f"{loss}-{lr}-{seed}"), "--",
                sys.executable, str(DRIVER), "--loss", loss, "--learning-rate", str(lr), "--seed", str(seed),
-               "--steps", str(args.steps), "--batch", str(args.batch), "--group", str(args.group)]
+               "--steps", str(args.steps), "--batch", str(args.batch), "--group", str(args.group), "--stale", str(args.stale)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
@@ -46,10 +49,12 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--stale", type=int, default=1, help="a new sampler every STALE steps (off-policy when > 1)")
     args = parser.parse_args()
     offline_env()
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {machine_line()}")
-    print(f"tiny-chat, LoRA r8, {args.steps} steps x {args.batch} prompts x {args.group} samples, lr {args.learning_rate}")
+    print(f"tiny-chat, LoRA r8, {args.steps} steps x {args.batch} prompts x {args.group} samples, lr {args.learning_rate}, "
+          f"a new sampler every {args.stale} step(s)")
     print("| loss | seed | reward, first window | reward, last window | gain over lr 0, last window |")
     print("| --- | --- | --- | --- | --- |")
     gains: dict[str, list[float]] = {}

@@ -64,3 +64,80 @@ def test_table_of_a_disabled_plugin_is_ignored(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'inspect'"):
         load_config(_write(tmp_path, text))
     assert load_config(_write(tmp_path, text), disabled={"inspect"}).data.train.name == "train.jsonl"
+
+
+# -- where a value came from: paths, --set, did-you-mean (issue 22 item 4) ----------------------
+
+
+def test_paths_of_a_set_resolve_against_the_current_directory(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    path = folder / "c.toml"
+    path.write_text(BASE)
+    monkeypatch.chdir(tmp_path)
+    assert load_config(path).data.train == folder.resolve() / "train.jsonl"  # in the file: the file's folder
+    config = load_config(path, ["data.train=data/x.jsonl", "data.heldout=h.jsonl"])
+    assert config.data.train == tmp_path / "data" / "x.jsonl"  # on the command line: the current dir
+    assert config.data.heldout == tmp_path / "h.jsonl"
+    assert config.base_dir("data.train") == tmp_path and load_config(path).base_dir("data.train") == folder.resolve()
+
+
+def test_a_plugin_table_path_resolves_by_where_it_was_written(tmp_path, monkeypatch):
+    from tinkerplug.config import PluginSchema
+
+    from pydantic import BaseModel
+
+    class Settings(BaseModel):
+        tasks: list[str] = []
+
+    schema = PluginSchema(sections={"inspect": Settings}, owners={"inspect": "inspect"})
+    path = _write(tmp_path, BASE + "[inspect]\ntasks = []\n")
+    monkeypatch.chdir(tmp_path.parent)
+    assert load_config(path, schema=schema).base_dir("inspect.tasks") == tmp_path.resolve()
+    assert load_config(path, ["inspect.tasks=[]"], schema=schema).base_dir("inspect.tasks") == tmp_path.parent
+
+
+def test_init_from_in_the_file_is_relative_to_it(tmp_path):
+    config = load_config(_write(tmp_path, 'init_from = "runs/old:4"\n' + BASE))
+    assert config.init_from == f"{tmp_path.resolve() / 'runs' / 'old'}:4"
+    assert load_config(_write(tmp_path, 'init_from = "tinker://x/weights/a"\n' + BASE)).init_from == "tinker://x/weights/a"
+
+
+def test_an_error_in_a_set_value_names_the_set(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, BASE), ["lora_rank=abc"])
+    assert "--set lora_rank=abc: lora_rank: Input should be a valid integer" in str(info.value)
+    assert "c.toml" not in str(info.value)  # the file's own lora_rank = 8 is fine
+    with pytest.raises(ConfigError, match=r"--set data.trian=x.jsonl: data.trian: unknown key; did you mean 'train'"):
+        load_config(_write(tmp_path, BASE), ["data.trian=x.jsonl"])
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("lora_rnk = 4\n" + BASE, "c.toml:1: unknown key 'lora_rnk'; did you mean 'lora_rank'?"),
+        (BASE + "trian = 1\n", "c.toml:6: data.trian: unknown key; did you mean 'train'? (valid keys: format, heldout, train)"),
+        (BASE.replace('train = "train.jsonl"', '[[data.train]]\npath = "t.jsonl"\nweigth = 2'),
+         "data.train.0.weigth: unknown key; did you mean 'weight'? (valid keys: format, path, split, weight)"),
+    ],
+)
+def test_unknown_keys_at_any_level_get_a_did_you_mean_and_the_valid_keys(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text))
+    assert expected in str(info.value)
+
+
+def test_unknown_keys_in_a_plugin_table_get_the_valid_keys_of_that_table(tmp_path):
+    from pydantic import BaseModel, ConfigDict
+
+    from tinkerplug.config import PluginSchema
+
+    class Settings(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        limit: int = 0
+        max_tokens: int = 8
+
+    schema = PluginSchema(sections={"heldout": Settings}, owners={"heldout": "heldout"})
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, BASE + "[heldout]\nmax_token = 4\n"), schema=schema)
+    assert "heldout.max_token: unknown key; did you mean 'max_tokens'? (valid keys: limit, max_tokens) [plugin heldout]" in str(info.value)

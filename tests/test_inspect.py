@@ -129,7 +129,7 @@ def test_concurrent_evals_in_one_process_take_turns(service, tmp_path: Path) -> 
 def test_task_specs_are_relative_to_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tinkerplug.config import load_config
     from tinkerplug.errors import ConfigError
-    from tinkerplug.assemble import PluginSchema
+    from tinkerplug.config import PluginSchema
     from tinkerplug_inspect.plugin import task_specs
     from tinkerplug_inspect.settings import InspectSettings
 

@@ -91,8 +91,11 @@ def load_plugins_for(config_path: str | None, overrides: tuple[str, ...], plugin
         if not isinstance(raw.get(key, []), list) or not all(isinstance(v, str) for v in raw.get(key, [])):
             raise ConfigError(f"{config_path}: {key} must be a list of strings, e.g. {key} = [\"...\"]")
     files, disabled = split_plugin_options(plugin_options)
+    config_files = raw.get("plugins", [])
+    if any(o.split("=", 1)[0].strip() == "plugins" for o in overrides):  # --set plugins=[...]: like -p
+        config_files, files = [], [*config_files, *files]
     plugins = load_plugins(
-        files=raw.get("plugins", []),
+        files=config_files,
         disabled=[*raw.get("disable_plugins", []), *disabled],
         base_dir=base_dir,
         cli_files=files,
@@ -136,7 +139,7 @@ def load_saved_run(
     The project plugin files of the run are not loaded, and tables of plugins no longer
     installed are dropped: such commands need the backend and evaluators, not a project's hooks.
     """
-    from tinkerplug.config import RunConfig, apply_override, build_config, parse_override
+    from tinkerplug.config import ConfigOrigin, RunConfig, apply_override, build_config, parse_override
     from tinkerplug.plugin_loader import load_plugins
 
     file = run_dir / "config.json"
@@ -152,9 +155,12 @@ def load_saved_run(
     # gone are dropped.
     data = {k: v for k, v in data.items() if k in RunConfig.model_fields or k in schema.sections}
     data["plugins"] = []
+    origin = ConfigOrigin(file, text)
     for override in overrides:
-        apply_override(data, *parse_override(override))
-    config = build_config(data, file, text, schema, plugins.disabled)
+        key, value = parse_override(override)
+        apply_override(data, key, value)
+        origin.overrides[".".join(key)] = override.strip()
+    config = build_config(data, origin, schema, plugins.disabled)
     if original:  # paths in plugin tables (inspect tasks, [nll] data) are relative to the TOML file
         config._source = Path(original)
     return config, plugins

@@ -11,6 +11,7 @@ import difflib
 import os
 import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -58,6 +59,37 @@ class PluginSchema:
     def did_you_mean(self, name: str, among: Any = None) -> str:
         close = difflib.get_close_matches(name, list(self.backends if among is None else among), n=1)
         return f"; did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass
+class ConfigOrigin:
+    """Where a config's values came from, for messages and relative paths: the ``file`` (its
+    ``text`` gives line numbers) and the ``--set`` overrides (dotted key -> as typed)."""
+
+    file: Path
+    text: str = ""
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    def override_of(self, loc: tuple[Any, ...]) -> str | None:
+        """The ``--set`` that gave the value at ``loc`` (or a table above it), if one did."""
+        keys = [str(p) for p in loc if not isinstance(p, int)]
+        for end in range(len(keys), 0, -1):
+            if (found := self.overrides.get(".".join(keys[:end]))) is not None:
+                return found
+        return None
+
+    def where(self, loc: tuple[Any, ...]) -> str:
+        """``--set KEY=VALUE`` when an override gave the value, else ``FILE:LINE``."""
+        override = self.override_of(loc)
+        if override is not None:
+            return f"--set {override}"
+        line = find_line(self.text, loc)
+        return f"{self.file}:{line}" if line else str(self.file)
+
+    def base_dir(self, loc: tuple[Any, ...]) -> Path:
+        """What a relative path at ``loc`` is relative to: the current directory when a
+        ``--set`` gave it, else the config file's folder."""
+        return Path.cwd() if self.override_of(loc) is not None else self.file.parent.resolve()
 
 
 class SourceConfig(BaseModel):
@@ -180,6 +212,7 @@ class RunConfig(BaseModel):
     _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
     _plugin_result_keys: tuple[str, ...] = PrivateAttr(())
     _source: Path | None = PrivateAttr(None)
+    _set_keys: frozenset[str] = PrivateAttr(frozenset())
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -201,6 +234,14 @@ class RunConfig(BaseModel):
     def source(self) -> Path | None:
         """The config file this came from (None when built in code)."""
         return self._source
+
+    def base_dir(self, key: str) -> Path:
+        """The folder a relative path at dotted ``key`` (``"inspect.tasks"``) is relative to:
+        the current directory when ``--set`` gave it (or for a config built in code), else the
+        config file's folder. Plugins resolve the paths in their tables with it."""
+        parts = key.split(".")
+        from_cli = any(".".join(parts[:end]) in self._set_keys for end in range(1, len(parts) + 1))
+        return Path.cwd() if from_cli or self._source is None else self._source.parent
 
     def section(self, name: str) -> Any:
         """The validated ``[name]`` table of a plugin (its defaults when absent)."""
@@ -270,11 +311,6 @@ def find_line(text: str, loc: tuple[Any, ...]) -> int | None:
     return best
 
 
-def _where(file: Path, text: str, loc: tuple[Any, ...]) -> str:
-    line = find_line(text, loc)
-    return f"{file}:{line}" if line else str(file)
-
-
 def load_config(
     path: str | Path,
     overrides: list[str] = (),  # type: ignore[assignment]
@@ -298,53 +334,59 @@ def load_config(
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}", hint="check the line named above") from exc
+    origin = ConfigOrigin(file, text)
     for override in overrides:
         key, value = parse_override(override)
         apply_override(data, key, value)
-    return build_config(data, file, text, schema or PluginSchema(), disabled)
+        origin.overrides[".".join(key)] = override.strip()
+    return build_config(data, origin, schema or PluginSchema(), disabled)
 
 
 def build_config(
     data: dict[str, Any],
-    file: Path,
-    text: str,
+    origin: ConfigOrigin,
     schema: PluginSchema,
     disabled: frozenset[str] | set[str] = frozenset(),
 ) -> RunConfig:
-    """Validate parsed config ``data`` (from ``file``, whose ``text`` gives line numbers)."""
+    """Validate parsed config ``data`` (``origin``: its file and ``--set`` overrides)."""
     core_fields = set(RunConfig.model_fields)
     core = {k: v for k, v in data.items() if k in core_fields}
     plugin_tables = {
         k: v for k, v in data.items() if k not in core_fields and not (k in disabled and k not in schema.sections)
     }
-    _reject_secrets(data, file, text)
+    _reject_secrets(data, origin)
     for name in plugin_tables:
         if name not in schema.sections:
-            known = sorted(core_fields | set(schema.sections))
             raise ConfigError(
-                f"{_where(file, text, (name,))}: unknown key {name!r}",
-                hint=f"known keys and tables: {', '.join(known)}",
+                f"{origin.where((name,))}: unknown key {name!r}{did_you_mean(name, core_fields | set(schema.sections))}",
+                hint=f"known keys and tables: {', '.join(sorted(core_fields | set(schema.sections)))}",
             )
     try:
         config = RunConfig.model_validate(core)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, file, text, prefix=())) from None
-    _check_backend(config, schema, file, text, disabled)
-    _check_objective(config, schema, file, text)
-    config._sections = _validate_sections(plugin_tables, schema, file, text)
+        raise ConfigError(_format_validation(exc, origin, RunConfig, prefix=())) from None
+    _check_backend(config, schema, origin, disabled)
+    _check_objective(config, schema, origin)
+    config._sections = _validate_sections(plugin_tables, schema, origin)
     config._plugin_result_keys = tuple(schema.result_keys)
-    # Paths in the file are relative to it; run_dir to the current directory.
-    base = file.parent.resolve()
-    config.data.train = _rel_source(config.data.train, base)
+    # Paths in the file are relative to it, those of a --set to the current directory;
+    # run_dir (in the file too) to the current directory.
+    config.data.train = _rel_source(config.data.train, origin.base_dir(("data", "train")))
     if config.data.heldout is not None:
-        config.data.heldout = _rel_source(config.data.heldout, base)
-    config._source = file.resolve()
+        config.data.heldout = _rel_source(config.data.heldout, origin.base_dir(("data", "heldout")))
+    config.init_from = _rel_ref(config.init_from, origin.base_dir(("init_from",)))
+    config._source = origin.file.resolve()
+    config._set_keys = frozenset(origin.overrides)
     return config
 
 
-def _check_backend(
-    config: RunConfig, schema: PluginSchema, file: Path, text: str, disabled: frozenset[str] | set[str]
-) -> None:
+def did_you_mean(name: str, known: Any) -> str:
+    """``; did you mean 'x'?`` for the closest of ``known``, or ``""``."""
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_backend(config: RunConfig, schema: PluginSchema, origin: ConfigOrigin, disabled: frozenset[str] | set[str]) -> None:
     """``backend`` must be a name some plugin registered (checked only when plugins are known)."""
     if config.backend is None or not schema.backends or config.backend in schema.backends:
         return
@@ -356,44 +398,52 @@ def _check_backend(
             hint=f"re-enable it, or choose one of the registered backends: {', '.join(sorted(schema.backends))}",
         )
     raise ConfigError(
-        f"{_where(file, text, ('backend',))}: backend {config.backend!r} is not a registered backend"
+        f"{origin.where(('backend',))}: backend {config.backend!r} is not a registered backend"
         + schema.did_you_mean(config.backend),
         hint=f"backends: {', '.join(sorted(schema.backends))} "
         "(a plugin adds one with the register_backends hook; `tinkerplug plugins --hook register_backends`)",
     )
 
 
-def _check_objective(config: RunConfig, schema: PluginSchema, file: Path, text: str) -> None:
+def _check_objective(config: RunConfig, schema: PluginSchema, origin: ConfigOrigin) -> None:
     """``objective`` must be a name some plugin registered (checked only when plugins are known)."""
     if not schema.objectives or config.objective in schema.objectives:
         return
     raise ConfigError(
-        f"{_where(file, text, ('objective',))}: objective {config.objective!r} is not a registered objective"
+        f"{origin.where(('objective',))}: objective {config.objective!r} is not a registered objective"
         + schema.did_you_mean(config.objective, schema.objectives),
         hint=f"objectives: {', '.join(sorted(schema.objectives))} "
         "(a plugin adds one with the register_objectives hook; `tinkerplug plugins --hook register_objectives`)",
     )
 
 
-def _validate_sections(
-    tables: dict[str, Any], schema: PluginSchema, file: Path, text: str
-) -> dict[str, BaseModel]:
+def _validate_sections(tables: dict[str, Any], schema: PluginSchema, origin: ConfigOrigin) -> dict[str, BaseModel]:
     parsed: dict[str, BaseModel] = {}
     for name, model in schema.sections.items():
         raw = tables.get(name, {})
         if not isinstance(raw, dict):
-            raise ConfigError(f"{_where(file, text, (name,))}: {name!r} must be a table ([{name}])")
+            raise ConfigError(f"{origin.where((name,))}: {name!r} must be a table ([{name}])")
         try:
             parsed[name] = model.model_validate(raw)
         except ValidationError as exc:
             plugin = schema.owners.get(name)
-            raise ConfigError(_format_validation(exc, file, text, prefix=(name,), plugin=plugin)) from None
+            raise ConfigError(_format_validation(exc, origin, model, prefix=(name,), plugin=plugin)) from None
     return parsed
 
 
 def _rel(path: Path, base: Path) -> Path:
     path = path.expanduser()
     return path if path.is_absolute() else (base / path)
+
+
+def _rel_ref(spec: str | None, base: Path) -> str | None:
+    """A checkpoint reference (``init_from``: a run dir or state path, optionally ``:STEP``)
+    relative to ``base``; ``tinker://`` paths stay as written."""
+    if spec is None or spec.startswith("tinker://"):
+        return spec
+    head, sep, tail = spec.rpartition(":")
+    path, step = (head, sep + tail) if sep and tail.isdigit() else (spec, "")
+    return f"{_rel(Path(path), base)}{step}"
 
 
 def is_spec(path: str | Path) -> bool:
@@ -417,32 +467,59 @@ def _rel_source(value: Any, base: Path) -> Any:
     return _rel(value, base)
 
 
-def _reject_secrets(data: Any, file: Path, text: str, loc: tuple[str, ...] = ()) -> None:
+def _reject_secrets(data: Any, origin: ConfigOrigin, loc: tuple[str, ...] = ()) -> None:
     if isinstance(data, dict):
         for key, value in data.items():
             if SECRET_KEYS.search(key) and isinstance(value, str) and value:
                 raise ConfigError(
-                    f"{_where(file, text, loc + (key,))}: {'.'.join(loc + (key,))} looks like a secret",
+                    f"{origin.where(loc + (key,))}: {'.'.join(loc + (key,))} looks like a secret",
                     hint="never put keys in config files; set TINKER_API_KEY in the environment",
                 )
-            _reject_secrets(value, file, text, loc + (key,))
+            _reject_secrets(value, origin, loc + (key,))
 
 
 def _format_validation(
-    exc: ValidationError, file: Path, text: str, prefix: tuple[str, ...], plugin: str | None = None
+    exc: ValidationError, origin: ConfigOrigin, model: type[BaseModel], prefix: tuple[str, ...], plugin: str | None = None
 ) -> str:
+    """One line per error: where (``FILE:LINE`` or the ``--set``), the key, what is wrong; an
+    unknown key gets a did-you-mean and the valid keys of its table."""
     lines = []
     for err in exc.errors():
-        loc = prefix + tuple(p for p in err["loc"] if p not in SOURCE_FORMS)
+        inner = tuple(p for p in err["loc"] if p not in SOURCE_FORMS)
+        loc = prefix + inner
         key = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            valid = table_keys(model, inner[:-1])
+            msg = f"unknown key{did_you_mean(str(loc[-1]), valid)} (valid keys: {', '.join(sorted(valid))})"
         elif err["type"] == "missing":
             msg = "required key is missing"
         got = ""
         if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
             got = f" (got {err['input']!r})"
         owner = f" [plugin {plugin}]" if plugin else ""
-        lines.append(f"{_where(file, text, loc)}: {key}: {msg}{got}{owner}")
+        lines.append(f"{origin.where(loc)}: {key}: {msg}{got}{owner}")
     return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def table_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys of the table at ``loc`` inside ``model`` (``("data",)``: those of ``[data]``)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field_info = model.model_fields.get(str(part))
+        inner = _model_in(field_info.annotation) if field_info is not None else None
+        if inner is None:
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside a field's type (``SourceConfig`` in ``list[SourceConfig]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None

@@ -22,14 +22,14 @@ def register_config_sections(register: Any) -> None:
 
 
 def task_specs(config: Any) -> list[str]:
-    """The tasks Inspect loads: file paths resolved against the config file's directory."""
+    """The tasks Inspect loads: file paths resolved against the config file's directory (the
+    current directory for tasks given with ``--set``)."""
     from tinkerplug_inspect.tasks import resolve_task_spec
 
     settings: InspectSettings = config.section("inspect")
     if not settings.enabled or not settings.tasks:
         return []
-    base = config.source.parent if config.source is not None else Path.cwd()
-    return [resolve_task_spec(spec, base) for spec in settings.tasks]
+    return [resolve_task_spec(spec, config.base_dir("inspect.tasks")) for spec in settings.tasks]
 
 
 @tinkerplug.hookimpl

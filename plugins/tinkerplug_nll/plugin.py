@@ -29,7 +29,8 @@ def register_config_sections(register: Any) -> None:
 
 
 def heldout_source(config: Any) -> Any:
-    """``[nll] data`` (relative to the config file), else ``data.heldout``; None when neither."""
+    """``[nll] data`` (relative to the config file, or to the current directory when given
+    with ``--set``), else ``data.heldout``; None when neither."""
     from tinkerplug.data import DataSource, heldout_source as core_heldout
 
     settings: NllSettings = config.section("nll")
@@ -37,8 +38,7 @@ def heldout_source(config: Any) -> Any:
         return core_heldout(config)
     path = settings.data
     if ":" not in path.split("/")[0] and not Path(path).expanduser().is_absolute():
-        base = config.source.parent if config.source is not None else Path.cwd()
-        path = str((base / Path(path).expanduser()).resolve())
+        path = str((config.base_dir("nll.data") / Path(path).expanduser()).resolve())
     return DataSource(path=path, role="heldout", format=settings.format, split=settings.split)
 
 

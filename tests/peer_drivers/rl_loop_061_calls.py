@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stale", type=int, default=1, help="a new sampler every STALE steps (1: on-policy, as 0.6.1)")
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
@@ -82,9 +83,10 @@ def main() -> None:
     params = types.SamplingParams(max_tokens=12, temperature=1.0, stop=[tokenizer.eos_token], seed=args.seed)
     adam = types.AdamParams(learning_rate=args.learning_rate, beta1=0.9, beta2=0.95, eps=1e-8)
     for step in range(args.steps):
-        sampler = training_client.save_weights_and_get_sampling_client(
-            record_stability_info=args.loss == "stable_reinforce"
-        ).result()
+        if step % args.stale == 0:  # with --stale > 1, later steps train on an older policy's samples
+            sampler = training_client.save_weights_and_get_sampling_client(
+                record_stability_info=args.loss == "stable_reinforce"
+            ).result()
         batch = rng.sample(words, args.batch)
         prompts = [prompt_of(tokenizer, w) for w in batch]
         futures = [sampler.sample(prompt=p, num_samples=args.group, sampling_params=params) for p in prompts]
