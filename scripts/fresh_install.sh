@@ -6,6 +6,7 @@
 #   scripts/fresh_install.sh [REPO] [WORKDIR]      # REPO: a path or URL git can clone (default: this repo)
 #   PIP_ARGS="--no-cache-dir" scripts/fresh_install.sh   # also without pip's download cache
 #   REF=76dc9e7 CONSTRAINTS= INSTALL_ONLY=1 scripts/fresh_install.sh   # an older commit, plain `pip install -e .`
+#   PRE_TORCH=2.14.1 CONSTRAINTS= INSTALL_ONLY=1 scripts/fresh_install.sh  # another torch first: is it kept?
 set -euo pipefail
 repo="${1:-$(git -C "$(dirname "$0")" rev-parse --show-toplevel)}"
 work="${2:-$(mktemp -d /tmp/tinkerplug-fresh.XXXXXX)}"
@@ -28,8 +29,14 @@ step() {  # step NAME COMMAND...: time it, keep its log, report notices
   echo "$name: ${wall} s wall, ${user} s user + ${sys} s sys CPU; load at start ${load}; backtracking notices: ${notices}"
 }
 
+torch_version() { "$work/venv/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo none; }
+if [ -n "${PRE_TORCH:-}" ]; then  # a user's own torch, installed before tinkerplug
+  step pre-torch "$work/venv/bin/pip" install "torch==$PRE_TORCH"
+  echo "torch before: $(torch_version)"
+fi
 # README command 1: set up, then the quickstart on the local backend (empty home: no caches)
 step install "$work/venv/bin/pip" install ${PIP_ARGS:-} ${constraints:+-c "$constraints"} -e .
+echo "torch after install: $(torch_version)"
 [ -n "${INSTALL_ONLY:-}" ] && exit 0
 step quickstart env HOME="$work/home" HF_HUB_OFFLINE=1 "$work/venv/bin/tinkerplug" run examples/quickstart/config.toml -q
 tail -1 "$work/quickstart.log"
