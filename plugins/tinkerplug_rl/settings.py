@@ -32,6 +32,7 @@ class RLSettings(BaseModel):
     kl_every: int = Field(10, ge=0, description="Log KL to the reference every N steps when kl_coef = 0 (0: never).")
     max_staleness: int = Field(0, ge=0, description="Sample with weights up to this many steps old (refreshed every N+1 steps).")
     rewards: dict[str, float] = Field(default_factory=lambda: {"exact_match": 1.0}, description="Reward name -> weight.")
+    env: str | None = Field(None, description="A cookbook environment: FILE.py:NAME or module:NAME, NAME(renderer, config) -> RLDatasetBuilder | RLDataset.")
 
     @field_validator("group_size")
     @classmethod
