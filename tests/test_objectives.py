@@ -317,3 +317,13 @@ def test_a_bad_teacher_is_refused_clearly(name, tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and all(part in err for part in expected) and "Traceback" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_rl_with_stable_reinforce_samples_with_stability_info_and_sends_provenance(tmp_path):
+    """``[rl] loss = "stable_reinforce"``: the sampler records, every datum names its sequence
+    (a datum without provenance would be refused), and the run trains on-policy."""
+    config = write_config(tmp_path, RL_TABLE + 'loss = "stable_reinforce"\n', num_steps=3, batch_size=4, objective="rl")
+    main(["run", str(config), "-q"])
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 3 and all(math.isfinite(r["train/loss"]) for r in rows)
+    assert all(abs(r["rl/sampler_learner_kl"]) < 1e-3 for r in rows)

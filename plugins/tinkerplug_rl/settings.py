@@ -6,9 +6,9 @@ import difflib
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# The Tinker losses that train on sampled tokens with advantages (stable_reinforce needs
-# recorded sequences: see the `stable` work).
-RL_LOSSES = ("importance_sampling", "ppo", "cispo", "dro", "gspo")
+# The Tinker losses that train on sampled tokens with advantages (stable_reinforce samples with
+# record_stability_info=True and sends provenance spans).
+RL_LOSSES = ("importance_sampling", "ppo", "cispo", "dro", "gspo", "stable_reinforce")
 
 
 def check_loss(value: str) -> str:
