@@ -59,6 +59,7 @@ def test_adapter_loads_with_peft_and_matches_the_sampler(run_dir, tmp_path, serv
     info = json.loads((out / "tinkerplug_export.json").read_text())
     last = read_jsonl(run_dir / "checkpoints.jsonl")[-1]
     assert info["step"] == last["step"] == 6 and info["merged"] is False
+    assert "tie_word_embeddings=True" in result.stdout  # tiny-chat ties them: PEFT's warning is explained
 
     tokens = _tokens()
     expected = _sampler_logprobs(service, last["sampler_path"], tokens)

@@ -95,6 +95,8 @@ def test_chat_equals_the_sdk_sampler_streamed_and_not(served) -> None:
 
 
 def test_completion_equals_the_sdk_sampler_streamed_and_not(served) -> None:
+    import openai
+
     server, service, path = served
     _, tokenizer = renderer_and_tokenizer()
     prompt_text = "reverse: abc"
@@ -114,6 +116,9 @@ def test_completion_equals_the_sdk_sampler_streamed_and_not(served) -> None:
     again = client.completions.create(model=path, prompt=prompt_text, max_tokens=6, temperature=1.0, n=3, seed=7)
     assert [c.text for c in two.choices] == [c.text for c in again.choices] and len(two.choices) == 3
     assert [m.id for m in client.models.list().data] == [MODEL, path]
+    assert client.models.retrieve(path).id == path
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("tinker://nobody/sampler_weights/none")
 
 
 @pytest.mark.parametrize(
@@ -128,6 +133,7 @@ def test_completion_equals_the_sdk_sampler_streamed_and_not(served) -> None:
         ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
         ({"frequency_penalty": 0.5}, 400, "frequency_penalty"),
         ({"top_logprobs": 3, "logprobs": True}, 400, "top_logprobs"),
+        ({"response_format": {"type": "json_object"}}, 400, "response_format"),
     ],
 )
 def test_bad_requests_get_a_4xx_naming_the_field(served, change, status, param) -> None:

@@ -143,6 +143,7 @@ def _requests(a: dict) -> dict[tuple[str, str], dict]:
         ("POST", "/oai/api/v1/chat/completions"): {"json": {"model": a["sampler_path"], "max_tokens": 2,
                                                            "messages": [{"role": "user", "content": "hi"}]}},
         ("POST", "/oai/api/v1/completions"): {"json": {"model": f"{MODEL};{a['sampler_path']}", "prompt": "hi", "max_tokens": 2}},
+        ("GET", "/oai/api/v1/models/{model:path}"): {"path": f"/oai/api/v1/models/{a['sampler_path']}"},
     }
 
 

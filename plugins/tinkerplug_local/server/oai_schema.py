@@ -37,6 +37,8 @@ class Sampling(BaseModel):
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
+    functions: list[Any] | None = None
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -89,6 +91,8 @@ NOT_IMPLEMENTED = {
     "presence_penalty": lambda v: v not in (0, 0.0, None),
     "logit_bias": bool,
     "tools": bool,
+    "functions": bool,
+    "response_format": lambda v: bool(v) and v.get("type") not in (None, "text"),
     "suffix": bool,
 }
 

@@ -39,10 +39,21 @@ def oai_models(request: Request) -> OAIModels:
 
 async def list_models(request: Request) -> Any:
     state = request.app.state.server
-    created = int(time.time())
     names = base_models(state) + sorted(_sampler_paths(state, principal(request)))
-    data = [{"id": name, "object": "model", "created": created, "owned_by": "tinkerplug"} for name in names]
-    return JSONResponse({"object": "list", "data": data})
+    return JSONResponse({"object": "list", "data": [_model_object(name) for name in names]})
+
+
+async def get_model(request: Request) -> Any:
+    """One model, as ``GET /models`` lists it; any other name is loaded to check it exists."""
+    name = request.path_params["model"]
+    state = request.app.state.server
+    if name not in base_models(state) + _sampler_paths(state, principal(request)):
+        await run_in_threadpool(oai_models(request).get, name, principal(request))  # 404 naming it if it is not there
+    return JSONResponse(_model_object(name))
+
+
+def _model_object(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "tinkerplug"}
 
 
 def _sampler_paths(state: Any, who: Any) -> list[str]:
@@ -250,6 +261,7 @@ def _event(payload: dict) -> str:
 
 ROUTES = [
     Route(PREFIX + "/models", list_models, methods=["GET"]),
+    Route(PREFIX + "/models/{model:path}", get_model, methods=["GET"]),
     Route(PREFIX + "/chat/completions", chat_completions, methods=["POST"]),
     Route(PREFIX + "/completions", completions, methods=["POST"]),
 ]
