@@ -23,9 +23,9 @@ order a run calls them (first call), grouped by phase (``PHASES`` below):
 | `on_run_start` | open | no | no | inspect, jsonl, tensorboard, terminal, wandb |
 | `evaluate` | steps | no | no | heldout, inspect, nll |
 | `lr_for_step` | steps | yes | yes | schedule |
-| `log_metrics` | steps | no | no | jsonl, tensorboard, terminal, wandb |
+| `log_metrics` | steps | no | no | terminal |
 | `on_checkpoint` | steps | no | no | retention, terminal |
-| `on_run_end` | finish | no | no | jsonl, tensorboard, terminal, wandb |
+| `on_run_end` | finish | no | no | terminal |
 | `fetch_sampler_weights` | after a run | yes | no | tinker |
 <!-- end of summary table -->
 
@@ -350,7 +350,10 @@ def on_run_start(run: RunContext) -> None:
     ``run.start_step`` (0, or the checkpoint step when resuming).
 
     Open files and writers here (``log_metrics`` follows); ``run.run_dir`` is the run's
-    directory and ``run.config`` its validated config.
+    directory and ``run.config`` its validated config. Keep what belongs to this run on an
+    object registered with ``run.plugins.register_for_run(obj, "NAME")`` (its methods are
+    ``@tinkerplug.hookimpl`` methods, e.g. ``log_metrics`` and ``on_run_end``), not in module
+    globals: the core unregisters it after ``on_run_end``.
     """
 
 

@@ -49,6 +49,7 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
         self.disabled: set[str] = set()
+        self.run_objects: list[str] = []  # names registered with register_for_run
 
     def register(self, plugin: Any, info: PluginInfo) -> None:
         if info.name in self.info:
@@ -68,6 +69,20 @@ class Plugins:
                 else "`tinkerplug hooks` lists the hooks and their arguments",
             ) from None
         self.info[info.name] = info
+
+    def register_for_run(self, plugin: object, name: str) -> None:
+        """Register ``plugin`` (an object with ``@tinkerplug.hookimpl`` methods) for the
+        rest of the run: how a plugin keeps one run's state (an open file, a writer) on an
+        object instead of in module globals keyed by run (pytest's pattern). Call it from
+        ``on_run_start``; the core unregisters it after ``on_run_end``."""
+        self.pm.register(plugin, name=name)
+        self.run_objects.append(name)
+
+    def unregister_run_objects(self) -> None:
+        """Drop what ``register_for_run`` registered (after ``on_run_end``)."""
+        for name in self.run_objects:
+            self.pm.unregister(name=name)
+        self.run_objects.clear()
 
     def check_required(self) -> None:
         """Every hook a run needs has an implementation; if not, say which disabled plugin
