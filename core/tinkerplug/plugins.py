@@ -198,8 +198,9 @@ class Plugins:
         executor = self.first("make_step_executor", config=config, training_client=training_client)
         if executor is None:
             raise PluginError(
-                f"no plugin provides executor {config.executor!r}{self.disabled_note()}",
-                hint="executors: sync, pipelined; check `tinkerplug plugins --hook make_step_executor`",
+                f"no plugin provides the step executor the config names{self.disabled_note()}",
+                hint="first-party executors: [executor] name = \"pipelined\" or \"sync\"; "
+                "`tinkerplug plugins --hook make_step_executor` lists the plugins",
             )
         return executor
 

@@ -51,12 +51,14 @@ async def prepare(config: RunConfig, plugins: Plugins, command: str, held: ExitS
     checkpoint to resume from, backend, training client, renderer, rendered examples,
     executor. A resume's lock on the run dir goes on ``held``. ``command`` resumes the run."""
     run_dir = Path(config.run_dir).resolve()
+    for text in config.deprecations:
+        plugins.warn(config, text)
     rundir.check_run_dir(run_dir, config.resume, command)
     resuming = config.resume and (run_dir / rundir.CONFIG_JSON).is_file()
     records, counts = open_training_data(config, plugins)  # indexed, not parsed: fast
     saved = run_json(config, records, counts)
     if resuming:  # checked before the lock, which rewrites .lock: a refused resume touches nothing
-        rundir.check_resume_config(run_dir, saved, command, config.result_keys())
+        rundir.check_resume_config(run_dir, saved, command, config.result_keys(), config.moved_keys())
         held.callback(rundir.RunDirLock(run_dir).acquire().release)
     checkpoint = resume_point(config, plugins, run_dir, resuming)
     if checkpoint is not None and checkpoint.final:
@@ -117,6 +119,7 @@ async def _prepare_checked(
     num_steps = config.num_steps or (config.num_epochs or 1) * data.steps_per_epoch
     if start_step > num_steps:
         raise ConfigError(f"--resume: the last checkpoint is at step {start_step}, past num_steps={num_steps}")
+    plugins.lr_for_step(start_step, num_steps, config)  # a schedule that refuses its settings fails now
     run = RunContext(
         config=config, run_dir=run_dir, plugins=plugins, num_steps=num_steps, start_step=start_step,
         service_client=service, training_client=training_client, tokenizer=tokenizer, renderer=renderer,
