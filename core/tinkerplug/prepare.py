@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinkerplug import rundir, training_data
 from tinkerplug.backend_calls import backend_call
@@ -23,6 +23,9 @@ from tinkerplug.mixture import MixtureRecords, describe
 from tinkerplug.plugins import Plugins
 from tinkerplug.record_check import BackgroundCheck, check_records
 from tinkerplug.training_data import TrainingData, render_training_data
+
+if TYPE_CHECKING:  # the SDK's clients; a backend plugin provides objects with their methods
+    from tinker import ServiceClient, TrainingClient
 
 
 @dataclass
@@ -142,8 +145,8 @@ def resume_point(config: RunConfig, plugins: Plugins, run_dir: Path, resuming: b
 
 
 async def open_training_client(
-    config: RunConfig, plugins: Plugins, service: Any, checkpoint: CheckpointRecord | CheckpointRef | None, run_dir: Path
-) -> Any:
+    config: RunConfig, plugins: Plugins, service: ServiceClient, checkpoint: CheckpointRecord | CheckpointRef | None, run_dir: Path
+) -> TrainingClient:
     """A fresh LoRA training client, the weights of ``init_from`` (a ``CheckpointRef``; fresh
     optimizer), or the one saved in ``checkpoint`` (with its optimizer)."""
     if isinstance(checkpoint, CheckpointRef):
@@ -176,7 +179,7 @@ def init_from_ref(config: RunConfig) -> CheckpointRef | None:
     return source
 
 
-async def open_init_from(config: RunConfig, plugins: Plugins, service: Any, source: CheckpointRef) -> Any:
+async def open_init_from(config: RunConfig, plugins: Plugins, service: ServiceClient, source: CheckpointRef) -> TrainingClient:
     """A training client on the weights ``init_from`` names, with a fresh optimizer; refused
     when they were trained with another base model or LoRA rank."""
     client = await backend_call(

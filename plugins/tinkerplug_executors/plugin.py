@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any
 
 import tinkerplug
-from tinkerplug.hook_types import StepBatch, StepResult, as_step_batch
+from tinkerplug.hook_types import StepBatch, StepExecutor, StepResult, as_step_batch
 from tinkerplug.step_results import step_result
 
 
@@ -101,7 +101,7 @@ def settings(config: Any) -> Any:
 
 
 @tinkerplug.hookimpl
-def make_step_executor(config: Any, training_client: Any) -> Any:
+def make_step_executor(config: Any, training_client: Any) -> StepExecutor | None:
     table = settings(config)
     if table.name == "sync":
         return SyncExecutor(training_client)
