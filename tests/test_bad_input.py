@@ -127,7 +127,7 @@ CASES: dict[str, Case] = {
         ["train.jsonl:1: record fits no data format (its keys: answer, question)", "alpaca"],
         data=['{"question": "q", "answer": "a"}'],
     ),
-    "unknown data format": Case(["unknown data format 'chatml'", "data.format is one of messages, sharegpt"], keys={"data.format": "chatml"}),
+    "unknown data format": Case(["unknown data format 'chatml'", "data.format is one of", "messages, sharegpt"], keys={"data.format": "chatml"}),
     "mixture weight 0": Case(
         ["config.toml:13: data.train.1.weight: Input should be greater than 0 (got 0)"],
         keys={"data.train": None}, text='[[data.train]]\npath = "train.jsonl"\n[[data.train]]\npath = "train.jsonl"\nweight = 0\n',

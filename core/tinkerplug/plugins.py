@@ -213,7 +213,8 @@ class Plugins:
         return self.one_by_one("evaluate")
 
     def lr_for_step(self, step: int, num_steps: int, config: RunConfig) -> float:
-        lr = self.first("lr_for_step", step=step, num_steps=num_steps, config=config)
+        # A schedule's refusal of its settings stays a config error (exit 2).
+        lr = self.first("lr_for_step", keep=(ConfigError,), step=step, num_steps=num_steps, config=config)
         if lr is None:
             raise PluginError("no plugin returned a learning rate (lr_for_step)")
         return float(lr)
@@ -237,9 +238,10 @@ class Plugins:
         assert hook in UNWRAPPABLE_HOOKS, hook
         return [(impl.plugin_name, functools.partial(call_impl, impl)) for impl in self.impls(hook)]
 
-    def first(self, hook: str, **kwargs: Any) -> Any:
-        """Call a ``firstresult`` hook; a raising plugin is named in the error."""
-        value = self._call(hook, kwargs)
+    def first(self, hook: str, keep: tuple[type[Exception], ...] = (), **kwargs: Any) -> Any:
+        """Call a ``firstresult`` hook; a raising plugin is named in the error (errors of a
+        type in ``keep`` pass as they are)."""
+        value = self._call(hook, kwargs, keep)
         if inspect.isawaitable(value):
             _reject_awaitable(self._async_impl_of(hook), hook, value)
         return value
