@@ -9,7 +9,7 @@ order a run calls them (first call), grouped by phase (``PHASES`` below):
 | hook | phase | firstresult | required | first-party implementers |
 |---|---|---|---|---|
 | `register_commands` | startup | no | no | chat, commands, eval, local |
-| `register_config_sections` | configuration | no | no | distill, dpo, heldout, inspect, local, nll, retention, rl, tensorboard, terminal, tinker, wandb |
+| `register_config_sections` | configuration | no | no | distill, dpo, executors, heldout, inspect, local, nll, retention, rl, schedule, tensorboard, terminal, tinker, wandb |
 | `register_backends` | configuration | no | no | local, tinker |
 | `register_objectives` | configuration | no | no | distill, dpo, rl, sft |
 | `load_records` | prepare | yes | yes | data |
