@@ -134,25 +134,28 @@ class Context:
 
 def calls(c: Context) -> dict[tuple[str, str], Callable[[], Any]]:
     """One call with valid arguments per public method (lambdas: each runs when measured)."""
-    t = c.types
-    greedy = t.SamplingParams(max_tokens=4, temperature=0.0)
+    return {**service_calls(c), **training_calls(c), **sampling_calls(c), **rest_calls(c)}
 
-    def custom_loss(data: Any, logprobs: Any) -> Any:
-        loss = sum(-(lp * d.loss_fn_inputs["weights"].to_torch()).sum() for d, lp in zip(data, logprobs))
-        return loss, {}
+
+def _losses(c: Context) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """Two uploadable per-datum losses (the SDK creates one loss per traced graph and session)."""
 
     def per_datum(logprobs: Any, weights: Any) -> Any:
         loss = -(logprobs * weights).sum()
         return loss, {"custom/nll:sum": loss}
 
-    def half_nll(logprobs: Any, weights: Any) -> Any:  # the SDK creates one loss per traced graph
+    def half_nll(logprobs: Any, weights: Any) -> Any:
         loss = -(logprobs * weights).sum() * 0.5
         return loss, {"custom/half_nll:sum": loss}
 
-    handle = lambda: c.service.create_custom_loss(per_datum, {"logprobs": 1, "weights": 1})  # noqa: E731
-    handle_again = lambda: c.service.create_custom_loss(half_nll, {"logprobs": 1, "weights": 1})  # noqa: E731
-    s, tr, sa, r = c.service, c.training, c.sampler, c.rest
-    table: dict[tuple[str, str], Callable[[], Any]] = {
+    ranks = {"logprobs": 1, "weights": 1}
+    return (lambda: c.service.create_custom_loss(per_datum, ranks)), (lambda: c.service.create_custom_loss(half_nll, ranks))
+
+
+def service_calls(c: Context) -> dict[tuple[str, str], Callable[[], Any]]:
+    s = c.service
+    handle, _ = _losses(c)
+    return {
         ("ServiceClient", "close"): lambda: __import__("tinker").ServiceClient(base_url=c.url, api_key=KEY).close("success"),
         ("ServiceClient", "copy_weights"): lambda: __import__("tinker").ServiceClient(base_url=c.url, api_key=KEY, project_id="proj-local").copy_weights(c.sampler_path),
         ("ServiceClient", "create_custom_loss"): handle,
@@ -170,6 +173,18 @@ def calls(c: Context) -> dict[tuple[str, str], Callable[[], Any]]:
         ("ServiceClient", "get_server_capabilities_async"): s.get_server_capabilities_async,
         ("ServiceClient", "get_telemetry"): s.get_telemetry,
         ("ServiceClient", "holder"): lambda: s.holder,
+    }
+
+
+def training_calls(c: Context) -> dict[tuple[str, str], Callable[[], Any]]:
+    t, tr = c.types, c.training
+    _, handle_again = _losses(c)
+
+    def custom_loss(data: Any, logprobs: Any) -> Any:
+        loss = sum(-(lp * d.loss_fn_inputs["weights"].to_torch()).sum() for d, lp in zip(data, logprobs))
+        return loss, {}
+
+    return {
         ("TrainingClient", "create_sampling_client"): lambda: tr.create_sampling_client(c.sampler_path),
         ("TrainingClient", "create_sampling_client_async"): lambda: tr.create_sampling_client_async(c.sampler_path),
         ("TrainingClient", "forward"): lambda: tr.forward([c.datum()], "cross_entropy"),
@@ -197,6 +212,13 @@ def calls(c: Context) -> dict[tuple[str, str], Callable[[], Any]]:
         ("TrainingClient", "save_weights_external_async"): lambda: tr.save_weights_external_async("conf-external-async"),
         ("TrainingClient", "save_weights_for_sampler"): lambda: tr.save_weights_for_sampler("conf-sampler-2"),
         ("TrainingClient", "save_weights_for_sampler_async"): lambda: tr.save_weights_for_sampler_async("conf-sampler-3"),
+    }
+
+
+def sampling_calls(c: Context) -> dict[tuple[str, str], Callable[[], Any]]:
+    s, sa = c.service, c.sampler
+    greedy = c.types.SamplingParams(max_tokens=4, temperature=0.0)
+    return {
         ("SamplingClient", "compute_logprobs"): lambda: sa.compute_logprobs(c.prompt()),
         ("SamplingClient", "compute_logprobs_async"): lambda: sa.compute_logprobs_async(c.prompt()),
         ("SamplingClient", "create"): lambda: type(sa).create(s.holder, base_model=MODEL),
@@ -210,8 +232,6 @@ def calls(c: Context) -> dict[tuple[str, str], Callable[[], Any]]:
         ("SamplingClient", "sample"): lambda: sa.sample(c.prompt(), 2, greedy),
         ("SamplingClient", "sample_async"): lambda: sa.sample_async(c.prompt(), 2, greedy),
     }
-    table.update(rest_calls(c))
-    return table
 
 
 def rest_calls(c: Context) -> dict[tuple[str, str], Callable[[], Any]]:

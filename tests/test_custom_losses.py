@@ -64,6 +64,8 @@ HOSTILE = [
     (graph_calling(node("get_attr", "bad", "weight")), "get_attr 'weight' is not allowed"),
     (graph_calling(node("call_module", "bad", "linear", [{"ref": "logprobs"}])), "call_module 'linear' is not allowed"),
     (graph_calling(node("call_method", "bad", "to", [{"ref": "logprobs"}, {"device": "cuda:0"}])), "'device' argument"),
+    (graph_calling(node("call_method", "bad", "to", [{"ref": "logprobs"}, "cuda"])), "names a device or an output tensor"),
+    (graph_calling(node("call_function", "bad", "torch.exp", [{"ref": "logprobs"}], {"out": {"ref": "logprobs"}})), "names a device or an output"),
     (graph_calling(node("call_method", "bad", "exp", [{"ref": "later"}])), "refers to 'later', which is not an earlier node"),
     (graph_calling(node("call_function", "big", "operator.mul", [[0], 10**9]), result="logprobs"), None),  # refused when run
 ]

@@ -52,7 +52,7 @@ def test_methods_take_the_sdks_arguments(class_name):
     so any call written against the SDK binds the same way."""
     import importlib
 
-    module = {"ServiceClient": "service", "TrainingClient": "training", "SamplingClient": "sampling"}[class_name]
+    module = {"ServiceClient": "service", "TrainingClient": "training_client", "SamplingClient": "sampling"}[class_name]
     ours = getattr(importlib.import_module(f"tinkerplug_local.{module}"), class_name)
     sdk = getattr(tinker, class_name)
     problems = []
@@ -89,7 +89,7 @@ def _datum(tokens: list[int]) -> types.Datum:
 def test_unsupported_loss_names_the_supported_one(service):
     client = service.create_lora_training_client(MODEL, rank=4, seed=0).result()
     with pytest.raises(NotImplementedError, match="supported: cross_entropy, importance_sampling, ppo"):
-        client.forward_backward([_datum([5, 6, 7, 8])], "stable_reinforce")
+        client.forward_backward([_datum([5, 6, 7, 8])], "no_such_loss")
 
 
 def test_checkpoint_paths_are_accepted_back_plain_or_local_scheme(service):

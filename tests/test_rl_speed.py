@@ -123,11 +123,56 @@ def test_short_datums_run_as_one_padded_batch_and_match_alone(service):
             torch.testing.assert_close(lp, alone.logprobs[0], atol=1e-5, rtol=1e-5)
 
 
-def test_layout_cost_keeps_long_varied_datums_packed():
+def test_layout_cost_keeps_long_varied_datums_packed(service):
+    from tinkerplug_local import forward
+
     lengths = [36, 500, 120, 762, 300, 90, 640, 45]  # real_scale's SFT shape
     padded = packing.padded_batches(lengths, 8192)
     assert sorted(i for g in padded for i in g) == list(range(len(lengths)))
+    client = service.create_lora_training_client("tiny-chat", rank=4, seed=7).result()
+    parts = forward._model_parts(client._host.model_for(client._adapter), "cpu", forward.ForwardOptions())
+    groups, is_padded = forward._layout(parts, lengths, 8192, "cpu")
+    assert not is_padded and sorted(i for g in groups for i in g) == list(range(len(lengths)))
     short = [20, 22, 21, 25, 30, 24] * 8
     assert len(packing.padded_batches(short, 8192)) == 1
     assert packing.layout_cost([list(range(48))], short, True) < packing.layout_cost(
         packing.packed_rows(short, 512), short, False)
+
+
+def test_compute_logprobs_sent_together_share_one_forward(service, monkeypatch):
+    sampler = service.create_sampling_client(base_model="tiny-chat").result()
+    tokenizer = sampler.get_tokenizer()
+    prompts = [types.ModelInput.from_ints(tokenizer.encode(text)) for text in ("Reverse: abc", "hello there", "x", "Reverse: abc")]
+    alone = [sampler.compute_logprobs(p, prompt_logprobs_last_n=2 if i == 1 else None).result() for i, p in enumerate(prompts)]
+    calls = []
+    real = sampler._host.model_for
+    monkeypatch.setattr(sampler._host, "model_for", lambda adapter: calls.append(adapter) or real(adapter))
+    futures = [sampler.compute_logprobs(p, prompt_logprobs_last_n=2 if i == 1 else None) for i, p in enumerate(prompts)]
+    together = [f.result() for f in futures]
+    assert len(calls) < len(prompts)  # batched (the first may run before the rest are queued)
+    assert together[2] == [None]  # one token: nothing to score
+    for a, b in zip(alone, together):
+        assert len(a) == len(b) and [x is None for x in a] == [x is None for x in b]
+        torch.testing.assert_close(torch.tensor([x for x in b if x is not None]), torch.tensor([x for x in a if x is not None]),
+                                   atol=1e-5, rtol=1e-5)
+    assert sum(x is not None for x in together[1]) == 2  # prompt_logprobs_last_n
+
+
+def test_head_backward_skips_tokens_without_gradient_exactly(monkeypatch):
+    from tinkerplug_local import lm_head
+
+    monkeypatch.setattr(lm_head, "CHUNK_ELEMENTS", 1)  # 16 tokens a chunk: several chunks
+    g = torch.Generator().manual_seed(9)
+    linear = torch.nn.Linear(8, 50, bias=True)
+    hidden = torch.randn(45, 8, generator=g, requires_grad=True)
+    targets = torch.randint(0, 50, (45, 1), generator=g)
+    upstream = torch.randn(45, 1, generator=g)
+    upstream[:20] = 0.0  # a prompt: no gradient
+    upstream[30:33] = 0.0
+    want = torch.log_softmax(linear(hidden), -1).gather(-1, targets)
+    want_grads = torch.autograd.grad((want * upstream).sum(), [hidden, linear.weight, linear.bias])
+    got = lm_head.token_logprobs(hidden, linear, targets)
+    got_grads = torch.autograd.grad((got * upstream).sum(), [hidden, linear.weight, linear.bias])
+    assert torch.equal(got_grads[0][:20], torch.zeros(20, 8))
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

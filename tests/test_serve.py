@@ -190,7 +190,7 @@ def test_rest_calls_list_get_delete_and_download(server, tmp_path):
     assert set(urls) == {"adapter_config.json", "adapter_model.safetensors"}
     config = httpx.get(urls["adapter_config.json"])  # no API key: the URL is signed
     assert config.status_code == 200 and json.loads(config.content)["r"] == 4
-    assert httpx.get(urls["adapter_config.json"].replace("signature=", "signature=0")).status_code == 403
+    assert httpx.get(urls["adapter_config.json"].replace("signature=", "signature=0")).status_code == 404
 
     rest.delete_checkpoint_from_tinker_path(state).result()
     listed = [c.checkpoint_id for c in rest.list_checkpoints(client.model_id).result().checkpoints]

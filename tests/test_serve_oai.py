@@ -95,6 +95,8 @@ def test_chat_equals_the_sdk_sampler_streamed_and_not(served) -> None:
 
 
 def test_completion_equals_the_sdk_sampler_streamed_and_not(served) -> None:
+    import openai
+
     server, service, path = served
     _, tokenizer = renderer_and_tokenizer()
     prompt_text = "reverse: abc"
@@ -114,6 +116,9 @@ def test_completion_equals_the_sdk_sampler_streamed_and_not(served) -> None:
     again = client.completions.create(model=path, prompt=prompt_text, max_tokens=6, temperature=1.0, n=3, seed=7)
     assert [c.text for c in two.choices] == [c.text for c in again.choices] and len(two.choices) == 3
     assert [m.id for m in client.models.list().data] == [MODEL, path]
+    assert client.models.retrieve(path).id == path
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("tinker://nobody/sampler_weights/none")
 
 
 @pytest.mark.parametrize(
@@ -128,6 +133,7 @@ def test_completion_equals_the_sdk_sampler_streamed_and_not(served) -> None:
         ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
         ({"frequency_penalty": 0.5}, 400, "frequency_penalty"),
         ({"top_logprobs": 3, "logprobs": True}, 400, "top_logprobs"),
+        ({"response_format": {"type": "json_object"}}, 400, "response_format"),
     ],
 )
 def test_bad_requests_get_a_4xx_naming_the_field(served, change, status, param) -> None:
@@ -170,3 +176,46 @@ def test_an_inspect_task_through_the_openai_compatible_provider(served, tmp_path
     assert log.samples[0].output.completion == expected.choices[0].message.content
     assert log.results.scores[0].metrics["accuracy"].value in (0.0, 1.0)
 
+
+
+def test_echo_scores_the_prompt_as_lm_eval_asks(served) -> None:
+    """lm-evaluation-harness' log-likelihood request: token-id prompts, ``echo``, ``logprobs: 1``,
+    ``max_tokens: 1``; the prompt's scores equal the SDK's ``compute_logprobs``."""
+    server, service, path = served
+    _, tokenizer = renderer_and_tokenizer()
+    prompts = [tokenizer.encode("reverse: abc cba"), tokenizer.encode("uppercase: hi HI")]
+    body = {"model": path, "prompt": prompts, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0}
+    answer = httpx.post(server.url + "/oai/api/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    choices = sorted(answer.json()["choices"], key=lambda c: c["index"])
+    sampler = service.create_sampling_client(model_path=path).result()
+    from tinker import types
+
+    for prompt, choice in zip(prompts, choices):
+        scores = sampler.compute_logprobs(types.ModelInput.from_ints(prompt)).result()
+        got = choice["logprobs"]["token_logprobs"]
+        assert got[0] is None and len(got) == len(prompt) + 1  # the prompt, then the one sampled token
+        assert got[1 : len(prompt)] == pytest.approx(scores[1:], abs=1e-5)
+        tops = choice["logprobs"]["top_logprobs"][1 : len(prompt)]
+        assert all(len(t) == 1 and max(t.values()) >= lp - 1e-6 for t, lp in zip(tops, got[1 : len(prompt)]))
+    assert answer.json()["usage"]["prompt_tokens"] == sum(map(len, prompts))
+    refused = httpx.post(server.url + "/oai/api/v1/completions", json={**body, "echo": False}, headers={"Authorization": f"Bearer {KEY}"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "logprobs"
+
+
+def test_a_deleted_or_expired_checkpoint_stops_answering(served) -> None:
+    import time
+
+    import openai
+    import tinker
+
+    server, service, _ = served
+    training = service.create_lora_training_client(MODEL, rank=4, seed=1).result()
+    path = training.save_weights_for_sampler("short").result().path
+    client = openai_client(server)
+    assert client.completions.create(model=path, prompt="hi", max_tokens=2).choices  # loaded and cached
+    rest = tinker.RestClient(base_url=server.url, api_key=KEY)
+    rest.set_checkpoint_ttl_from_tinker_path(path, 1).result()
+    time.sleep(1.2)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model=path, prompt="hi", max_tokens=2)

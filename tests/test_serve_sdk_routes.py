@@ -114,7 +114,9 @@ def test_cancel_future_and_refusals_say_why(served) -> None:
 
     server, _, _, _ = served
     queued: Future = Future()  # never started: cancelling it works
-    request_id = server.state.futures.add(queued, lambda r: r)
+    from tinkerplug_local.server.principals import anonymous_name
+
+    request_id = server.state.futures.add(queued, lambda r: r, owner=anonymous_name(KEY))  # the key's own request
     headers = {"X-API-Key": KEY}
     assert httpx.post(server.url + "/api/v1/cancel_future", json={"request_id": request_id}, headers=headers).status_code == 200
     answer = httpx.post(server.url + "/api/v1/retrieve_future", json={"request_id": request_id}, headers=headers).json()
@@ -123,3 +125,25 @@ def test_cancel_future_and_refusals_say_why(served) -> None:
         refused = httpx.request(method, server.url + route, headers=headers)
         assert refused.status_code == 404 and "not served by tinkerplug serve: " in refused.json()["detail"]
         assert refused.headers["x-should-retry"] == "false"
+
+
+def test_futures_are_kept_from_when_they_finish_not_when_they_were_submitted() -> None:
+    """A request queued longer than the keep time must still be answered when it finishes (the
+    SDK polls without a deadline); a delivered one stays for a client whose answer was lost."""
+    from concurrent.futures import Future
+
+    from tinkerplug_local.server import futures as futures_module
+
+    table = futures_module.FutureTable()
+    slow: Future = Future()
+    request_id = table.add(slow, lambda r: r)
+    table.get(request_id, "local").created -= 10 * futures_module.KEEP_UNRETRIEVED_S  # queued for hours
+    table._sweep()
+    assert table.get(request_id, "local") is not None  # never swept while it runs
+    slow.set_result("done")
+    table._sweep()
+    assert table.get(request_id, "local") is not None  # just finished: kept for the poll that comes next
+    pending = table.get(request_id, "local")
+    pending.finished -= futures_module.KEEP_UNRETRIEVED_S + 1
+    table._sweep()
+    assert table.get(request_id, "local") is None  # finished and never fetched for an hour: dropped

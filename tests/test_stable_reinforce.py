@@ -203,3 +203,33 @@ def _bad_requests_over_serve(new_session) -> None:
     stranger = new_session().create_lora_training_client(MODEL, rank=4, seed=0).result()  # another session's ids are unknown
     with pytest.raises(tinker.BadRequestError, match=r"datum 0: model_input_spans\[0\] names sequence_id"):
         stranger.forward_backward(_datums(sequences), "stable_reinforce").result(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def cookbook_061(tmp_path_factory):
+    """tinker-cookbook 0.6.1's source (pip cannot install it: tml-renderers>=0.4.1 is not on
+    PyPI; its text-only recipes never import it)."""
+    import zipfile
+
+    where = tmp_path_factory.mktemp("cb061")
+    got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "tinker-cookbook==0.6.1", "-d", str(where)],
+                         capture_output=True, text=True, timeout=120)
+    wheels = list(where.glob("tinker_cookbook-0.6.1-*.whl"))
+    if got.returncode != 0 or not wheels:
+        pytest.skip(f"tinker-cookbook 0.6.1 cannot be downloaded here: {got.stderr[-300:]}")
+    zipfile.ZipFile(wheels[0]).extractall(where / "src")
+    return where / "src"
+
+
+@pytest.mark.slow
+def test_cookbook_061_rl_loop_itself_trains_with_stable_reinforce(tmp_path, cookbook_061):
+    from conftest import read_jsonl, run_cli
+
+    driver = Path(__file__).parent / "peer_drivers" / "rl_loop_local.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(cookbook_061), os.environ.get("PYTHONPATH")]))}
+    result = run_cli("local", "--checkpoint-dir", str(tmp_path / "ck"), "--", sys.executable, str(driver), MODEL,
+                     str(tmp_path / "log"), "3", "reverse", "3e-3", "4", "4", "stable_reinforce", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_jsonl(tmp_path / "log" / "metrics.jsonl")
+    assert [m["progress/batch"] for m in metrics] == [0, 1, 2]
+    assert all(math.isfinite(m["grad_norm"]) and m["grad_norm"] > 0 for m in metrics if "grad_norm" in m)

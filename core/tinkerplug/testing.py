@@ -160,25 +160,14 @@ class TinkerplugRunner:
         """``tinkerplug ARGS...`` in this process, in ``cwd`` (default: the runner's directory)
         with ``env`` added (None removes a variable) and ``input`` as its stdin; everything is
         restored afterwards."""
-        from tinkerplug import cli
-
         workdir = Path(cwd) if cwd is not None else self.path
         out, err, both = io.StringIO(), io.StringIO(), io.StringIO()
-        exit_code, escaped = 0, None
-        commands = dict(cli.cli.commands)
-        with _isolated(workdir, env or {}, self.sys_path):
+        with _isolated(workdir, env or {}, self.sys_path), _commands_restored() as cli:
             with contextlib.redirect_stdout(_Tee(out, both)), contextlib.redirect_stderr(_Tee(err, both)), _stdin(input):
-                try:
-                    if self.sys_path:  # installed plugins there add commands at start-up, as in a new process
-                        cli._add_plugin_commands()
-                    cli.main(list(args))
-                except SystemExit as exc:
-                    exit_code = _exit_code(exc.code, err)
-                except Exception as exc:  # noqa: BLE001 - TINKERPLUG_DEBUG=1 lets it through
-                    exit_code, escaped = 1, exc
+                if self.sys_path:  # installed plugins there add commands at start-up, as in a new process
+                    cli._add_plugin_commands()
+                exit_code, escaped = _call_main(cli.main, list(args), err)
             run_dir = _run_dir(list(args), workdir)
-        cli.cli.commands.clear()
-        cli.cli.commands.update(commands)
         return Result(list(args), exit_code, out.getvalue(), err.getvalue(), both.getvalue(), run_dir, escaped)
 
     def run_process(self, *args: str, env: Mapping[str, str] | None = None, cwd: str | Path | None = None, timeout: float = 600) -> Result:
@@ -252,6 +241,30 @@ def _isolated(cwd: Path, env: Mapping[str, str | None], sys_path: list[str], kee
             signal.signal(signal.SIGINT, saved_sigint)
         if not keep_modules:
             _unload(set(sys.modules) - before, sys_path)
+
+
+def _call_main(main: Any, args: list[str], err: io.StringIO) -> tuple[int, BaseException | None]:
+    """The exit code of ``main(args)`` and an exception that escaped it (TINKERPLUG_DEBUG=1)."""
+    try:
+        main(args)
+    except SystemExit as exc:
+        return _exit_code(exc.code, err), None
+    except Exception as exc:  # noqa: BLE001 - reported in the result, as a process would exit 1
+        return 1, exc
+    return 0, None
+
+
+@contextlib.contextmanager
+def _commands_restored() -> Iterator[Any]:
+    """The CLI module, with its command group as it was afterwards (plugins add commands)."""
+    from tinkerplug import cli
+
+    commands = dict(cli.cli.commands)
+    try:
+        yield cli
+    finally:
+        cli.cli.commands.clear()
+        cli.cli.commands.update(commands)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 from tinkerplug_local import packing
 from tinkerplug_local.packing import (
     MASKED_ROW_TOKENS,
+    SHORT_DATUM_TOKENS,
     VARLEN_ATTENTION,
     equal_length_batches,
     layout_cost,
@@ -102,8 +103,10 @@ def _layout(parts: _Parts, lengths: list[int], cap: int, device: str) -> tuple[l
     row_tokens = cap if varlen or device.startswith("cuda") else min(cap, MASKED_ROW_TOKENS)
     batches, rest = equal_length_batches(lengths, cap)
     rows = [[rest[i] for i in row] for row in packed_rows([lengths[i] for i in rest], row_tokens)]
+    if varlen or max(lengths, default=0) > SHORT_DATUM_TOKENS:
+        return batches + rows, False
     padded = padded_batches(lengths, cap)
-    if varlen or layout_cost(padded, lengths, True) >= layout_cost(batches, lengths, True) + layout_cost(rows, lengths, False):
+    if layout_cost(padded, lengths, True) >= layout_cost(batches, lengths, True) + layout_cost(rows, lengths, False):
         return batches + rows, False  # equal-length batches are padded batches with no pads
     return padded, True
 

@@ -213,7 +213,22 @@ def prompt_scores(
     return values, TopkLogprobs(token_ids=token_ids, logprobs=top_lp)
 
 
-def prompt_logprobs(model: Any, prompt: list[int], device: str, last_n: int | None = None, options: Any = None) -> list[float | None]:
-    """``prompt_scores`` as the SDK's ``compute_logprobs`` returns them: None where not computed."""
-    values, _ = prompt_scores(model, prompt, device, 0, last_n, options)
-    return [None if v != v else float(v) for v in values.tolist()]
+def batched_prompt_logprobs(
+    model: Any, prompts: list[list[int]], last_ns: list[int | None], device: str, pad_id: int, options: Any = None
+) -> list[list[float | None]]:
+    """``prompt_logprobs`` of many prompts in one ``microbatch_logprobs`` call (the layout it
+    picks: one padded batch for short prompts), equal to each alone up to fp32 rounding."""
+    from tinkerplug_local.forward import microbatch_logprobs
+
+    out: list[list[float | None]] = [[None] * len(p) for p in prompts]
+    scored = [i for i, p in enumerate(prompts) if len(p) > 1]
+    tokens = [prompts[i][:-1] for i in scored]
+    targets = [torch.tensor(prompts[i][1:], dtype=torch.long) for i in scored]
+    for batch in microbatch_logprobs(model, tokens, targets, device, pad_id, grad=False, options=options) if scored else []:
+        for k, lp in zip(batch.indices, batch.logprobs):
+            i = scored[k]
+            n, last_n = len(prompts[i]), last_ns[i]
+            first = n - min(n - 1, n if last_n is None else last_n)
+            out[i][1:] = lp.float().cpu().tolist()
+            out[i][:first] = [None] * first
+    return out

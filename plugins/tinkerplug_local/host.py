@@ -20,8 +20,13 @@ SPARE_SNAPSHOTS = 2  # released sampler adapters kept for the next snapshots to 
 
 
 class ModelHost:
-    def __init__(self, source: ModelSource, device: str, dtype: Any, forward_options: Any = None):
+    def __init__(self, source: ModelSource, device: str, dtype: Any, forward_options: Any = None, max_adapters: int = 0,
+                 offload_dir: Any = None):
+        """``max_adapters``: training adapters kept in memory (0: all); the others wait in ``offload_dir``."""
+        from pathlib import Path
+
         from tinkerplug_local.forward import ForwardOptions
+        from tinkerplug_local.residency import Residency
 
         self.source = source
         self.device = device
@@ -37,6 +42,7 @@ class ModelHost:
         self._pending_samples: list[tuple[Any, Future]] = []
         self._spares: list[str] = []  # sampler adapters whose clients are gone
         self._lock = threading.Lock()
+        self.residency = Residency(self, max_adapters, Path(offload_dir or ".") / ".offload" / source.name)
 
     # -- adapters (worker thread) ------------------------------------------------------------
 
@@ -80,6 +86,16 @@ class ModelHost:
                 else:
                     self.peft.add_adapter(name, config)
         self.activate(name)
+        return name
+
+    def add_adapter_like(self, config: Any) -> str:
+        """A new adapter with ``config`` (an offloaded one coming back: its tensors are copied in next)."""
+        import torch
+
+        name = f"adapter{next(self._names)}"
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # its init must not disturb the global RNG
+            warnings.simplefilter("ignore")
+            self.peft.add_adapter(name, config)
         return name
 
     def load_frozen_adapter(self, path: str) -> str:

@@ -113,25 +113,28 @@ class _HeadLogprobs(torch.autograd.Function):
 
         hidden, targets, weight, bias, down, lora_b, lse = ctx.saved_tensors
         need_h, _, need_w, need_b, need_down, need_lora_b = ctx.needs_input_grad[:6]
-        d_hidden = torch.empty_like(hidden) if need_h else None
-        d_down = torch.empty_like(down) if need_down else None
+        d_hidden = torch.zeros_like(hidden) if need_h else None
+        d_down = torch.zeros_like(down) if need_down else None
         d_weight = torch.zeros_like(weight) if need_w else None
         d_bias = torch.zeros_like(bias) if need_b else None
         d_lora_b = torch.zeros_like(lora_b) if need_lora_b else None
-        for start in range(0, hidden.shape[0], ctx.step):
-            end = start + ctx.step
-            h, g = hidden[start:end], grad[start:end].float()
-            b_down = down[start:end] if down is not None else None
+        # Tokens whose logprobs get no gradient (prompt tokens: weight or advantage 0) have an
+        # exactly zero logits gradient: their logits are not recomputed at all.
+        live = (grad != 0).any(-1).nonzero()[:, 0]
+        for start in range(0, live.shape[0], ctx.step):
+            rows = live[start : start + ctx.step]
+            h, g = hidden[rows], grad[rows].float()
+            b_down = down[rows] if down is not None else None
             logits = _chunk_logits(h, weight, bias, b_down, lora_b, ctx.scale, ctx.softcap)
-            d_logits = logits.sub_(lse[start:end]).exp_().mul_(-g.sum(-1, keepdim=True))
-            d_logits.scatter_add_(-1, targets[start:end], g)
+            d_logits = logits.sub_(lse[rows]).exp_().mul_(-g.sum(-1, keepdim=True))
+            d_logits.scatter_add_(-1, targets[rows], g)
             if ctx.softcap:  # through tanh: 1 - (capped / cap)^2, recomputed from the raw logits
                 raw = _chunk_logits(h, weight, bias, b_down, lora_b, ctx.scale, None)
                 d_logits.mul_(1 - torch.tanh(raw / ctx.softcap) ** 2)
                 del raw
             d_logits = d_logits.to(weight.dtype)
             if d_hidden is not None:
-                d_hidden[start:end] = d_logits @ weight
+                d_hidden[rows] = d_logits @ weight
             if d_weight is not None:
                 d_weight += d_logits.T @ h
             if d_bias is not None:
@@ -139,7 +142,7 @@ class _HeadLogprobs(torch.autograd.Function):
             if down is not None:
                 d_lora = d_logits.to(lora_b.dtype) * ctx.scale
                 if d_down is not None:
-                    d_down[start:end] = d_lora @ lora_b
+                    d_down[rows] = d_lora @ lora_b
                 if d_lora_b is not None:
                     d_lora_b += d_lora.T @ b_down
             del logits, d_logits

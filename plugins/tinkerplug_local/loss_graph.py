@@ -170,6 +170,8 @@ def _step(node: Any, seen: set[str], input_names: tuple[str, ...]) -> Step:
         raise GraphError(f"{where} is defined twice")
     args = _decode(list(node.args), seen, where)
     kwargs = {str(k): _decode(v, seen, where) for k, v in dict(node.kwargs).items()}
+    if {"device", "out"} & set(kwargs) or (node.op == "call_method" and node.target == "to" and any(isinstance(a, str) for a in args)):
+        raise GraphError(f"{where} names a device or an output tensor; a loss runs where its logprobs are and makes new tensors")
     if node.op == "placeholder":
         target: Any = node.target
     elif node.op == "call_function":

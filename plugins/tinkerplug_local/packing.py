@@ -37,6 +37,10 @@ VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "kernels-community
 # 400-token datums in one row: +35 %), and half that per token of a causal (unmasked) row.
 CALL_TOKENS = 256
 MASKED_ATTENTION = 2300
+# Padded batches are considered only when every datum is this short (RL and DPO steps): there
+# the calls, not attention or padding, set the cost. Longer data (SFT at real_scale.py's
+# 36-762 tokens) keeps the packed layout measured for it.
+SHORT_DATUM_TOKENS = 128
 
 
 def layout_cost(groups: list[list[int]], lengths: list[int], padded: bool) -> float:

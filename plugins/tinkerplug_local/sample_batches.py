@@ -42,26 +42,58 @@ def _stops(params: types.SamplingParams, host: Any) -> tuple[set[int], list[str]
     return set(), [str(s) for s in stop]
 
 
-def run_sample_batch(host: Any, batch: list[tuple[SampleRequest, Any]]) -> None:
-    """Generate every sample of every queued request, grouped by adapter, in batches."""
-    by_adapter: dict[str | None, list[tuple[SampleRequest, Any]]] = {}
+@dataclass
+class LogprobsRequest:
+    """``compute_logprobs``: queued with the samples, so that the prompts of many requests (a
+    DPO step's reference, a KL's) share one forward."""
+
+    adapter: str | None
+    prompt: list[int]
+    last_n: int | None = None
+
+
+def run_sample_batch(host: Any, batch: list[tuple[Any, Any]]) -> None:
+    """Run every queued request, grouped by adapter: the ``compute_logprobs`` ones in one forward,
+    the samples in generation batches."""
+    by_adapter: dict[tuple[str | None, bool], list[tuple[Any, Any]]] = {}
     for request, future in batch:
         if future.set_running_or_notify_cancel():
-            by_adapter.setdefault(request.adapter, []).append((request, future))
-    for adapter, items in by_adapter.items():
+            by_adapter.setdefault((request.adapter, isinstance(request, LogprobsRequest)), []).append((request, future))
+    for (adapter, logprobs_only), items in by_adapter.items():
+        if logprobs_only:
+            _deliver_logprobs(host, adapter, items)
+        else:
+            _deliver_samples(host, adapter, items)
+
+
+def _deliver_logprobs(host: Any, adapter: str | None, items: list[tuple[LogprobsRequest, Any]]) -> None:
+    from tinkerplug_local.generate import batched_prompt_logprobs
+
+    try:
+        results = batched_prompt_logprobs(host.model_for(adapter), [r.prompt for r, _ in items], [r.last_n for r, _ in items],
+                                          host.device, host.tokenizer.pad_token_id or 0, host.forward_options)
+    except BaseException as exc:  # noqa: BLE001 - each caller gets the error
+        for _, future in items:
+            future.set_exception(exc)
+        return
+    for (_, future), result in zip(items, results):
+        future.set_result(result)
+
+
+def _deliver_samples(host: Any, adapter: str | None, items: list[tuple[SampleRequest, Any]]) -> None:
+    try:
+        model = host.model_for(adapter)
+        rows_of = [_rows(request, host) for request, _ in items]
+        _generate_all(model, host, [row for rows in rows_of for row in rows])
+    except BaseException as exc:  # noqa: BLE001 - each caller gets the error
+        for _, future in items:
+            future.set_exception(exc)
+        return
+    for (request, future), rows in zip(items, rows_of):
         try:
-            model = host.model_for(adapter)
-            rows_of = [_rows(request, host) for request, _ in items]
-            _generate_all(model, host, [row for rows in rows_of for row in rows])
-        except BaseException as exc:  # noqa: BLE001 - each caller gets the error
-            for _, future in items:
-                future.set_exception(exc)
-            continue
-        for (request, future), rows in zip(items, rows_of):
-            try:
-                future.set_result(_response(model, host, request, _sequences(request, rows)))
-            except BaseException as exc:  # noqa: BLE001 - delivered to the caller
-                future.set_exception(exc)
+            future.set_result(_response(model, host, request, _sequences(request, rows)))
+        except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+            future.set_exception(exc)
 
 
 def _rows(request: SampleRequest, host: Any) -> list[Any]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from tinker import types
 
-from tinkerplug_local.sample_batches import SampleRequest
+from tinkerplug_local.sample_batches import LogprobsRequest, SampleRequest
 
 if TYPE_CHECKING:
     from tinkerplug_local.host import ModelHost
@@ -108,14 +108,8 @@ class SamplingClient:
         ).result_async()
 
     def compute_logprobs(self, prompt: types.ModelInput, prompt_logprobs_last_n: int | None = None) -> Any:
-        host, adapter, tokens = self._host, self._adapter, prompt.to_ints()
-
-        def run() -> list[float | None]:
-            from tinkerplug_local.generate import prompt_logprobs
-
-            return prompt_logprobs(host.model_for(adapter), tokens, host.device, prompt_logprobs_last_n, host.forward_options)
-
-        return host.worker.submit(run)
+        """Queued with the samples: requests sent together share one forward."""
+        return self._host.submit_sample(LogprobsRequest(self._adapter, prompt.to_ints(), prompt_logprobs_last_n))
 
     async def compute_logprobs_async(self, prompt: types.ModelInput, prompt_logprobs_last_n: int | None = None) -> list[float | None]:
         return await self.compute_logprobs(prompt, prompt_logprobs_last_n).result_async()

@@ -36,6 +36,8 @@ class ServiceClient:
     (default ``$TINKERPLUG_LOCAL_GRADIENT_CHECKPOINTING`` = 1, or off) recomputes each layer in
     backward: less memory for more time. ``microbatch_tokens`` caps the tokens run at once
     (default ``$TINKERPLUG_LOCAL_MICROBATCH_TOKENS``, or 0: chosen from the device's memory).
+    ``max_adapters`` (default 0: no limit) keeps that many training adapters per base model in
+    memory; the least recently used others wait on disk with their optimizer state, exactly.
     ``base_url``, ``api_key``
     and the SDK's other arguments are accepted and ignored, so scripts written for the
     service run unchanged; no API key is needed.
@@ -51,6 +53,7 @@ class ServiceClient:
         dtype: str = "auto",
         gradient_checkpointing: bool | None = None,
         microbatch_tokens: int | None = None,
+        max_adapters: int = 0,
         **sdk_kwargs: Any,
     ):
         from tinkerplug_local.forward import ForwardOptions
@@ -66,6 +69,9 @@ class ServiceClient:
         if microbatch_tokens < 0:
             raise ValueError(f"microbatch_tokens must be >= 0 (0: from the device's memory), got {microbatch_tokens}")
         self.forward_options = ForwardOptions(bool(gradient_checkpointing), int(microbatch_tokens))
+        if max_adapters < 0:
+            raise ValueError(f"max_adapters must be >= 0 (0: no limit), got {max_adapters}")
+        self.max_adapters = max_adapters  # training adapters in memory per base model; the rest on disk
         self._hosts: dict[str, Any] = {}
         self._lock = threading.Lock()
         from tinkerplug_local.stability import StabilityStore
@@ -87,13 +93,18 @@ class ServiceClient:
             host.worker.close()
         return completed(None)
 
+    def hosts(self) -> list[ModelHost]:
+        """The loaded base models, one worker each (no lock: a load holds it for seconds)."""
+        return list(self._hosts.values())
+
     def _host(self, base_model: str) -> ModelHost:
         from tinkerplug_local.host import ModelHost
 
         source = resolve_model(base_model)
         with self._lock:  # one loaded copy of each base model per client
             if source.location not in self._hosts:
-                self._hosts[source.location] = ModelHost(source, self.device, self.dtype, self.forward_options)
+                self._hosts[source.location] = ModelHost(
+                    source, self.device, self.dtype, self.forward_options, self.max_adapters, self.store.root)
             return self._hosts[source.location]
 
     # -- training clients --------------------------------------------------------------------
@@ -126,7 +137,9 @@ class ServiceClient:
 
         targets = host.target_modules(meta["train_mlp"], meta["train_attn"], meta["train_unembed"])
         adapter = host.new_adapter(meta["rank"], targets, meta["seed"])
-        return TrainingClient(self, host, adapter, self.store.new_model_id(), meta)
+        client = TrainingClient(self, host, adapter, self.store.new_model_id(), meta)
+        host.residency.touch(client)  # counted from now; the least recent other may go to disk
+        return client
 
     def create_training_client_from_state(
         self,

@@ -25,13 +25,22 @@ class TrainingClient:
         self._meta = meta  # base_model, rank, seed, train_* flags
         self._optimizer: Any = None
         self._param_list: list[Any] | None = None
+        self._offloaded: str | None = None  # the file of its adapter while it is out of memory (residency.py)
         self.session: str | None = None  # the serve session that owns this model (None in-process)
 
+    def _job(self, fn: Any, wrapper: Any = None) -> Any:
+        """Queue ``fn`` on the worker, with this client's adapter in memory when it runs (``--max-adapters``)."""
+        def run() -> Any:
+            self._host.residency.touch(self)
+            return fn()
+
+        return self._host.worker.submit(run, wrapper) if wrapper is not None else self._host.worker.submit(run)
+
     def release(self) -> None:
-        """Free this client's adapter on the host, after the jobs already queued on its worker
-        (the server does this when the client's session ends)."""
-        host, adapter = self._host, self._adapter
-        host.worker.submit(lambda: host.delete_adapter(adapter))
+        """Free this client's adapter (or its offloaded file) on the host, after the jobs already
+        queued on its worker (the server does this when the client's session ends)."""
+        host = self._host
+        host.worker.submit(lambda: host.residency.drop(self))
 
     # -- training ----------------------------------------------------------------------------
 
@@ -39,7 +48,7 @@ class TrainingClient:
         if loss_fn == "custom":
             return self._uploaded(data, loss_fn_config, backward=False)
         loss_of = self._loss_of_datum(data, loss_fn, loss_fn_config)
-        return self._host.worker.submit(lambda: self._run_forward(data, loss_of, backward=False))
+        return self._job(lambda: self._run_forward(data, loss_of, backward=False))
 
     def forward_backward(
         self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None
@@ -47,7 +56,7 @@ class TrainingClient:
         if loss_fn == "custom":
             return self._uploaded(data, loss_fn_config, backward=True)
         loss_of = self._loss_of_datum(data, loss_fn, loss_fn_config)
-        return self._host.worker.submit(lambda: self._run_forward(data, loss_of, backward=True))
+        return self._job(lambda: self._run_forward(data, loss_of, backward=True))
 
     def _uploaded(self, data: list[types.Datum], loss_fn_config: Mapping[str, Any] | None, backward: bool) -> Any:
         """A loss made with ``create_custom_loss``, named by ``loss_fn_config["loss_id"]``."""
@@ -58,7 +67,7 @@ class TrainingClient:
             raise ValueError(f"loss_fn 'custom' takes loss_fn_config {{'loss_id': ...}} only, got keys {sorted(config)}")
         graph = self._service.uploaded_losses.get(config["loss_id"], self.session)
         check_uploaded_request(graph, data, self._host.vocab_size)
-        return self._host.worker.submit(lambda: run_uploaded(self, data, graph, backward))
+        return self._job(lambda: run_uploaded(self, data, graph, backward))
 
     def forward_backward_custom(self, data: list[types.Datum], loss_fn: Any, *, loss_type_input: Any = None) -> Any:
         """The SDK's custom loss, in one forward pass where the SDK makes two (see ``custom.py``)."""
@@ -67,7 +76,7 @@ class TrainingClient:
         if getattr(loss_fn, "loss_id", None) is not None:  # uploaded: one forward_backward, on the worker
             return self.forward_backward(data, "custom", {"loss_id": loss_fn.loss_id})
         loss_fn = check_custom_request(data, loss_fn, loss_type_input, self._host.vocab_size)
-        return self._host.worker.submit(lambda: run_custom(self, data, loss_fn))
+        return self._job(lambda: run_custom(self, data, loss_fn))
 
     async def forward_backward_custom_async(self, data: list[types.Datum], loss_fn: Any, *, loss_type_input: Any = None) -> Any:
         return self.forward_backward_custom(data, loss_fn, loss_type_input=loss_type_input)
@@ -76,7 +85,7 @@ class TrainingClient:
         params = optim_params or adam_params or types.AdamParams()
         if not isinstance(params, types.AdamParams):
             raise NotImplementedError("the local backend implements the Adam optimizer only")
-        return self._host.worker.submit(lambda: self._run_optim(params))
+        return self._job(lambda: self._run_optim(params))
 
     def _loss_of_datum(self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None) -> Any:
         """Check the request now (not later on the worker); return ``loss_of(index, logprobs)``."""
@@ -164,7 +173,7 @@ class TrainingClient:
             path = self._service.store.write(self.model_id, "weights", name, fill)
             return types.SaveWeightsResponse(path=path)
 
-        return self._host.worker.submit(run)
+        return self._job(run)
 
     def save_weights_for_sampler(self, name: str, ttl_seconds: int | None = None, user_metadata: Any = None) -> Any:
         def run() -> types.SaveWeightsForSamplerResponse:
@@ -174,13 +183,13 @@ class TrainingClient:
             path = self._service.store.write(self.model_id, "sampler_weights", name, fill)
             return types.SaveWeightsForSamplerResponse(path=path)
 
-        return self._host.worker.submit(run)
+        return self._job(run)
 
     def load_state(self, path: str, weights_access_token: str | None = None) -> Any:
-        return self._host.worker.submit(lambda: self._load(path, with_optimizer=False))
+        return self._job(lambda: self._load(path, with_optimizer=False))
 
     def load_state_with_optimizer(self, path: str, weights_access_token: str | None = None) -> Any:
-        return self._host.worker.submit(lambda: self._load(path, with_optimizer=True))
+        return self._job(lambda: self._load(path, with_optimizer=True))
 
     def _load(self, path: str, with_optimizer: bool) -> types.LoadWeightsResponse:
         """Read adapter weights (and optimizer state) from a ``save_state`` dir, exactly."""
@@ -223,7 +232,7 @@ class TrainingClient:
             client = SamplingClient.from_snapshot(self._host, self._adapter, saved.result().path if saved else None)
             return client.recording(stability, record_stability_info, self.session)
 
-        return self._host.worker.submit(snapshot, wrapper=ClientFuture)
+        return self._job(snapshot, wrapper=ClientFuture)
 
     def create_sampling_client(self, model_path: str, retry_config: Any = None, record_stability_info: bool = False) -> Any:
         return self._service.create_sampling_client(model_path=model_path, record_stability_info=record_stability_info)

@@ -35,6 +35,7 @@ class Worker:
     def __init__(self, name: str = "tinkerplug-local"):
         self._jobs: queue.SimpleQueue[tuple[Future, Callable[[], Any]] | None] = queue.SimpleQueue()
         self._exiting = False
+        self._refusal: BaseException | None = None  # set by refuse(): every later job fails with it
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         # A daemon thread still inside torch when the interpreter finalizes aborts the process
@@ -57,10 +58,25 @@ class Worker:
                 future.cancel()
             if not future.set_running_or_notify_cancel():
                 continue
+            if self._refusal is not None:
+                future.set_exception(self._refusal)
+                continue
             try:
                 future.set_result(fn())
             except BaseException as exc:  # noqa: BLE001 - delivered to the caller's future
                 future.set_exception(exc)
+
+    def refuse(self, error: BaseException) -> None:
+        """Fail every job not yet started with ``error`` (a server shutting down); the job that
+        is running finishes. Returns once it has."""
+        self._refusal = error
+        done: Future = Future()
+        self._jobs.put((done, lambda: None))
+        if threading.current_thread() is not self._thread:
+            try:
+                done.exception(timeout=600)
+            except TimeoutError:
+                pass
 
     def close(self) -> None:
         """Stop after the jobs already submitted."""

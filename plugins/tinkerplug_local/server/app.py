@@ -1,8 +1,8 @@
-"""The ASGI app: the routes, API-key check, body size limit, and errors in the service's shape."""
+"""The ASGI app: the routes, API-key check (the key names the caller's principal), body size
+limit, and errors in the service's shape."""
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Any
 
@@ -10,10 +10,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tinkerplug_local.server.http import HTTPError, endpoint, error_response
+from tinkerplug_local.server.http import PRINCIPAL, HTTPError, endpoint, error_response, NO_RETRY
 
 DEFAULT_MAX_BODY = 512 * 1024 * 1024
 UNSIGNED_PREFIX = "/api/v1/files/"  # download URLs carry their own signature instead of a key
+NO_KEY = ("/healthz",)  # a supervisor's probe carries no key
 OAI_PREFIX = "/oai/"  # the OpenAI-compatible API: its errors in OpenAI's shape
 
 
@@ -45,6 +46,13 @@ async def _http_error(request: Request, exc: Exception) -> Any:
     return error_response(exc.status, exc.detail)
 
 
+async def _limit_error(request: Request, exc: Exception) -> Any:
+    from starlette.responses import JSONResponse
+
+    headers = {"retry-after": str(exc.retry_after_s), **({} if exc.retry else NO_RETRY)}  # type: ignore[attr-defined]
+    return JSONResponse({"detail": str(exc)}, status_code=429, headers=headers)
+
+
 async def _server_error(request: Request, exc: Exception) -> Any:
     detail = f"{endpoint(request)}: {type(exc).__name__}: {exc}"
     if request.url.path.startswith(OAI_PREFIX):
@@ -65,20 +73,28 @@ def oai_error_response(status: int, message: str, param: str | None = None, code
     return JSONResponse(oai_error_body(status, message, param, code), status_code=status, headers={"x-should-retry": "false"})
 
 
-def create_app(state: Any, api_keys: list[str], max_body: int = DEFAULT_MAX_BODY) -> Any:
+def create_app(state: Any, keyring: Any, max_body: int = DEFAULT_MAX_BODY) -> Any:
+    """``keyring``: a ``principals.Keyring`` (or a list of keys, each its own principal)."""
     from tinkerplug_local.server import (
-        routes_checkpoints, routes_losses, routes_oai, routes_rest, routes_sampling, routes_service, routes_sessions,
+        routes_checkpoints, routes_health, routes_losses, routes_oai, routes_rest, routes_sampling, routes_service,
+        routes_sessions,
         routes_training,
     )
+    from tinkerplug_local.server.principals import Keyring, Limits, load_keyring
+    from tinkerplug_local.server.state import LimitError
 
+    if not isinstance(keyring, Keyring):
+        keyring = load_keyring(tuple(keyring), "", None, Limits(), "TINKERPLUG_SERVE_KEYS")
     routes = [
         *routes_service.ROUTES, *routes_training.ROUTES, *routes_sampling.ROUTES, *routes_rest.ROUTES,
         *routes_checkpoints.ROUTES, *routes_sessions.ROUTES, *routes_oai.ROUTES, *routes_losses.ROUTES,
+        *routes_health.ROUTES,
     ]
     routes.append(Route("/{path:path}", not_served, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]))
-    app = Starlette(routes=routes, exception_handlers={HTTPError: _http_error, Exception: _server_error})
+    handlers = {HTTPError: _http_error, LimitError: _limit_error, Exception: _server_error}
+    app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.server = state
-    return Guard(app, api_keys, max_body)
+    return Guard(app, keyring, max_body)
 
 
 class _TooLarge(HTTPError):
@@ -89,11 +105,12 @@ class _TooLarge(HTTPError):
 
 
 class Guard:
-    """Checks the API key (when keys are set) and the body size before any route runs."""
+    """Checks the API key and the body size before any route runs; the key's principal goes
+    into the request's scope for the routes' owner checks."""
 
-    def __init__(self, app: Any, api_keys: list[str], max_body: int):
+    def __init__(self, app: Any, keyring: Any, max_body: int):
         self.app = app
-        self._keys = [k.encode() for k in api_keys]
+        self.keyring = keyring
         self.max_body = max_body
 
     @property
@@ -105,10 +122,10 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         oai = scope["path"].startswith(OAI_PREFIX)
-        if self._keys and not scope["path"].startswith(UNSIGNED_PREFIX):
-            key = request_key(headers)
-            if not any(hmac.compare_digest(key, k) for k in self._keys):  # never echoed or logged
-                return await _send(send, 401, "the API key was not accepted by this tinkerplug serve (set TINKER_API_KEY to one of its --api-key keys)", oai)
+        who = self.keyring.identify(request_key(headers))  # the key is never echoed or logged
+        if who is None and not scope["path"].startswith(UNSIGNED_PREFIX) and scope["path"] not in NO_KEY:
+            return await _send(send, 401, "the API key was not accepted by this tinkerplug serve (set TINKER_API_KEY to one of its --api-key keys)", oai)
+        scope[PRINCIPAL] = who
         length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_body:
             return await _send(send, 413, f"request body over the server's limit of {self.max_body} bytes", oai)
@@ -122,7 +139,24 @@ class Guard:
                 raise _TooLarge(self.max_body)
             return message
 
-        await self.app(scope, limited, send)
+        await self._observed(scope, limited, send, who)
+
+    async def _observed(self, scope: dict, receive: Any, send: Any, who: Any) -> None:
+        """Run the app; count the answer in ``/metrics`` by key name, endpoint and status."""
+        import time
+
+        start, status = time.perf_counter(), [500]
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            endpoint = getattr(scope.get("endpoint"), "__name__", "not_served")
+            self.app.state.server.metrics.observe_http(who.name if who else "-", endpoint, status[0], time.perf_counter() - start)
 
 
 def request_key(headers: dict[bytes, bytes]) -> bytes:

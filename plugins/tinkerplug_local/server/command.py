@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -25,19 +25,7 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def api_keys(given: tuple[str, ...]) -> list[str]:
-    """``--api-key`` values and ``$TINKERPLUG_SERVE_KEYS`` (comma or space separated)."""
-    keys = [k.strip() for k in given if k.strip()]
-    keys += [k for k in re.split(r"[,\s]+", os.environ.get(KEYS_ENV, "")) if k]
-    for key in keys:
-        if not key.startswith("tml-"):
-            # The SDK refuses to send a key without the prefix: the server could never match it.
-            raise TinkerplugError("an API key for tinkerplug serve must start with 'tml-' (the SDK sends no other)",
-                                  hint=f"e.g. --api-key tml-$(openssl rand -hex 16), or in ${KEYS_ENV}")
-    return sorted(set(keys))
-
-
-def check_bind(host: str, keys: list[str]) -> None:
+def check_bind(host: str, keys: Any) -> None:
     if not is_loopback(host) and not keys:
         raise TinkerplugError(
             f"refusing to serve on {host}, which is not a loopback address, without an API key: "
@@ -54,7 +42,19 @@ def check_bind(host: str, keys: list[str]) -> None:
 @click.option("--device", default=None, help="torch device: auto (default), cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True)
 @click.option("--api-key", "api_key", multiple=True, metavar="KEY",
-              help=f"Accept only clients sending this key (repeatable; also ${KEYS_ENV}).")
+              help=f"Accept only clients sending this key (repeatable; NAME=KEY names it; also ${KEYS_ENV}).")
+@click.option("--keys-file", type=click.Path(dir_okay=False), default=None,
+              help="TOML keys file: one [name] table per person with key = \"tml-...\", optional admin = true and limits.")
+@click.option("--max-sessions-per-key", type=click.IntRange(min=0), default=0, show_default=True, help="Open sessions per key (0: no limit); beyond it HTTP 429.")
+@click.option("--max-models-per-key", type=click.IntRange(min=0), default=0, show_default=True, help="Training models per key (0: no limit); beyond it HTTP 429.")
+@click.option("--max-queued-per-key", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Unfinished requests per key (0: no limit); beyond it HTTP 429 with Retry-After, which the SDK retries.")
+@click.option("--max-adapters", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Training adapters kept in memory per base model (0: all); idle ones wait on disk with their optimizer state.")
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On SIGTERM: seconds queued requests may take to finish before they are failed with a clear status.")
+@click.option("--ssl-certfile", type=click.Path(dir_okay=False, exists=True), default=None, help="Serve HTTPS with this certificate (PEM).")
+@click.option("--ssl-keyfile", type=click.Path(dir_okay=False, exists=True), default=None, help="The certificate's private key (PEM).")
 @click.option("--clock-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Release training results at clock-cycle boundaries of this length, as the service does (0: at once).")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=512.0, show_default=True,
@@ -63,8 +63,9 @@ def check_bind(host: str, keys: list[str]) -> None:
 @click.option("--microbatch-tokens", type=click.IntRange(min=0), default=0, show_default=True,
               help="Tokens run through the model at once; 0 picks it from the device's memory.")
 def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, dtype: str,
-          api_key: tuple[str, ...], clock_ms: float, max_body_mb: float, gradient_checkpointing: bool,
-          microbatch_tokens: int) -> None:
+          api_key: tuple[str, ...], keys_file: str | None, max_sessions_per_key: int, max_models_per_key: int,
+          max_queued_per_key: int, max_adapters: int, shutdown_timeout: float, ssl_certfile: str | None, ssl_keyfile: str | None, clock_ms: float,
+          max_body_mb: float, gradient_checkpointing: bool, microbatch_tokens: int) -> None:
     """Serve the local backend over the Tinker HTTP API, for the unmodified tinker SDK.
 
     \b
@@ -75,27 +76,35 @@ def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, 
     Checkpoints are tinker://<run>/weights/<name> paths inside --checkpoint-dir; they load
     again after a restart.
     """
-    keys = api_keys(api_key)
+    from tinkerplug_local.server.principals import Limits, load_keyring
+
+    limits = Limits(max_sessions_per_key, max_models_per_key, max_queued_per_key)
+    keys = load_keyring(api_key, os.environ.get(KEYS_ENV, ""), keys_file, limits, KEYS_ENV)
     check_bind(host, keys)
+    if bool(ssl_certfile) != bool(ssl_keyfile):
+        raise TinkerplugError("--ssl-certfile and --ssl-keyfile go together", hint="give both (PEM files), or neither for plain HTTP")
     root = Path(checkpoint_dir).expanduser() if checkpoint_dir else DEFAULT_DIR.expanduser()
     import uvicorn
 
     from tinkerplug_local.server.app import create_app
+    from tinkerplug_local.server.shutdown import draining_server
     from tinkerplug_local.server.state import ServerState
 
     state = ServerState(
         root, device=device, dtype=dtype, clock_ms=clock_ms,
-        gradient_checkpointing=gradient_checkpointing, microbatch_tokens=microbatch_tokens,
+        gradient_checkpointing=gradient_checkpointing, microbatch_tokens=microbatch_tokens, max_adapters=max_adapters,
     )
     app = create_app(state, keys, max_body=int(max_body_mb * 1024 * 1024))
     shown = f"[{host}]" if ":" in host else host
     print(
-        f"tinkerplug serve: http://{shown}:{port} on {state.service.device}; checkpoints in {state.paths.root}; "
+        f"tinkerplug serve: {'https' if ssl_certfile else 'http'}://{shown}:{port} on {state.service.device}; checkpoints in {state.paths.root}; "
         f"{'API key required (' + str(len(keys)) + ' accepted)' if keys else 'no API key required (loopback only)'}"
         + (f"; clock {clock_ms:g} ms" if clock_ms else ""),
         file=sys.stderr, flush=True,
     )
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+        draining_server(config, state, shutdown_timeout).run()
     finally:
         state.close()

@@ -5,12 +5,14 @@ backend's worker (in order per base model). ``retrieve_future`` long-polls: it w
 ``LONG_POLL_S`` for the result, then answers HTTP 408 with a queue state ("try again"), which
 the SDK retries at once, as it does with the service. In clocked mode a result is held back
 until the end of the clock cycle its request joined (``clock.py``).
+
+A future belongs to the principal whose request made it: another key asking for it gets the
+answer for an unknown id. Its not-yet-done futures are the key's queue (``--max-queued-per-key``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 import time
 import uuid
@@ -33,6 +35,8 @@ class Pending:
     future: Future
     encode: Callable[[Any], Any]  # result -> dict (JSON) or bytes (protobuf)
     release_at: float | None = None  # perf_counter time; None: as soon as done
+    owner: str = "local"
+    kind: str = "request"  # for /metrics
     created: float = field(default_factory=time.monotonic)
     retrieved: float | None = None
     finished: float | None = None  # monotonic time it finished
@@ -42,25 +46,49 @@ class Pending:
 
 
 class FutureTable:
-    def __init__(self) -> None:
+    def __init__(self, observe: Callable[[str, bool, float], None] | None = None) -> None:
+        """``observe(kind, failed, seconds)`` is told each request's time to its result."""
         self._pending: dict[str, Pending] = {}
         self._lock = threading.Lock()
-        self._ids = itertools.count()
-        self._prefix = uuid.uuid4().hex[:8]  # ids of an earlier server process never match
+        self._observe = observe
 
-    def add(self, future: Any, encode: Callable[[Any], Any], release_at: float | None = None) -> str:
+    def add(self, future: Any, encode: Callable[[Any], Any], release_at: float | None = None, owner: str = "local",
+            kind: str = "request") -> str:
         """Track ``future`` (concurrent, or the SDK's ``AwaitableConcurrentFuture``)."""
         if not isinstance(future, Future):
             future = future.future()
-        request_id = f"{self._prefix}-{next(self._ids)}"
+        request_id = f"req-{uuid.uuid4().hex}"  # random: never guessed, never one of an earlier process
         with self._lock:
             self._sweep()
-            self._pending[request_id] = Pending(future, encode, release_at)
+            self._pending[request_id] = Pending(future, encode, release_at, owner, kind)
+        if self._observe is not None:
+            start, observe = time.monotonic(), self._observe
+            future.add_done_callback(lambda f: observe(kind, f.cancelled() or f.exception() is not None, time.monotonic() - start))
         return request_id
 
-    def get(self, request_id: str) -> Pending | None:
+    def get(self, request_id: str, owner: str) -> Pending | None:
+        """The pending request, when ``owner`` made it; None as for an unknown id otherwise."""
         with self._lock:
-            return self._pending.get(request_id)
+            pending = self._pending.get(request_id)
+        return pending if pending is not None and pending.owner == owner else None
+
+    def queued(self) -> dict[str, int]:
+        """Requests not yet done, per owner."""
+        with self._lock:
+            counts: dict[str, int] = {}
+            for pending in self._pending.values():
+                if not pending.future.done():
+                    counts[pending.owner] = counts.get(pending.owner, 0) + 1
+            return counts
+
+    def uncollected(self) -> list[Pending]:
+        """Requests done whose result no client has fetched yet."""
+        with self._lock:
+            return [p for p in self._pending.values() if p.future.done() and p.retrieved is None]
+
+    def unfinished(self) -> list[Pending]:
+        with self._lock:
+            return [p for p in self._pending.values() if not p.future.done()]
 
     async def wait(self, pending: Pending, timeout: float = LONG_POLL_S) -> bool:
         """True when the result is ready to be delivered within ``timeout`` seconds."""
@@ -80,9 +108,9 @@ class FutureTable:
             await asyncio.sleep(max(0.0, pending.release_at - now))
         return True
 
-    def cancel(self, request_id: str) -> bool:
-        """Cancel a request that has not started (the SDK asks when a caller stops waiting)."""
-        pending = self.get(request_id)
+    def cancel(self, request_id: str, owner: str) -> bool:
+        """Cancel ``owner``'s request if it has not started (the SDK asks when a caller stops waiting)."""
+        pending = self.get(request_id, owner)
         return pending is not None and pending.future.cancel()
 
     def mark_retrieved(self, pending: Pending) -> None:

@@ -60,9 +60,34 @@ def json_response(model: Any) -> JSONResponse:
     return JSONResponse(dump(model) if hasattr(model, "model_dump") else model)
 
 
-def submitted(state: Any, future: Any, encode: Any, model_id: str | None = None, release_at: float | None = None, **extra: Any) -> JSONResponse:
-    """Register ``future`` and answer with the SDK's ``UntypedAPIFuture``."""
-    request_id = state.futures.add(future, encode, release_at)
+PRINCIPAL = "tinkerplug.principal"  # the scope key the app's guard sets
+
+
+def principal(request: Request) -> Any:
+    """The ``Principal`` of the key that sent ``request`` (``principals.py``)."""
+    return request.scope[PRINCIPAL]
+
+
+def admit(request: Request) -> Any:
+    """The caller's principal, once it is under its limit of queued requests (LimitError, 429)."""
+    from tinkerplug_local.server.state import LimitError
+
+    who = principal(request)
+    if request.app.state.server.draining:
+        raise HTTPError(503, f"{endpoint(request)}: tinkerplug serve is shutting down and takes no new work; "
+                             "send it again once the server is back (checkpoints saved before are kept)")
+    limit = who.limits.max_queued
+    if limit and request.app.state.server.futures.queued().get(who.name, 0) >= limit:
+        raise LimitError(f"{endpoint(request)}: key {who.name!r} has {limit} requests queued, its limit; "
+                         "wait for their results before sending more", 1, True)
+    return who
+
+
+def submitted(request: Request, future: Any, encode: Any, model_id: str | None = None, release_at: float | None = None,
+              **extra: Any) -> JSONResponse:
+    """Register ``future`` as the caller's and answer with the SDK's ``UntypedAPIFuture``."""
+    kind = request.url.path.rsplit("/", 1)[-1]
+    request_id = request.app.state.server.futures.add(future, encode, release_at, principal(request).name, kind)
     body = {"request_id": request_id, **({"model_id": model_id} if model_id else {}), **extra}
     return JSONResponse(body)
 

@@ -46,20 +46,49 @@ class OAIModels:
         self._cache: OrderedDict[str, OAIModel] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, name: Any) -> OAIModel:
-        """Runs off the event loop: loading a base model or an adapter takes a while."""
+    def get(self, name: Any, who: Any) -> OAIModel:
+        """The sampler ``name`` names, for principal ``who``. Runs off the event loop: loading a
+        base model or an adapter takes a while."""
         if not isinstance(name, str) or not name.strip():
             raise OAIError(400, "model: give a base model id, a tinker://<run>/sampler_weights/<name> path, or BASE;PATH", "model")
+        self._check_owner(name, who)  # before the cache: a sampler one key opened is not another's
         with self._lock:
-            if name in self._cache:
+            cached = self._cache.get(name)
+            if cached is not None:
                 self._cache.move_to_end(name)
-                return self._cache[name]
+        if cached is not None and (cached.model_path is None or self._still_there(cached)):
+            return cached
         model = self._open(name)
         with self._lock:
             self._cache[name] = model
             while len(self._cache) > CACHED_SAMPLERS:
                 self._cache.popitem(last=False)  # the local client frees its adapter when dropped
         return model
+
+    def _check_owner(self, name: str, who: Any) -> None:
+        """404, as for a missing checkpoint, when the path in ``name`` is another key's run."""
+        from tinkerplug_local.server.paths import PathError
+
+        path = name.partition(";")[2] if ";" in name else name
+        if not path.startswith("tinker://"):
+            return  # a base model: shared by every key
+        try:
+            run, _, _ = self.state.paths.parse(path)
+            self.state.check_run(run, who)
+        except PathError as exc:
+            raise OAIError(400, f"model: {exc}", "model") from None
+        except FileNotFoundError:
+            raise OAIError(404, f"model {name!r} is not available on this server", "model", "model_not_found") from None
+
+    def _still_there(self, model: OAIModel) -> bool:
+        """False once the checkpoint was deleted or expired (the lookup sweeps expired ones)."""
+        try:
+            self.state.paths.to_local(model.model_path)
+            return True
+        except (FileNotFoundError, ValueError):
+            with self._lock:
+                self._cache.pop(model.name, None)
+            return False
 
     def forget_run(self, run: str) -> None:
         """Drop cached samplers of ``run`` (its checkpoints were deleted or expired)."""
@@ -92,7 +121,6 @@ class OAIModels:
             run, kind, _ = self.state.paths.parse(path)
             if kind != "sampler_weights":
                 raise PathError(f"{path} is a {kind} checkpoint; the OpenAI-compatible API samples from sampler_weights")
-            # An owner check (this key may read this run) belongs here: every route resolves models here.
             return str(self.state.paths.to_local(path))
         except PathError as exc:
             raise OAIError(400, f"model: {exc}", "model") from None

@@ -18,6 +18,8 @@ MAX_N = 16
 MAX_TOKENS = 4096
 DEFAULT_MAX_TOKENS = 256
 MAX_STOP = 4
+MAX_PROMPTS = 64
+MAX_TOP_LOGPROBS = 5
 
 
 class Sampling(BaseModel):
@@ -35,6 +37,8 @@ class Sampling(BaseModel):
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
+    functions: list[Any] | None = None
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -59,13 +63,27 @@ class ChatRequest(Sampling):
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]
-    logprobs: int | None = Field(default=None, ge=0, le=0)  # 0: the sampled tokens' logprobs; no alternatives
+    # A text, a list of texts, a list of token ids, or a list of those (one answer set each).
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
     suffix: str | None = None
 
     def token_limit(self) -> int:
         return DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens
+
+    def prompts(self) -> list[str | list[int]]:
+        prompt = self.prompt
+        if isinstance(prompt, str) or (prompt and all(isinstance(t, int) for t in prompt)):
+            prompts: list[Any] = [prompt]
+        else:
+            prompts = list(prompt)
+        if not prompts or len(prompts) > MAX_PROMPTS:
+            raise OAIError(400, f"prompt: 1 to {MAX_PROMPTS} prompts per request", "prompt")
+        if self.logprobs and not self.echo:  # alternatives are computed for prompt tokens only
+            raise OAIError(400, "logprobs: above 0 only with echo (alternatives of the prompt's tokens); "
+                           "the local sampler returns no alternatives of sampled tokens", "logprobs")
+        return prompts
 
 
 NOT_IMPLEMENTED = {
@@ -73,8 +91,9 @@ NOT_IMPLEMENTED = {
     "presence_penalty": lambda v: v not in (0, 0.0, None),
     "logit_bias": bool,
     "tools": bool,
+    "functions": bool,
+    "response_format": lambda v: bool(v) and v.get("type") not in (None, "text"),
     "suffix": bool,
-    "echo": bool,
 }
 
 
@@ -92,8 +111,6 @@ def parse_body(data: Any, model_cls: type[Sampling]) -> Any:
     for name, is_set in NOT_IMPLEMENTED.items():
         if is_set(getattr(body, name, None)):
             raise OAIError(400, f"{name}: not served by tinkerplug serve (the local sampler does not implement it)", name)
-    if isinstance(body, CompletionRequest) and isinstance(body.prompt, list) and len(body.prompt) != 1:
-        raise OAIError(400, "prompt: one prompt per request (send a list of one, or a string)", "prompt")
     return body
 
 

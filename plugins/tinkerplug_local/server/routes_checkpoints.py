@@ -1,8 +1,8 @@
 """The ``RestClient`` checkpoint calls beyond listing: TTL, publish/unpublish, deletion by a
 bare checkpoint id, copies, and the storage the checkpoint dir holds.
 
-On one machine "public" is a flag the listings show (every key of this server reads the same
-disk); TTLs expire for real (``checkpoint_meta.py``).
+On one machine "public" is a flag the listings show; it gives no other key access (a checkpoint
+is its owner's: another key gets 404 here as everywhere). TTLs expire for real (``checkpoint_meta.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from starlette.routing import Route
 
 from tinker import types
 
-from tinkerplug_local.server.http import HTTPError, endpoint, json_response, parse, read_json
+from tinkerplug_local.server.checkpoint_meta import MAX_TTL_S
+from tinkerplug_local.server.http import HTTPError, endpoint, json_response, parse, principal, read_json
 from tinkerplug_local.server.paths import KINDS, PathError
 
 RUN = "/api/v1/training_runs/{run}"
@@ -31,6 +32,7 @@ def _checkpoint(request: Request) -> tuple[str, Path]:
     state = request.app.state.server
     p = request.path_params
     try:
+        state.check_run(p["run"], principal(request))
         directory = state.paths.local(p["run"], p["kind"], p["name"])
     except PathError as exc:
         raise HTTPError(400, f"{endpoint(request)}: {exc}") from None
@@ -63,6 +65,12 @@ async def delete_by_id(request: Request) -> Any:
     """``delete_checkpoint(run, name)`` with a bare name: the one checkpoint of that name."""
     state = request.app.state.server
     run, name = request.path_params["run"], request.path_params["name"]
+    try:
+        state.check_run(run, principal(request))
+    except PathError as exc:
+        raise HTTPError(400, f"{endpoint(request)}: {exc}") from None
+    except FileNotFoundError as exc:
+        raise HTTPError(404, f"{endpoint(request)}: {exc}") from None
     found = []
     for kind in KINDS:
         try:
@@ -93,21 +101,21 @@ async def copy_weights(request: Request) -> Any:
     body = await parse(request, types.CopyWeightsRequest)
     try:
         run, kind, name = state.paths.parse(body.source_path)
+        state.check_run(run, principal(request))
         source = state.paths.local(run, kind, name)
     except PathError as exc:
         raise HTTPError(400, f"{endpoint(request)}: source_path: {exc}") from None
     except FileNotFoundError as exc:
         raise HTTPError(404, f"{endpoint(request)}: source_path: {exc}") from None
+    if body.ttl_seconds is not None and not 0 < body.ttl_seconds <= MAX_TTL_S:  # checked before anything is written
+        raise HTTPError(400, f"{endpoint(request)}: ttl_seconds must be between 1 and {MAX_TTL_S}, or null")
     copy_run = f"copy-{uuid.uuid4().hex[:12]}"
     target = state.paths.local(copy_run, kind, name, must_exist=False)
     target.parent.mkdir(parents=True)
+    state.write_owner(copy_run, principal(request).name)  # the copy is the caller's
     shutil.copytree(source, target, copy_function=_link_or_copy)
     if body.ttl_seconds is not None:
-        try:
-            state.checkpoint_meta.set_ttl(f"{copy_run}/{kind}/{name}", body.ttl_seconds)
-        except ValueError as exc:
-            shutil.rmtree(target.parent.parent)
-            raise HTTPError(400, f"{endpoint(request)}: ttl_seconds: {exc}") from None
+        state.checkpoint_meta.set_ttl(f"{copy_run}/{kind}/{name}", body.ttl_seconds)
     return json_response(types.CopyWeightsResponse(tinker_path=f"tinker://{copy_run}/{kind}/{name}"))
 
 
@@ -120,8 +128,12 @@ def _link_or_copy(source: str, target: str) -> None:
 
 async def storage_usage(request: Request) -> Any:
     state = request.app.state.server
+    from tinkerplug_local.server.state import visible
+
     state.checkpoint_meta.sweep()
-    dirs = [d for d in state.paths.root.glob("*/*/*") if d.is_dir() and d.parent.name in KINDS and not d.name.startswith(".")]
+    who = principal(request)
+    dirs = [d for d in state.paths.root.glob("*/*/*") if d.is_dir() and d.parent.name in KINDS and not d.name.startswith(".")
+            and visible(who, state.run_owner(d.parent.parent.name), listing=True)]  # the caller's storage (an admin: all)
     size = sum(f.stat().st_size for d in dirs for f in d.iterdir() if f.is_file())
     item = types.CurrentCheckpointStorageUsageItem(
         project_id=request.query_params.get("project_id") or "local", checkpoint_count=len(dirs),

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from tinker import types
 
 from tinkerplug_local.server.futures import then
-from tinkerplug_local.server.http import HTTPError, dump, endpoint, parse, submitted
+from tinkerplug_local.server.http import HTTPError, dump, endpoint, parse, principal, submitted
 
 
 async def create_custom_loss(request: Request) -> Any:
@@ -23,15 +23,17 @@ async def create_custom_loss(request: Request) -> Any:
 
     state = request.app.state.server
     body = await parse(request, types.CreateCustomLossRequest)
-    if not state.heartbeat(body.session_id):
-        raise HTTPError(404, f"{endpoint(request)}: unknown session {body.session_id!r}")
+    try:  # the caller's own session only (another key's: 404, as for an unknown one)
+        state.heartbeat(body.session_id, principal(request))
+    except KeyError:
+        raise HTTPError(404, f"{endpoint(request)}: unknown session {body.session_id!r}") from None
     loss_id = f"{body.session_id}:loss:{body.custom_loss_seq_id}"
     try:
         state.service.uploaded_losses.create(body.session_id, loss_id, body.name, body.inputs, body.graph.nodes)
     except ValueError as exc:  # GraphError included
         raise HTTPError(400, f"{endpoint(request)}: loss {body.name!r}: {exc}") from None
     answer = then(completed(loss_id), lambda i: types.CreateCustomLossResponse(loss_id=i))
-    return submitted(state, answer, dump)
+    return submitted(request, answer, dump)
 
 
 ROUTES = [Route("/api/v1/create_custom_loss", create_custom_loss, methods=["POST"])]

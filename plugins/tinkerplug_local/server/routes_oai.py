@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from tinkerplug_local.server.http import read_json
+from tinkerplug_local.server.http import principal, read_json
 from tinkerplug_local.server.oai_models import OAIError, OAIModel, OAIModels, base_models
 from tinkerplug_local.server.oai_schema import ChatRequest, CompletionRequest, chat_messages, parse_body
 
@@ -38,40 +39,71 @@ def oai_models(request: Request) -> OAIModels:
 
 async def list_models(request: Request) -> Any:
     state = request.app.state.server
-    created = int(time.time())
-    names = base_models(state) + sorted(_sampler_paths(state))
-    data = [{"id": name, "object": "model", "created": created, "owned_by": "tinkerplug"} for name in names]
-    return JSONResponse({"object": "list", "data": data})
+    names = base_models(state) + sorted(_sampler_paths(state, principal(request)))
+    return JSONResponse({"object": "list", "data": [_model_object(name) for name in names]})
 
 
-def _sampler_paths(state: Any) -> list[str]:
+async def get_model(request: Request) -> Any:
+    """One model, as ``GET /models`` lists it; any other name is loaded to check it exists."""
+    name = request.path_params["model"]
+    state = request.app.state.server
+    if name not in base_models(state) + _sampler_paths(state, principal(request)):
+        await run_in_threadpool(oai_models(request).get, name, principal(request))  # 404 naming it if it is not there
+    return JSONResponse(_model_object(name))
+
+
+def _model_object(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "tinkerplug"}
+
+
+def _sampler_paths(state: Any, who: Any) -> list[str]:
+    """The sampler checkpoints of the caller's runs (every run's for an admin key)."""
+    from tinkerplug_local.server.state import visible
+
     root = state.paths.root
     return [
         f"tinker://{d.parent.parent.name}/sampler_weights/{d.name}"
         for d in root.glob("*/sampler_weights/*")
         if d.is_dir() and not d.name.startswith(".") and not d.is_symlink()
+        and visible(who, state.run_owner(d.parent.parent.name), listing=True)
     ]
 
 
 async def chat_completions(request: Request) -> Any:
     body: ChatRequest = parse_body(await read_json(request), ChatRequest)
-    model = await run_in_threadpool(oai_models(request).get, body.model)
+    model = await run_in_threadpool(oai_models(request).get, body.model, principal(request))
     prompt = render_chat(model, chat_messages(body.messages))
-    sequences = await _sample(model, prompt, body)
+    sequences = (await _sample(model, prompt, body)).sequences
     choices = [_chat_choice(model, i, seq, body) for i, seq in enumerate(sequences)]
     return _answer(request, body, model, "chat.completion", choices, len(prompt), sequences)
 
 
 async def completions(request: Request) -> Any:
+    """One set of ``n`` answers per prompt; choice ``p * n + j`` is answer ``j`` of prompt ``p``."""
+    import asyncio
+
     body: CompletionRequest = parse_body(await read_json(request), CompletionRequest)
-    model = await run_in_threadpool(oai_models(request).get, body.model)
-    text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-    prompt = model.tokenizer.encode(text, add_special_tokens=True)
-    if not prompt:
+    model = await run_in_threadpool(oai_models(request).get, body.model, principal(request))
+    prompts = [_prompt_tokens(model, p) for p in body.prompts()]
+    responses = await asyncio.gather(*(_sample(model, tokens, body) for tokens in prompts))  # batched on the worker
+    choices, sequences = [], []
+    for p, (given, tokens, response) in enumerate(zip(body.prompts(), prompts, responses)):
+        for j, sequence in enumerate(response.sequences):
+            choices.append(_text_choice(model, p * body.n + j, sequence, body, _Prompt(given, tokens, response)))
+            sequences.append(sequence)
+    return _answer(request, body, model, "text_completion", choices, sum(map(len, prompts)), sequences)
+
+
+def _prompt_tokens(model: OAIModel, prompt: str | list[int]) -> list[int]:
+    if isinstance(prompt, str):
+        tokens = model.tokenizer.encode(prompt, add_special_tokens=True)
+    else:
+        tokens = list(prompt)
+        if any(t < 0 or t >= len(model.tokenizer) for t in tokens):
+            raise OAIError(400, f"prompt: token ids must be in 0..{len(model.tokenizer) - 1}", "prompt")
+    if not tokens:
         raise OAIError(400, "prompt: empty after tokenization", "prompt")
-    sequences = await _sample(model, prompt, body)
-    choices = [_text_choice(model, i, seq, body) for i, seq in enumerate(sequences)]
-    return _answer(request, body, model, "text_completion", choices, len(prompt), sequences)
+    return tokens
 
 
 def render_chat(model: OAIModel, messages: list[dict[str, str]]) -> list[int]:
@@ -82,7 +114,8 @@ def render_chat(model: OAIModel, messages: list[dict[str, str]]) -> list[int]:
     raise OAIError(400, f"model: {model.base_model!r} has no chat renderer or chat template; use /completions", "model")
 
 
-async def _sample(model: OAIModel, prompt: list[int], body: Any) -> list[Any]:
+async def _sample(model: OAIModel, prompt: list[int], body: Any) -> Any:
+    """The sampler's ``SampleResponse``; with ``echo``, prompt logprobs (and top-k) too."""
     import asyncio
 
     from tinker import types
@@ -93,30 +126,28 @@ async def _sample(model: OAIModel, prompt: list[int], body: Any) -> list[Any]:
         stop = model.renderer.get_stop_sequences()
     if user_stops:  # strings and token ids do not mix: the renderer's as text, beside the user's
         stop = user_stops + [s if isinstance(s, str) else model.tokenizer.decode([s]) for s in (stop or [])]
-    params = types.SamplingParams(
-        max_tokens=body.token_limit(), temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stop
-    )
-    if params.max_tokens == 0:
-        return [_empty() for _ in range(body.n)]
-    future = model.client.sample(types.ModelInput.from_ints(prompt), body.n, params)
+    limit = body.token_limit()
+    params = types.SamplingParams(max_tokens=max(1, limit), temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stop)
+    echo = isinstance(body, CompletionRequest) and body.echo and body.logprobs is not None
+    options = {"include_prompt_logprobs": True, "topk_prompt_logprobs": body.logprobs} if echo else {}
+    future = model.client.sample(types.ModelInput.from_ints(prompt), body.n, params, **options)
     try:
         response = await asyncio.wrap_future(future.future())
     except (ValueError, NotImplementedError) as exc:
         raise OAIError(400, str(exc)) from None
-    return list(response.sequences)
+    if limit == 0:  # max_tokens 0 (echo only): the prompt's scores, no answer
+        import dataclasses
 
-
-def _empty() -> Any:
-    from tinker import types
-
-    return types.SampledSequence(stop_reason="length", tokens=[], logprobs=[])
+        empty = [types.SampledSequence(stop_reason="length", tokens=[], logprobs=[]) for _ in response.sequences]
+        response = dataclasses.replace(response, sequences=empty)
+    return response
 
 
 def _chat_choice(model: OAIModel, index: int, sequence: Any, body: ChatRequest) -> dict[str, Any]:
     text = _cut(_chat_text(model, list(sequence.tokens)), body.stops())
     choice: dict[str, Any] = {
         "index": index, "message": {"role": "assistant", "content": text},
-        "finish_reason": _finish(sequence, body.stops(), text), "logprobs": None,
+        "finish_reason": _finish(sequence), "logprobs": None,
     }
     if body.logprobs:
         content = [
@@ -136,15 +167,32 @@ def _chat_text(model: OAIModel, tokens: list[int]) -> str:
     return get_text_content(message)
 
 
-def _text_choice(model: OAIModel, index: int, sequence: Any, body: CompletionRequest) -> dict[str, Any]:
-    text = _cut(model.tokenizer.decode(list(sequence.tokens), skip_special_tokens=True), body.stops())
+@dataclass
+class _Prompt:
+    given: str | list[int]
+    tokens: list[int]
+    response: Any  # its SampleResponse: prompt logprobs when echo asked for them
+
+
+def _text_choice(model: OAIModel, index: int, sequence: Any, body: CompletionRequest, prompt: _Prompt) -> dict[str, Any]:
+    decode = model.tokenizer.decode
+    text = _cut(decode(list(sequence.tokens), skip_special_tokens=True), body.stops())
+    if body.echo:
+        text = (prompt.given if isinstance(prompt.given, str) else decode(prompt.tokens)) + text
     logprobs = None
     if body.logprobs is not None:
-        tokens = [model.tokenizer.decode([t]) for t in sequence.tokens]
-        offsets = [sum(len(p) for p in tokens[:i]) for i in range(len(tokens))]
-        logprobs = {"tokens": tokens, "token_logprobs": [float(v) for v in sequence.logprobs or []],
-                    "top_logprobs": None, "text_offset": offsets}
-    return {"index": index, "text": text, "finish_reason": _finish(sequence, body.stops(), text), "logprobs": logprobs}
+        tokens = (prompt.tokens if body.echo else []) + list(sequence.tokens)
+        values = (list(prompt.response.prompt_logprobs or [None] * len(prompt.tokens)) if body.echo else [])
+        values += [float(v) for v in sequence.logprobs or []]
+        top = None
+        if body.logprobs > 0:  # only with echo: alternatives of the prompt's tokens
+            rows = prompt.response.topk_prompt_logprobs or [None] * len(prompt.tokens)
+            top = [{decode([t]): float(lp) for t, lp in row} if row else None for row in rows]
+            top += [None] * len(sequence.tokens)
+        pieces = [decode([t]) for t in tokens]
+        offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+        logprobs = {"tokens": pieces, "token_logprobs": values, "top_logprobs": top, "text_offset": offsets}
+    return {"index": index, "text": text, "finish_reason": _finish(sequence), "logprobs": logprobs}
 
 
 def _cut(text: str, stops: list[str]) -> str:
@@ -153,7 +201,7 @@ def _cut(text: str, stops: list[str]) -> str:
     return text[: min(cuts)] if cuts else text
 
 
-def _finish(sequence: Any, stops: list[str], text: str) -> str:
+def _finish(sequence: Any) -> str:
     return FINISH.get(sequence.stop_reason, "stop")
 
 
@@ -193,10 +241,11 @@ def _stream(head: dict, kind: str, choices: list[dict], model: OAIModel, sequenc
 
 
 def _pieces(tokenizer: Any, tokens: list[int], final: str) -> list[str]:
-    """``final`` split where the tokens decode to a longer prefix of it: one piece per token,
-    as a token-by-token stream would send them."""
+    """``final`` split where the tokens decode to a longer prefix of it: one piece per token (per
+    few tokens past 256), as a token-by-token stream would send them."""
     pieces, sent = [], ""
-    for k in range(1, len(tokens) + 1):
+    step = max(1, len(tokens) // 256)  # long answers in groups of tokens: each decode is of the whole prefix
+    for k in [*range(step, len(tokens), step), len(tokens)]:
         text = tokenizer.decode(tokens[:k], skip_special_tokens=True)
         if len(text) > len(sent) and final.startswith(text):
             pieces.append(text[len(sent):])
@@ -212,6 +261,7 @@ def _event(payload: dict) -> str:
 
 ROUTES = [
     Route(PREFIX + "/models", list_models, methods=["GET"]),
+    Route(PREFIX + "/models/{model:path}", get_model, methods=["GET"]),
     Route(PREFIX + "/chat/completions", chat_completions, methods=["POST"]),
     Route(PREFIX + "/completions", completions, methods=["POST"]),
 ]

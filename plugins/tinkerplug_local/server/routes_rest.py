@@ -1,5 +1,9 @@
 """The REST calls of the SDK's ``RestClient`` on runs and checkpoints, and the file downloads
-behind ``get_external_weights_urls`` (signed, expiring URLs served by this server)."""
+behind ``get_external_weights_urls`` (signed, expiring URLs served by this server).
+
+A key sees its own runs only (an admin key lists and reads every run, and changes only its
+own); another key's run is answered as a missing one (404), and so is a download URL whose
+signature does not match."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from starlette.routing import Route
 
 from tinker import types
 
-from tinkerplug_local.server.http import HTTPError, endpoint, json_response, read_json
+from tinkerplug_local.server.http import HTTPError, endpoint, json_response, principal, read_json
 from tinkerplug_local.server.paths import KINDS, PathError, check_segment
 from tinkerplug_local.server.routes_checkpoints import remove_checkpoint
 from tinkerplug_local.store import STATE_META
@@ -60,7 +64,8 @@ def _checkpoints(state: Any, run: str) -> list[types.Checkpoint]:
     return sorted(found, key=lambda c: c.time)
 
 
-def _training_run(state: Any, run: str) -> types.TrainingRun:
+def _training_run(state: Any, run: str, who: Any) -> types.TrainingRun:
+    state.check_run(run, who, listing=True)
     run_dir = state.paths.run_dir(run)
     model = state.models.get(run)
     checkpoints = _checkpoints(state, run) if run_dir.is_dir() else []
@@ -79,48 +84,54 @@ def _training_run(state: Any, run: str) -> types.TrainingRun:
     last = {kind: [c for c in checkpoints if c.checkpoint_type == kind] for kind in ("training", "sampler")}
     last_time = max([c.time for c in checkpoints], default=_utc(model.last_request if model else time.time()))
     return types.TrainingRun(
-        training_run_id=run, base_model=meta.get("base_model") or "", model_owner="local", is_lora=True,
+        training_run_id=run, base_model=meta.get("base_model") or "", model_owner=state.run_owner(run), is_lora=True,
         lora_rank=meta.get("rank"), last_request_time=_utc(model.last_request) if model else last_time,
         last_checkpoint=(last["training"] or [None])[-1], last_sampler_checkpoint=(last["sampler"] or [None])[-1],
         user_metadata={k: str(v) for k, v in (meta.get("user_metadata") or {}).items()} or None,
     )
 
 
-def _runs(state: Any) -> list[str]:
+def _runs(state: Any, who: Any) -> list[str]:
+    """The runs ``who`` may list: its own (every run for an admin key)."""
+    from tinkerplug_local.server.state import visible
+
     on_disk = {p.name for p in state.paths.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    return sorted(on_disk | set(state.models))
+    return sorted(run for run in on_disk | set(state.models) if visible(who, state.run_owner(run), listing=True))
 
 
 async def list_training_runs(request: Request) -> Any:
     state = request.app.state.server
     limit = int(request.query_params.get("limit", 20))
     offset = int(request.query_params.get("offset", 0))
-    runs = _runs(state)
-    page = [_checked(request, _training_run, state, run) for run in runs[offset : offset + limit]]
+    runs = _runs(state, principal(request))
+    page = [_checked(request, _training_run, state, run, principal(request)) for run in runs[offset : offset + limit]]
     cursor = types.Cursor(offset=offset, limit=limit, total_count=len(runs))
     return json_response(types.TrainingRunsResponse(training_runs=page, cursor=cursor))
 
 
 async def get_training_run(request: Request) -> Any:
     state = request.app.state.server
-    return json_response(_checked(request, _training_run, state, request.path_params["run"]))
+    return json_response(_checked(request, _training_run, state, request.path_params["run"], principal(request)))
 
 
 async def list_checkpoints(request: Request) -> Any:
     state = request.app.state.server
-    checkpoints = _checked(request, _checkpoints, state, request.path_params["run"])
+    run = request.path_params["run"]
+    _checked(request, state.check_run, run, principal(request), True)
+    checkpoints = _checked(request, _checkpoints, state, run)
     return json_response(types.CheckpointsListResponse(checkpoints=checkpoints))
 
 
 async def list_user_checkpoints(request: Request) -> Any:
     state = request.app.state.server
-    checkpoints = [c for run in _runs(state) for c in _checkpoints(state, run)]
+    checkpoints = [c for run in _runs(state, principal(request)) for c in _checkpoints(state, run)]
     return json_response(types.CheckpointsListResponse(checkpoints=checkpoints))
 
 
 async def delete_checkpoint(request: Request) -> Any:
     state = request.app.state.server
     p = request.path_params
+    _checked(request, state.check_run, p["run"], principal(request))
     directory = _checked(request, state.paths.local, p["run"], p["kind"], p["name"])
     remove_checkpoint(state, f"{p['run']}/{p['kind']}/{p['name']}", directory)
     return json_response({})
@@ -131,8 +142,8 @@ async def weights_info(request: Request) -> Any:
     body = await read_json(request)
     path = body.get("tinker_path") if isinstance(body, dict) else None
     run, _, _ = _checked(request, state.paths.parse, path)
-    _checked(request, state.paths.to_local, path)
-    info = _checked(request, _training_run, state, run)
+    _checked(request, state.owned_local, path, principal(request), True)
+    info = _checked(request, _training_run, state, run, principal(request))
     return json_response(types.WeightsInfoResponse(base_model=info.base_model, is_lora=True, lora_rank=info.lora_rank))
 
 
@@ -145,6 +156,7 @@ async def external_weights_urls(request: Request) -> Any:
     p = request.path_params
     if p["kind"] != "external_weights":
         raise HTTPError(400, f"{endpoint(request)}: only external_weights checkpoints have download URLs")
+    _checked(request, state.check_run, p["run"], principal(request))
     directory: Path = _checked(request, state.paths.local, p["run"], p["kind"], p["name"])
     expires = int(time.time()) + URL_TTL_S
     base = str(request.base_url).rstrip("/")
@@ -166,7 +178,8 @@ async def download_file(request: Request) -> Any:
         expires = 0
     given = request.query_params.get("signature", "")
     if expires < time.time() or not hmac.compare_digest(given, _signature(state, path, expires)):
-        raise HTTPError(403, f"{endpoint(request)}: the download URL is invalid or expired; ask for new URLs")
+        # 404, as for a missing file: a guessed URL learns nothing about what exists.
+        raise HTTPError(404, f"{endpoint(request)}: no such file, or the download URL is invalid or expired; ask for new URLs")
     directory: Path = _checked(request, state.paths.local, p["run"], p["kind"], p["name"])
     file = directory / _checked(request, check_segment, p["file"], "file name")
     if file.is_symlink() or not file.is_file():

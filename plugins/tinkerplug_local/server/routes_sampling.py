@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from tinker import types
 
-from tinkerplug_local.server.http import HTTPError, call, endpoint, json_response, parse, submitted
+from tinkerplug_local.server.http import HTTPError, admit, call, endpoint, json_response, parse, principal, submitted
 from tinkerplug_local.server.state import Sampler
 from tinkerplug_local.server.wire import encode_sample_response
 
@@ -27,7 +27,7 @@ async def _open_sampler(request: Request, model_path: str | None, base_model: st
     local = None
     if model_path is not None:
         try:
-            local = str(state.paths.to_local(model_path))
+            local = str(state.owned_local(model_path, principal(request)))
         except (ValueError, FileNotFoundError) as exc:
             raise HTTPError(400 if isinstance(exc, ValueError) else 404, f"{endpoint(request)}: {exc}") from None
     elif base_model is None:
@@ -37,12 +37,16 @@ async def _open_sampler(request: Request, model_path: str | None, base_model: st
         client = await asyncio.wrap_future(future.future())
     except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as exc:
         raise HTTPError(400, f"{endpoint(request)}: {exc}") from None
-    return Sampler(client, base_model or client.get_base_model(), model_path)
+    return Sampler(client, base_model or client.get_base_model(), model_path, principal(request).name)
 
 
 async def create_sampling_session(request: Request) -> Any:
     state = request.app.state.server
     body = await parse(request, types.CreateSamplingSessionRequest)
+    try:
+        state.session(body.session_id, principal(request))
+    except KeyError as exc:
+        raise HTTPError(404, f"{endpoint(request)}: {exc.args[0]}") from None
     sampler = await _open_sampler(request, body.model_path, body.base_model)
     sampler_id = f"{body.session_id}:sample:{body.sampling_session_seq_id}"
     state.add_sampler(sampler_id, sampler)
@@ -52,9 +56,10 @@ async def create_sampling_session(request: Request) -> Any:
 async def asample(request: Request) -> Any:
     state = request.app.state.server
     body = await parse(request, types.SampleRequest)
+    who = admit(request)
     if body.sampling_session_id is not None:
         try:
-            sampler = state.sampler(body.sampling_session_id)
+            sampler = state.sampler(body.sampling_session_id, who)
         except KeyError as exc:
             raise HTTPError(404, f"{endpoint(request)}: {exc.args[0]}") from None
     else:
@@ -68,14 +73,14 @@ async def asample(request: Request) -> Any:
         include_prompt_logprobs=bool(body.prompt_logprobs), record_stability_info=bool(body.record_stability_info),
         sequence_ids=ids, **options,
     )
-    return submitted(state, future, encode_sample_response, sample_sequence_ids=ids)
+    return submitted(request, future, encode_sample_response, sample_sequence_ids=ids)
 
 
 async def get_sampler(request: Request) -> Any:
     state = request.app.state.server
     sampler_id = request.path_params["sampler_id"]
     try:
-        sampler = state.sampler(sampler_id)
+        sampler = state.sampler(sampler_id, principal(request))
     except KeyError as exc:
         raise HTTPError(404, f"{endpoint(request)}: {exc.args[0]}") from None
     return json_response(types.GetSamplerResponse(sampler_id=sampler_id, base_model=_loadable(sampler.base_model), model_path=sampler.model_path))

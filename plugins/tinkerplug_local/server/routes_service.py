@@ -11,7 +11,7 @@ from starlette.routing import Route
 from tinker import types
 
 from tinkerplug_local.server.futures import error_body
-from tinkerplug_local.server.http import HTTPError, endpoint, json_response, parse, protobuf, read_json
+from tinkerplug_local.server.http import HTTPError, admit, endpoint, json_response, parse, principal, protobuf, read_json
 from tinkerplug_local.server.routes_sessions import record_created, record_finished
 
 # Flags the SDK reads once per client. Chunks of one forward_backward are sent one after the
@@ -30,22 +30,27 @@ async def client_dynamic_config(request: Request) -> Any:
 
 async def create_session(request: Request) -> Any:
     body = await parse(request, types.CreateSessionRequest)
-    session_id = request.app.state.server.new_session()
-    record_created(request.app.state.server, session_id, body)
+    session_id = request.app.state.server.new_session(admit(request))
+    record_created(request.app.state.server, session_id, body, principal(request).name)
     return json_response(types.CreateSessionResponse(session_id=session_id))
 
 
 async def session_heartbeat(request: Request) -> Any:
     body = await parse(request, types.SessionHeartbeatRequest)
-    if not request.app.state.server.heartbeat(body.session_id):
-        raise HTTPError(404, f"{endpoint(request)}: unknown session {body.session_id!r} (the server restarted?)")
+    try:
+        request.app.state.server.heartbeat(body.session_id, principal(request))
+    except KeyError as exc:
+        raise HTTPError(404, f"{endpoint(request)}: {exc.args[0]}") from None
     return json_response(types.SessionHeartbeatResponse())
 
 
 async def finish_session(request: Request) -> Any:
     body = await read_json(request)
     session_id = request.path_params["session_id"]
-    request.app.state.server.finish_session(session_id)
+    try:
+        request.app.state.server.finish_session(session_id, principal(request))
+    except KeyError as exc:
+        raise HTTPError(404, f"{endpoint(request)}: {exc.args[0]}") from None
     record_finished(request.app.state.server, session_id, body)
     return JSONResponse({})
 
@@ -54,7 +59,7 @@ async def get_server_capabilities(request: Request) -> Any:
     state = request.app.state.server
     capabilities = state.service.get_server_capabilities()
     names = {m.model_name for m in capabilities.supported_models}
-    loaded = sorted({m.base_model for m in list(state.models.values())} - names)
+    loaded = sorted({m.base_model for m in list(state.models.values())} - names)  # base models only: no owner's data
     extra = [types.SupportedModel(model_name=name, trainable=True, sampleable=True) for name in loaded]
     return json_response(types.GetServerCapabilitiesResponse(supported_models=[*capabilities.supported_models, *extra]))
 
@@ -71,7 +76,7 @@ async def telemetry(request: Request) -> Any:
 async def retrieve_future(request: Request) -> Any:
     state = request.app.state.server
     body = await parse(request, types.FutureRetrieveRequest)
-    pending = state.futures.get(body.request_id)
+    pending = state.futures.get(body.request_id, principal(request).name)
     if pending is None:
         raise HTTPError(404, f"{endpoint(request)}: unknown request_id {body.request_id!r} (the server restarted, or it expired)")
     if not await state.futures.wait(pending):
@@ -93,8 +98,11 @@ async def cancel_future(request: Request) -> Any:
     request_id = body.get("request_id") if isinstance(body, dict) else None
     if not isinstance(request_id, str):
         raise HTTPError(400, f"{endpoint(request)}: the body needs request_id")
-    request.app.state.server.futures.cancel(request_id)  # one already running finishes; its result is dropped later
-    return JSONResponse({})
+    if not request.app.state.server.futures.cancel(request_id, principal(request).name):
+        pending = request.app.state.server.futures.get(request_id, principal(request).name)
+        if pending is None:  # unknown, or another key's: the same answer
+            raise HTTPError(404, f"{endpoint(request)}: unknown request_id {request_id!r}")
+    return JSONResponse({})  # one already running finishes; its result is dropped later
 
 
 ROUTES = [

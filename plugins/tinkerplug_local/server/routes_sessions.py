@@ -1,5 +1,8 @@
 """The ``RestClient`` session calls: get, list and search the sessions this server has seen.
 
+A key sees its own sessions (an admin key lists every key's); another key's is answered as an
+unknown one (404).
+
 A session is remembered from ``create_session`` until the server stops, finished ones too
 (with how they ended), newest first; its training runs are the runs named after it, in memory
 or on disk (``<session>:train:<n>``), its samplers the ones still open.
@@ -15,14 +18,14 @@ from starlette.routing import Route
 
 from tinker import types
 
-from tinkerplug_local.server.http import HTTPError, endpoint, json_response, parse
+from tinkerplug_local.server.http import HTTPError, endpoint, json_response, parse, principal
 
 MAX_FINISHED = 1000  # finished sessions remembered, newest kept
 
 
-def record_created(state: Any, session_id: str, body: Any) -> None:
+def record_created(state: Any, session_id: str, body: Any, owner: str) -> None:
     meta = {k: str(v) for k, v in (body.user_metadata or {}).items()} or None
-    state.session_info[session_id] = {
+    state.session_info[session_id] = {"owner": owner,
         "created": datetime.datetime.now(datetime.timezone.utc), "user_metadata": meta,
         "display_name": body.display_name, "project_id": body.project_id or "local", "status": {"type": "active"},
     }
@@ -43,9 +46,15 @@ def record_finished(state: Any, session_id: str, body: Any) -> None:
         del state.session_info[old]
 
 
+def _visible(request: Request, info: dict[str, Any], listing: bool = True) -> bool:
+    from tinkerplug_local.server.state import visible
+
+    return visible(principal(request), info["owner"], listing)
+
+
 def _info(request: Request, session_id: str) -> dict[str, Any]:
     info = request.app.state.server.session_info.get(session_id)
-    if info is None:
+    if info is None or not _visible(request, info):
         raise HTTPError(404, f"{endpoint(request)}: unknown session {session_id!r} (created by another server process?)")
     return info
 
@@ -84,7 +93,8 @@ def _int(request: Request, name: str, default: int) -> int:
 async def list_sessions(request: Request) -> Any:
     state = request.app.state.server
     limit, offset = _int(request, "limit", 20), _int(request, "offset", 0)
-    newest = sorted(state.session_info, key=lambda s: state.session_info[s]["created"], reverse=True)
+    mine = {s: i for s, i in list(state.session_info.items()) if _visible(request, i)}
+    newest = sorted(mine, key=lambda s: mine[s]["created"], reverse=True)
     return json_response(types.ListSessionsResponse(sessions=newest[offset : offset + limit]))
 
 
@@ -93,7 +103,7 @@ async def search_sessions(request: Request) -> Any:
     body = await parse(request, types.SessionSearchRequest)
     rows = []
     for session_id, info in sorted(state.session_info.items(), key=lambda kv: (kv[1]["created"], kv[0]), reverse=True):
-        if _matches(body, session_id, info) and _after_cursor(body, session_id, info):
+        if _visible(request, info) and _matches(body, session_id, info) and _after_cursor(body, session_id, info):
             rows.append(_summary(state, session_id, info))
     page = rows[: body.limit]
     cursor = None
@@ -132,7 +142,7 @@ def _summary(state: Any, session_id: str, info: dict[str, Any]) -> Any:
     dirs = _checkpoint_dirs(state, session_id)
     size = sum(f.stat().st_size for d in dirs for f in d.iterdir() if f.is_file())
     return types.SessionSummary(
-        session_id=session_id, created_at=info["created"], owner="local", project_id=info["project_id"],
+        session_id=session_id, created_at=info["created"], owner=info["owner"], project_id=info["project_id"],
         status=info["status"], checkpoints_count=len(dirs), display_name=info["display_name"],
         user_metadata=info["user_metadata"], checkpoint_storage_bytes=size,
     )

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from tinker import types
 
 from tinkerplug_local.server.futures import then
-from tinkerplug_local.server.http import HTTPError, call, dump, endpoint, json_response, parse, submitted
+from tinkerplug_local.server.http import HTTPError, admit, call, dump, endpoint, json_response, parse, principal, submitted
 from tinkerplug_local.server.wire import WireError, decode_forward_backward, encode_forward_backward_output
 
 
@@ -31,6 +31,7 @@ def _state(request: Request) -> Any:
 async def create_model(request: Request) -> Any:
     state = _state(request)
     body = await parse(request, types.CreateModelRequest)
+    who = _new_model_allowed(request, state, body.session_id)
     lora = body.lora_config or types.LoraConfig(rank=32)
     model_id = f"{body.session_id}:train:{body.model_seq_id}"
     meta = {k: str(v) for k, v in (body.user_metadata or {}).items()}
@@ -43,15 +44,27 @@ async def create_model(request: Request) -> Any:
         )
 
     def created(client: Any) -> types.CreateModelResponse:
-        state.add_model(model_id, client, body.base_model, lora.rank, meta)
+        state.add_model(model_id, client, body.base_model, lora.rank, meta, who.name)
         return types.CreateModelResponse(model_id=model_id)
 
-    return await _create_once(state, model_id, submit, created)
+    return await _create_once(request, model_id, submit, created)
 
 
-async def _create_once(state: Any, model_id: str, submit: Any, created: Any) -> Any:
+def _new_model_allowed(request: Request, state: Any, session_id: str) -> Any:
+    """The caller, when the session is its own (404 otherwise) and it is under its model limit."""
+    who = admit(request)
+    try:
+        state.session(session_id, who)
+    except KeyError as exc:
+        raise HTTPError(404, f"{endpoint(request)}: {exc.args[0]}") from None
+    state.check_model_limit(who)
+    return who
+
+
+async def _create_once(request: Request, model_id: str, submit: Any, created: Any) -> Any:
     """One model per (session, model_seq_id): a create the SDK sends again (its answer was
     lost on the way) gets the first one's future instead of a second adapter."""
+    state = _state(request)
     with state.creating_lock:
         future = state.creating.get(model_id)
         first = future is None
@@ -59,7 +72,7 @@ async def _create_once(state: Any, model_id: str, submit: Any, created: Any) -> 
             future = state.creating[model_id] = Future()
     if first:
         then(await run_in_threadpool(call, submit), created).add_done_callback(lambda f: _copy(f, future))
-    return submitted(state, future, dump, model_id=model_id)
+    return submitted(request, future, dump, model_id=model_id)
 
 
 def _copy(source: Future, target: Future) -> None:
@@ -72,7 +85,7 @@ def _copy(source: Future, target: Future) -> None:
 async def get_info(request: Request) -> Any:
     state = _state(request)
     body = await parse(request, types.GetInfoRequest)
-    model = _model(state, body.model_id, request)
+    model = _model(state, body.model_id, request, queued=False)
     info = model.client.get_info()
     # The SDK loads the tokenizer named here: the local model dir, so no hub is needed.
     tokenizer_dir = getattr(model.client.get_tokenizer(), "name_or_path", None) or info.model_data.tokenizer_id
@@ -80,9 +93,11 @@ async def get_info(request: Request) -> Any:
     return json_response(info.model_copy(update={"model_id": body.model_id, "model_data": data}))
 
 
-def _model(state: Any, model_id: str, request: Request) -> Any:
+def _model(state: Any, model_id: str, request: Request, queued: bool = True) -> Any:
+    """The caller's model (404 for another key's, as for an unknown one); a request that will be
+    queued must also be under the caller's limit of queued requests."""
     try:
-        return state.model(model_id)
+        return state.model(model_id, admit(request) if queued else principal(request))
     except KeyError as exc:
         raise HTTPError(404, f"{endpoint(request)}: {exc.args[0]}") from None
 
@@ -100,7 +115,7 @@ async def forward_backward(request: Request) -> Any:
         future = getattr(model.client, kind)(data, loss_fn, config)
     except (ValueError, TypeError, KeyError, NotImplementedError) as exc:
         raise HTTPError(400, f"{endpoint(request)}: {exc}") from None
-    return submitted(state, future, encode_forward_backward_output, model_id, release)
+    return submitted(request, future, encode_forward_backward_output, model_id, release)
 
 
 async def optim_step(request: Request) -> Any:
@@ -108,7 +123,7 @@ async def optim_step(request: Request) -> Any:
     body = await parse(request, types.OptimStepRequest)
     model = _model(state, body.model_id, request)
     release = state.release_time(model, "optim_step")
-    return submitted(state, call(model.client.optim_step, body.optim_params), dump, body.model_id, release)
+    return submitted(request, call(model.client.optim_step, body.optim_params), dump, body.model_id, release)
 
 
 async def save_weights(request: Request) -> Any:
@@ -119,7 +134,7 @@ async def save_weights(request: Request) -> Any:
     saved = _saved(request, state, body.ttl_seconds)
     future = call(model.client.save_state, name, ttl_seconds=body.ttl_seconds, user_metadata=body.user_metadata)
     answer = then(future, lambda r: types.SaveWeightsResponse(path=saved(r.path)))
-    return submitted(state, answer, dump, body.model_id, state.release_time(model, "save_weights"))
+    return submitted(request, answer, dump, body.model_id, state.release_time(model, "save_weights"))
 
 
 def _saved(request: Request, state: Any, ttl_seconds: int | None) -> Any:
@@ -147,7 +162,7 @@ async def save_weights_for_sampler(request: Request) -> Any:
         saved = _saved(request, state, body.ttl_seconds)
         future = call(model.client.save_weights_for_sampler, body.path, ttl_seconds=body.ttl_seconds)
         answer = then(future, lambda r: types.SaveWeightsForSamplerResponseInternal(path=saved(r.path)))
-        return submitted(state, answer, dump, body.model_id, release)
+        return submitted(request, answer, dump, body.model_id, release)
     # save_weights_and_get_sampling_client: a snapshot and a sampling session on it.
     sampler_id = f"{body.model_id}:sample:{body.sampling_session_seq_id}"
     future = call(model.client.save_weights_and_get_sampling_client, kind=body.kind)
@@ -156,10 +171,10 @@ async def save_weights_for_sampler(request: Request) -> Any:
         from tinkerplug_local.server.state import Sampler
 
         path = state.paths.to_tinker(client.model_path) if client.model_path else None  # None: in-memory snapshot
-        state.add_sampler(sampler_id, Sampler(client, model.base_model, path))
+        state.add_sampler(sampler_id, Sampler(client, model.base_model, path, model.owner))
         return types.SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id)
 
-    return submitted(state, then(future, registered), dump, body.model_id, release)
+    return submitted(request, then(future, registered), dump, body.model_id, release)
 
 
 async def save_weights_external(request: Request) -> Any:
@@ -181,21 +196,21 @@ async def save_weights_external(request: Request) -> Any:
         size = sum(f.stat().st_size for f in destination.iterdir() if f.is_file())
         return types.SaveWeightsExternalResponseInternal(path=saved(destination), size_bytes=size)
 
-    return submitted(state, then(future, moved), dump, body.model_id, state.release_time(model, "save_weights_external"))
+    return submitted(request, then(future, moved), dump, body.model_id, state.release_time(model, "save_weights_external"))
 
 
 async def load_weights(request: Request) -> Any:
     state = _state(request)
     body = await parse(request, types.LoadWeightsRequest)
     try:
-        local = str(state.paths.to_local(body.path))
+        local = str(state.owned_local(body.path, principal(request)))
     except (ValueError, FileNotFoundError) as exc:
         raise HTTPError(400 if isinstance(exc, ValueError) else 404, f"{endpoint(request)}: {exc}") from None
     if body.model_id is not None:  # into an existing model, in order with its other requests
         model = _model(state, body.model_id, request)
         method = model.client.load_state_with_optimizer if body.optimizer else model.client.load_state
         answer = then(call(method, local), lambda r: types.LoadWeightsResponse(path=body.path, model_id=body.model_id))
-        return submitted(state, answer, dump, body.model_id, state.release_time(model, "load_weights"))
+        return submitted(request, answer, dump, body.model_id, state.release_time(model, "load_weights"))
     if body.session_id is None or body.model_seq_id is None:
         raise HTTPError(400, f"{endpoint(request)}: LoadWeightsRequest needs model_id, or session_id and model_seq_id")
     return await _create_from_state(request, state, body, local)
@@ -203,6 +218,7 @@ async def load_weights(request: Request) -> Any:
 
 async def _create_from_state(request: Request, state: Any, body: Any, local: str) -> Any:
     """``create_training_client_from_state[_with_optimizer]``: a new model from a checkpoint."""
+    who = _new_model_allowed(request, state, body.session_id)
     model_id = f"{body.session_id}:train:{body.model_seq_id}"
     meta = {k: str(v) for k, v in (body.user_metadata or {}).items()} if body.user_metadata is not None else None
     method = (
@@ -212,10 +228,10 @@ async def _create_from_state(request: Request, state: Any, body: Any, local: str
     )
     def created(client: Any) -> types.LoadWeightsResponse:
         info = client.get_info()
-        state.add_model(model_id, client, info.model_name or "", info.lora_rank or 0, meta)
+        state.add_model(model_id, client, info.model_name or "", info.lora_rank or 0, meta, who.name)
         return types.LoadWeightsResponse(path=body.path, model_id=model_id)
 
-    return await _create_once(state, model_id, lambda: method(local, base_model=body.base_model, user_metadata=meta), created)
+    return await _create_once(request, model_id, lambda: method(local, base_model=body.base_model, user_metadata=meta), created)
 
 
 ROUTES = [

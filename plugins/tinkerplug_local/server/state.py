@@ -3,6 +3,11 @@ worker thread each), and the sessions, training models and samplers its clients 
 
 Each client's model is its own LoRA adapter on the shared base model, with its own optimizer:
 requests of different clients interleave on the worker but never touch each other's weights.
+
+Everything belongs to the principal (API key) that made it: sessions, models and samplers
+record their owner's name, futures too (``futures.py``), and a run dir on disk says it in
+``.owner``. Asked for by another principal, each is answered exactly as an unknown one (404),
+so a key cannot learn what other keys hold.
 """
 
 from __future__ import annotations
@@ -18,6 +23,18 @@ from tinkerplug_local.server.checkpoint_meta import CheckpointMeta
 from tinkerplug_local.server.clock import ModelClock
 from tinkerplug_local.server.futures import FutureTable
 from tinkerplug_local.server.paths import CheckpointPaths
+from tinkerplug_local.server.principals import LOCAL, Principal
+
+OWNER_FILE = ".owner"  # in a run dir: the name of the principal that made it (never a key)
+
+
+class LimitError(Exception):
+    """A principal is at one of its limits: answered 429 with ``Retry-After``."""
+
+    def __init__(self, detail: str, retry_after_s: int, retry: bool):
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+        self.retry = retry  # whether the SDK should retry on its own (a queue drains; a model count does not)
 
 if TYPE_CHECKING:
     from tinkerplug_local.training_client import TrainingClient
@@ -30,6 +47,7 @@ class Model:
     rank: int
     user_metadata: dict[str, str]
     clock: ModelClock | None
+    owner: str = LOCAL
     created: float = field(default_factory=time.time)
     last_request: float = field(default_factory=time.time)
 
@@ -39,6 +57,18 @@ class Sampler:
     client: Any  # tinkerplug_local.sampling.SamplingClient
     base_model: str
     model_path: str | None  # tinker:// path of the weights; None for the base model or an in-memory snapshot
+    owner: str = LOCAL
+
+
+@dataclass
+class Session:
+    owner: str
+    last_heartbeat: float = field(default_factory=time.time)
+
+
+def visible(principal: Principal, owner: str | None, listing: bool = False) -> bool:
+    """Whether ``principal`` may see what ``owner`` made: its own, or anything when listing as admin."""
+    return principal.name == (owner or LOCAL) or (listing and principal.admin)
 
 
 class ServerState:
@@ -49,13 +79,17 @@ class ServerState:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.service = ServiceClient(checkpoint_dir=checkpoint_dir, device=device, dtype=dtype, **backend)
         self.paths = CheckpointPaths(self.service.store.root)
+        from tinkerplug_local.server.metrics import Metrics
+
         self.checkpoint_meta = CheckpointMeta(self.paths.root)  # TTLs and public flags
         self.paths.before_lookup = self.checkpoint_meta.sweep
         self.session_info: dict[str, dict[str, Any]] = {}  # kept after a session finishes, for get/list/search
-        self.futures = FutureTable()
+        self.metrics = Metrics()
+        self.futures = FutureTable(observe=self.metrics.observe_work)
+        self.draining = False  # set at shutdown: new work is refused with 503, queued work finishes
         self.clock_s = clock_ms / 1000.0
         self.clock_t0 = time.perf_counter()
-        self.sessions: dict[str, float] = {}
+        self.sessions: dict[str, Session] = {}
         self.models: dict[str, Model] = {}
         self.samplers: dict[str, Sampler] = {}
         self.creating: dict[str, Any] = {}  # model_id -> the Future of its creation
@@ -63,25 +97,35 @@ class ServerState:
         self.signing_key = uuid.uuid4().bytes + uuid.uuid4().bytes  # for download URLs, per process
         self._lock = threading.Lock()
 
-    def new_session(self) -> str:
-        session_id = f"session-{uuid.uuid4().hex[:12]}"
+    def new_session(self, principal: Principal) -> str:
+        # 128 random bits: session ids name run dirs and tinker:// paths; none is guessable.
+        session_id = f"session-{uuid.uuid4().hex}"
         with self._lock:
-            self.sessions[session_id] = time.time()
+            limit = principal.limits.max_sessions
+            if limit and sum(s.owner == principal.name for s in self.sessions.values()) >= limit:
+                raise LimitError(f"key {principal.name!r} has {limit} open sessions, its limit: "
+                                 "close one (ServiceClient.close / holder shutdown) or ask the operator to raise it", 60, False)
+            self.sessions[session_id] = Session(principal.name)
         return session_id
 
-    def heartbeat(self, session_id: str) -> bool:
+    def session(self, session_id: str, principal: Principal) -> Session:
+        """The session, when ``principal`` made it; KeyError (404) as for an unknown one otherwise."""
         with self._lock:
-            if session_id not in self.sessions:
-                return False
-            self.sessions[session_id] = time.time()
-            return True
+            session = self.sessions.get(session_id)
+        if session is None or not visible(principal, session.owner):
+            raise KeyError(f"unknown session {session_id!r} (the server restarted? create a new ServiceClient)")
+        return session
 
-    def finish_session(self, session_id: str) -> bool:
+    def heartbeat(self, session_id: str, principal: Principal) -> None:
+        self.session(session_id, principal).last_heartbeat = time.time()
+
+    def finish_session(self, session_id: str, principal: Principal) -> None:
         """Free what the session made: its models' adapters (after their queued jobs, which run
         first on the worker) and its samplers. Its checkpoints stay on disk."""
+        self.session(session_id, principal)
         prefix = f"{session_id}:"
         with self._lock:
-            known = self.sessions.pop(session_id, None) is not None
+            self.sessions.pop(session_id, None)
             models = [self.models.pop(k) for k in [k for k in self.models if k.startswith(prefix)]]
             for key in [k for k in self.creating if k.startswith(prefix)]:
                 del self.creating[key]
@@ -89,23 +133,32 @@ class ServerState:
                 del self.samplers[key]  # the local SamplingClient frees its adapter when dropped
         for model in models:
             model.client.release()
-        return known
 
-    def add_model(self, model_id: str, client: Any, base_model: str, rank: int, user_metadata: dict[str, str] | None) -> Model:
+    def check_model_limit(self, principal: Principal) -> None:
+        limit = principal.limits.max_models
+        with self._lock:
+            count = sum(m.owner == principal.name for m in self.models.values())
+        if limit and count >= limit:
+            raise LimitError(f"key {principal.name!r} has {limit} training models, its limit: "
+                             "finish a session to free its models, or ask the operator to raise it", 60, False)
+
+    def add_model(self, model_id: str, client: Any, base_model: str, rank: int, user_metadata: dict[str, str] | None,
+                  owner: str = LOCAL) -> Model:
         # The local client writes its checkpoints under its model_id: make it the SDK's id,
         # so the tinker:// paths name the run the client knows.
         client.model_id = model_id
         client.session = session_of(model_id)  # stable_reinforce: it trains on its session's samples
         clock = ModelClock(self.clock_s, self.clock_t0) if self.clock_s > 0 else None
-        model = Model(client, base_model, rank, dict(user_metadata or {}), clock)
+        model = Model(client, base_model, rank, dict(user_metadata or {}), clock, owner)
+        self.write_owner(model_id, owner)
         with self._lock:
             self.models[model_id] = model
         return model
 
-    def model(self, model_id: str) -> Model:
+    def model(self, model_id: str, principal: Principal) -> Model:
         with self._lock:
             model = self.models.get(model_id)
-        if model is None:
+        if model is None or not visible(principal, model.owner):
             raise KeyError(f"unknown model_id {model_id!r} (created by another server process? create it again or load its checkpoint)")
         model.last_request = time.time()
         return model
@@ -115,12 +168,41 @@ class ServerState:
         with self._lock:
             self.samplers[sampler_id] = sampler
 
-    def sampler(self, sampler_id: str) -> Sampler:
+    def sampler(self, sampler_id: str, principal: Principal) -> Sampler:
         with self._lock:
             sampler = self.samplers.get(sampler_id)
-        if sampler is None:
+        if sampler is None or not visible(principal, sampler.owner):
             raise KeyError(f"unknown sampling_session_id {sampler_id!r}")
         return sampler
+
+    # -- runs on disk --------------------------------------------------------------------------
+
+    def write_owner(self, run: str, owner: str) -> None:
+        run_dir = self.paths.run_dir(run)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / OWNER_FILE).exists():
+            (run_dir / OWNER_FILE).write_text(owner + "\n")
+
+    def run_owner(self, run: str) -> str:
+        """Who made run ``run``: its model's owner, else its ``.owner`` file (``local`` if none:
+        runs written before owners existed belong to the key-less server)."""
+        with self._lock:
+            model = self.models.get(run)
+        if model is not None:
+            return model.owner
+        owner_file = self.paths.run_dir(run) / OWNER_FILE
+        return owner_file.read_text().strip() if owner_file.is_file() else LOCAL
+
+    def check_run(self, run: str, principal: Principal, listing: bool = False) -> None:
+        """FileNotFoundError (404, as for a missing run) unless ``principal`` may see run ``run``."""
+        if not visible(principal, self.run_owner(run), listing):
+            raise FileNotFoundError(f"unknown training run {run!r}")
+
+    def owned_local(self, tinker_path: str, principal: Principal, listing: bool = False) -> Path:
+        """The local dir of a ``tinker://`` path ``principal`` may use (PathError, FileNotFoundError)."""
+        run, kind, name = self.paths.parse(tinker_path)
+        self.check_run(run, principal, listing)
+        return self.paths.local(run, kind, name)
 
     def release_time(self, model: Model, request: str) -> float | None:
         return model.clock.release_time(request) if model.clock is not None else None

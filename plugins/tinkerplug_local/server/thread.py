@@ -11,9 +11,10 @@ from typing import Any
 
 
 class ThreadServer:
-    """``ThreadServer(dir, api_keys=[...])``; ``url`` once it answers; ``stop()`` when done."""
+    """``ThreadServer(dir, api_keys=[...])``; ``url`` once it answers; ``stop()`` when done.
+    ``api_keys``: a list of keys, or a ``principals.Keyring`` (named keys, admins, limits)."""
 
-    def __init__(self, checkpoint_dir: Path, api_keys: list[str] | None = None, device: str | None = "cpu", **options: Any):
+    def __init__(self, checkpoint_dir: Path, api_keys: Any = None, device: str | None = "cpu", **options: Any):
         import uvicorn
 
         from tinkerplug_local.server.app import create_app
@@ -24,7 +25,8 @@ class ThreadServer:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(create_app(self.state, list(api_keys or [])), host="127.0.0.1", port=port, log_level="error")
+        self.app = create_app(self.state, api_keys if api_keys is not None else [])
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="error")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="tinkerplug-serve", daemon=True)
         self._thread.start()

@@ -1,0 +1,238 @@
+"""N real SDK clients against one ``tinkerplug serve``: throughput, latency and fairness.
+
+For each N (default 1, 2, 4, 8) a fresh ``tinkerplug serve`` subprocess starts on loopback
+with a keys file of N keys; N threads each run an unmodified ``tinker.ServiceClient`` with its
+own key and its own LoRA, and train as the quickstart does (its chat data, the last assistant
+message trained, ``forward_backward`` + ``optim_step`` kept one step ahead), and every
+``--sample-every`` steps take a sampler snapshot and answer held-out prompts greedily. After
+``--seconds`` of steady state, the script prints aggregate steps/s and trained tokens/s,
+p50/p95 latency per request kind (submission to result), each client's share of the steps
+(1.0 = a fair share), and the server's peak RSS; the load average before and after each row.
+
+Execution is serialized: the server's worker runs one request at a time, each client's in
+submission order. Mixed-adapter batches (several clients' rows in one forward/backward) are
+not implemented, so there is no second column to compare.
+
+    python benchmarks/serve_clients.py [--clients 1,2,4,8] [--seconds 20] [--model tiny-chat]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from common import machine_line, model_dir, offline_env
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "examples" / "quickstart"
+
+
+def examples(tokenizer, name: str, limit: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt tokens, answer tokens) of the quickstart's chats, through the model's chat template."""
+    rows = []
+    for line in (DATA / name).read_text().splitlines()[:limit]:
+        messages = json.loads(line)["messages"]
+        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)
+        full = tokenizer.apply_chat_template(messages, tokenize=True)
+        rows.append((list(prompt), list(full[len(prompt):])))
+    return rows
+
+
+def datum(prompt: list[int], answer: list[int]):
+    from tinker import types
+
+    tokens = prompt + answer
+    weights = [0.0] * (len(prompt) - 1) + [1.0] * len(answer)  # the last assistant message
+    return types.Datum(model_input=types.ModelInput.from_ints(tokens[:-1]),
+                       loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights})
+
+
+class Client(threading.Thread):
+    """One SDK client: its own key, its own LoRA, the quickstart's loop."""
+
+    def __init__(self, index: int, url: str, key: str, model: str, args: argparse.Namespace, start: threading.Barrier):
+        super().__init__(daemon=True)
+        self.index, self.url, self.key, self.model, self.args, self.start_line = index, url, key, model, args, start
+        self.latency: dict[str, list[float]] = {"forward_backward": [], "optim_step": [], "sample": [], "snapshot": []}
+        self.steps = self.tokens = 0
+        self.error: BaseException | None = None
+        self.deadline = 0.0
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            self.error = exc
+            self.start_line.abort()
+
+    def _run(self) -> None:
+        import tinker
+        from tinker import types
+
+        service = tinker.ServiceClient(base_url=self.url, api_key=self.key)
+        training = service.create_lora_training_client(self.model, rank=8, seed=self.index)
+        tokenizer = training.get_tokenizer()
+        train = examples(tokenizer, "train.jsonl", 512)
+        heldout = examples(tokenizer, "heldout.jsonl", 4)
+        batch = self.args.batch
+        self._step(training, [datum(*r) for r in train[:batch]], types)  # warm up: not counted
+        self.start_line.wait()
+        self.deadline = time.perf_counter() + self.args.seconds
+        step = 0
+        while time.perf_counter() < self.deadline:
+            rows = [train[(step * batch + i + self.index * 97) % len(train)] for i in range(batch)]
+            self._step(training, [datum(*r) for r in rows], types)
+            step += 1
+            if step % self.args.sample_every == 0:
+                self._sample(training, heldout, types)
+
+    def _step(self, training, data, types) -> None:
+        t0 = time.perf_counter()
+        fb = training.forward_backward(data, "cross_entropy")
+        optim = training.optim_step(types.AdamParams(learning_rate=1e-3))
+        fb.result()
+        t1 = time.perf_counter()
+        optim.result()
+        t2 = time.perf_counter()
+        if self.deadline and t2 <= self.deadline:
+            self.latency["forward_backward"].append(t1 - t0)
+            self.latency["optim_step"].append(t2 - t0)
+            self.steps += 1
+            self.tokens += sum(d.model_input.length for d in data)
+
+    def _sample(self, training, heldout, types) -> None:
+        t0 = time.perf_counter()
+        sampler = training.save_weights_and_get_sampling_client()
+        t1 = time.perf_counter()
+        params = types.SamplingParams(max_tokens=8, temperature=0.0)
+        futures = [sampler.sample(types.ModelInput.from_ints(prompt), 1, params) for prompt, _ in heldout]
+        for future in futures:
+            future.result()
+        t2 = time.perf_counter()
+        if t2 <= self.deadline:
+            self.latency["snapshot"].append(t1 - t0)
+            self.latency["sample"].append(t2 - t1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tmp: Path, keys: list[str], extra: list[str]) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    keys_file = tmp / "keys.toml"
+    keys_file.write_text("".join(f'[client{i}]\nkey = "{k}"\n' for i, k in enumerate(keys)))
+    port = free_port()
+    log = open(tmp / "serve.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "tinkerplug.cli", "serve", "--port", str(port), "--device", "cpu",
+                               "--checkpoint-dir", str(tmp / "checkpoints"), "--keys-file", str(keys_file), *extra],
+                              stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TINKERPLUG_SERVE_KEYS": ""})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"tinkerplug serve exited: {(tmp / 'serve.log').read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit("tinkerplug serve did not start")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def one_row(n: int, model: str, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="serve-clients-") as tmp:
+        keys = [f"tml-bench-{i}-{os.urandom(8).hex()}" for i in range(n)]
+        server, url = start_server(Path(tmp), keys, args.serve_arg)
+        load_before = os.getloadavg()[0]
+        try:
+            barrier = threading.Barrier(n)
+            clients = [Client(i, url, keys[i], model, args, barrier) for i in range(n)]
+            for client in clients:
+                client.start()
+            for client in clients:
+                client.join(args.seconds + 600)
+            errors = [c.error for c in clients if c.error is not None]
+            if errors:
+                raise SystemExit(f"a client failed: {type(errors[0]).__name__}: {errors[0]}")
+            rss = peak_rss_mb(server.pid)
+        finally:
+            server.terminate()
+            server.wait(60)
+        return summarize(n, clients, rss, load_before, os.getloadavg()[0], args.seconds)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarize(n: int, clients: list[Client], rss: float, load_before: float, load_after: float, seconds: float) -> dict:
+    steps = sum(c.steps for c in clients)
+    merged = {kind: [v for c in clients for v in c.latency[kind]] for kind in clients[0].latency}
+    fair = steps / n if steps else float("nan")
+    return {
+        "clients": n, "steps_per_s": steps / seconds, "tokens_per_s": sum(c.tokens for c in clients) / seconds,
+        "latency": {k: (percentile(v, 0.5), percentile(v, 0.95)) for k, v in merged.items()},
+        "share_min": min(c.steps for c in clients) / fair, "share_max": max(c.steps for c in clients) / fair,
+        "peak_rss_mb": rss, "load": (load_before, load_after),
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    one = rows[0]["steps_per_s"] if rows and rows[0]["clients"] == 1 else float("nan")
+    print("| clients | steps/s | x 1 client | tokens/s | fwd_bwd p50/p95 s | optim p50/p95 s | sample p50/p95 s "
+          "| share min/max | server peak RSS | load before/after |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        lat = r["latency"]
+        print(f"| {r['clients']} | {r['steps_per_s']:.2f} | {r['steps_per_s'] / one:.2f} | {r['tokens_per_s']:.0f} "
+              f"| {lat['forward_backward'][0]:.2f} / {lat['forward_backward'][1]:.2f} "
+              f"| {lat['optim_step'][0]:.2f} / {lat['optim_step'][1]:.2f} | {lat['sample'][0]:.2f} / {lat['sample'][1]:.2f} "
+              f"| {r['share_min']:.2f} / {r['share_max']:.2f} | {r['peak_rss_mb']:.0f} MB "
+              f"| {r['load'][0]:.1f} / {r['load'][1]:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", default="1,2,4,8", help="comma-separated client counts")
+    parser.add_argument("--seconds", type=float, default=20.0, help="steady-state seconds per row")
+    parser.add_argument("--model", default="tiny-chat")
+    parser.add_argument("--batch", type=int, default=8, help="chats per forward_backward (the quickstart's batch)")
+    parser.add_argument("--sample-every", type=int, default=10, help="steps between sampler snapshots")
+    parser.add_argument("--serve-arg", action="append", default=[], help="passed to tinkerplug serve (repeatable)")
+    args = parser.parse_args()
+    offline_env()
+    model = model_dir(args.model) if args.model != "tiny-chat" else args.model
+    print(f"# serve_clients: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; execution: serialized "
+          f"(mixed-adapter batches: not implemented); {args.seconds:g} s per row, batch {args.batch}, LoRA r8, {args.model}")
+    print("# " + machine_line())
+    rows = [one_row(int(n), model, args) for n in args.clients.split(",")]
+    print_table(rows)
+    print("# " + machine_line())
+
+
+if __name__ == "__main__":
+    main()
