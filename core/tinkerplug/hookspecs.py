@@ -336,7 +336,7 @@ def make_step_executor(config: RunConfig, training_client: Any) -> StepExecutor 
     steps in flight (request latency overlaps) but must finish them in order.
     Called once, in the prepare phase. Stops at first non-None result.
 
-    First-party: ``executors`` (``executor = "sync"`` or ``"pipelined"`` with
+    First-party: ``executors`` (``[executor] name = "sync"`` or ``"pipelined"`` with
     ``submit_ahead``).
     """
 
@@ -392,7 +392,8 @@ def lr_for_step(step: int, num_steps: int, config: RunConfig) -> float | None:
     result.
 
     First-party: ``schedule`` (base LR from the config or Tinker's recommended formula;
-    linear warmup, then cosine, linear or constant decay to ``min_lr``).
+    linear warmup, then cosine, linear or constant decay to ``min_lr``: the ``[schedule]``
+    table).
     """
 
 
