@@ -77,3 +77,22 @@ def test_max_adapters_must_not_be_negative(tmp_path):
 
     with pytest.raises(ValueError, match="max_adapters must be >= 0"):
         ServiceClient(checkpoint_dir=tmp_path, max_adapters=-1)
+
+
+def test_lanes_take_turns_and_keep_their_order():
+    """Fair scheduling: one lane's (one key's) long queue does not hold up another's next job."""
+    import threading
+
+    from tinkerplug_local.worker import Worker
+
+    worker, order, gate = Worker("lanes-test"), [], threading.Event()
+    worker.submit(lambda: gate.wait(30))
+    flood = [worker.submit(lambda i=i: order.append(("a", i)), lane="a") for i in range(5)]
+    late = worker.submit(lambda: order.append(("b", 0)), lane="b")
+    plain = worker.submit(lambda: order.append(("-", 0)))  # no lane: one more turn-taker
+    gate.set()
+    for future in [*flood, late, plain]:
+        future.result(timeout=30)
+    assert order.index(("b", 0)) == 1 and order.index(("-", 0)) == 2
+    assert [x for x in order if x[0] == "a"] == [("a", i) for i in range(5)]
+    worker.close()

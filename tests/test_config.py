@@ -97,10 +97,11 @@ def test_a_plugin_table_path_resolves_by_where_it_was_written(tmp_path, monkeypa
     assert load_config(path, ["inspect.tasks=[]"], schema=schema).base_dir("inspect.tasks") == tmp_path.parent
 
 
-def test_init_from_in_the_file_is_relative_to_it(tmp_path):
-    config = load_config(_write(tmp_path, 'init_from = "runs/old:4"\n' + BASE))
-    assert config.init_from == f"{tmp_path.resolve() / 'runs' / 'old'}:4"
-    assert load_config(_write(tmp_path, 'init_from = "tinker://x/weights/a"\n' + BASE)).init_from == "tinker://x/weights/a"
+def test_run_dirs_stay_relative_to_the_current_directory(tmp_path):
+    """run_dir and init_from name run dirs, which are made where tinkerplug runs: kept as
+    written (resolved against the current directory), in the file too."""
+    config = load_config(_write(tmp_path, 'init_from = "runs/old:4"\nrun_dir = "runs/new"\n' + BASE))
+    assert (config.init_from, config.run_dir) == ("runs/old:4", Path("runs/new"))
 
 
 def test_an_error_in_a_set_value_names_the_set(tmp_path):

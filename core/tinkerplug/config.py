@@ -375,12 +375,11 @@ def build_config(
     _check_objective(config, schema, origin)
     config._sections = _validate_sections(plugin_tables, schema, origin)
     config._plugin_result_keys = tuple(schema.result_keys)
-    # Paths in the file are relative to it, those of a --set to the current directory;
-    # run_dir (in the file too) to the current directory.
+    # Paths in the file are relative to it, those of a --set to the current directory; run
+    # dirs (run_dir, and init_from's run dir or checkpoint) to the current directory, in the file too.
     config.data.train = _rel_source(config.data.train, origin.base_dir(("data", "train")))
     if config.data.heldout is not None:
         config.data.heldout = _rel_source(config.data.heldout, origin.base_dir(("data", "heldout")))
-    config.init_from = _rel_ref(config.init_from, origin.base_dir(("init_from",)))
     config._source = origin.file.resolve()
     config._set_keys = frozenset(origin.overrides)
     config._moved = {f"{table}.{key}": old for old, (table, key) in schema.moved.items()}
@@ -463,16 +462,6 @@ def _validate_sections(tables: dict[str, Any], schema: PluginSchema, origin: Con
 def _rel(path: Path, base: Path) -> Path:
     path = path.expanduser()
     return path if path.is_absolute() else (base / path)
-
-
-def _rel_ref(spec: str | None, base: Path) -> str | None:
-    """A checkpoint reference (``init_from``: a run dir or state path, optionally ``:STEP``)
-    relative to ``base``; ``tinker://`` paths stay as written."""
-    if spec is None or spec.startswith("tinker://"):
-        return spec
-    head, sep, tail = spec.rpartition(":")
-    path, step = (head, sep + tail) if sep and tail.isdigit() else (spec, "")
-    return f"{_rel(Path(path), base)}{step}"
 
 
 def is_spec(path: str | Path) -> bool:

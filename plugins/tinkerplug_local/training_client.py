@@ -27,6 +27,7 @@ class TrainingClient:
         self._param_list: list[Any] | None = None
         self._offloaded: str | None = None  # the file of its adapter while it is out of memory (residency.py)
         self.session: str | None = None  # the serve session that owns this model (None in-process)
+        self.lane: str | None = None  # the worker lane of its jobs: serve gives each API key one (fair turns)
 
     def _job(self, fn: Any, wrapper: Any = None) -> Any:
         """Queue ``fn`` on the worker, with this client's adapter in memory when it runs (``--max-adapters``)."""
@@ -34,13 +35,15 @@ class TrainingClient:
             self._host.residency.touch(self)
             return fn()
 
-        return self._host.worker.submit(run, wrapper) if wrapper is not None else self._host.worker.submit(run)
+        if wrapper is not None:
+            return self._host.worker.submit(run, wrapper, lane=self.lane)
+        return self._host.worker.submit(run, lane=self.lane)
 
     def release(self) -> None:
         """Free this client's adapter (or its offloaded file) on the host, after the jobs already
         queued on its worker (the server does this when the client's session ends)."""
         host = self._host
-        host.worker.submit(lambda: host.residency.drop(self))
+        host.worker.submit(lambda: host.residency.drop(self), lane=self.lane)
 
     # -- training ----------------------------------------------------------------------------
 
