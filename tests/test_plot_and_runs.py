@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl, run_cli, run_inprocess, write_config
+from conftest import read_jsonl, run_cli, run_inprocess
 
 
 @pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def runs_dir(tmp_path_factory: pytest.TempPathFactory, short_run: Path) -> Path:
+    """``runs/first``: a copy of the session's short run (plot writes into it, runs adds dirs)."""
     directory = tmp_path_factory.mktemp("runs")
-    config = write_config(directory, num_steps=6, eval_every=3, save_every=3, run_dir=str(directory / "runs" / "first"))
-    result = run_inprocess("run", str(config), "-q")
-    assert result.returncode == 0, result.stderr
+    shutil.copytree(short_run, directory / "runs" / "first")
     return directory / "runs"
 
 
@@ -74,8 +74,6 @@ def test_runs_lists_steps_loss_eval_and_checkpoint(runs_dir, tmp_path):
 def test_runs_piped_keeps_every_column_whole_and_a_terminal_wraps(runs_dir, tmp_path, monkeypatch):
     """Piped (no terminal) nothing is cut at 80 columns; in a narrow terminal cells wrap, and
     every character of a long run name is still there."""
-    import shutil
-
     from rich.console import Console
 
     from tinkerplug.commands import runs as runs_mod

@@ -34,6 +34,18 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float
     return [p[0] for p in points], [p[1] for p in points]
 
 
+# The training curves an objective logs (rl, dpo, distill), beside train/loss, when present.
+OBJECTIVE_CURVES = ("rl/reward", "rl/zero_variance_groups", "rl/sampler_learner_kl", "rl/kl_reference",
+                    "dpo/accuracy", "dpo/margin", "distill/teacher_kl")
+
+
+def objective_keys(steps: list[dict[str, Any]]) -> list[str]:
+    """The objective curves in the run's step rows: the keys above and each reward's mean."""
+    present = {k for r in steps for k in r}
+    rewards = sorted(k for k in present if k.startswith("rl/reward/") and not k.endswith("_std"))
+    return [k for k in OBJECTIVE_CURVES if k in present] + rewards
+
+
 def _is_loss(key: str) -> bool:
     """Losses fall over orders of magnitude: a log axis keeps the late steps visible."""
     return key.endswith(("loss", "/bpb"))
@@ -50,7 +62,7 @@ def plot_panels(info: Any) -> tuple[list[str], list[str]]:
     """The metrics drawn, and the constant eval series left out."""
     eval_keys = [k for k in info.eval_keys() if not k.endswith("/n")]  # sample counts are not curves
     constant = [k for k in eval_keys if _is_constant(info, k)]
-    return ["train/loss", "lr", *(k for k in eval_keys if k not in constant)], constant
+    return ["train/loss", "lr", *objective_keys(info.steps), *(k for k in eval_keys if k not in constant)], constant
 
 
 def plot_run(info: Any, out: Path) -> list[str]:
@@ -65,7 +77,7 @@ def plot_run(info: Any, out: Path) -> list[str]:
     last_step = max([info.steps_done, *checkpoints, *(r["step"] for r in info.metrics)], default=1)
     for ax, key in zip(axes.flat, panels):
         steps, values = _series(info.metrics if key.startswith("eval/") else info.steps, key)
-        if key == "train/loss" and len(values) > 20:
+        if key != "lr" and not key.startswith("eval/") and len(values) > 20:  # noisy per step: smoothed too
             ax.plot(steps, values, color="tab:blue", alpha=0.3, linewidth=1, label="per step")
             window = max(2, len(values) // 20)
             smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1]) for i in range(len(values))]

@@ -18,9 +18,10 @@ from tinkerplug.run_info import RunInfo, is_run_dir, read_run
 
 # The keys `show` prints from config.json, in this order.
 SUMMARY_KEYS = (
-    "base_model", "backend", "renderer", "lora_rank", "learning_rate", "use_recommended_lr",
+    "objective", "init_from", "base_model", "backend", "renderer", "lora_rank", "learning_rate", "use_recommended_lr",
     "lr_schedule", "warmup_steps", "warmup_ratio", "min_lr", "batch_size", "num_steps",
     "num_epochs", "max_length", "loss_reduction", "eval_every", "save_every", "executor", "seed",
+    "schedule",  # run dirs made before [schedule] hold its keys at the top level (above)
 )
 
 
