@@ -2,9 +2,10 @@
 
 For each N (default 1, 2, 4, 8) a fresh ``tinkerplug serve`` subprocess starts on loopback
 with a keys file of N keys; N threads each run an unmodified ``tinker.ServiceClient`` with its
-own key and its own LoRA, and train as the quickstart does (its chat data, the last assistant
-message trained, ``forward_backward`` + ``optim_step`` kept one step ahead), and every
-``--sample-every`` steps take a sampler snapshot and answer held-out prompts greedily. After
+own key and its own LoRA, and train on the quickstart's chat data (the last assistant message
+trained; ``forward_backward`` and ``optim_step`` submitted together, the result awaited before
+the next step), and every ``--sample-every`` steps take a sampler snapshot and answer held-out
+prompts greedily. After
 ``--seconds`` of steady state, the script prints aggregate steps/s and trained tokens/s,
 p50/p95 latency per request kind (submission to result), each client's share of the steps
 (1.0 = a fair share), and the server's peak RSS; the load average before and after each row.
@@ -41,8 +42,9 @@ def examples(tokenizer, name: str, limit: int) -> list[tuple[list[int], list[int
     rows = []
     for line in (DATA / name).read_text().splitlines()[:limit]:
         messages = json.loads(line)["messages"]
-        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)
-        full = tokenizer.apply_chat_template(messages, tokenize=True)
+        prompt = tokenizer.encode(tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False),
+                                  add_special_tokens=False)
+        full = tokenizer.encode(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)
         rows.append((list(prompt), list(full[len(prompt):])))
     return rows
 
@@ -79,7 +81,7 @@ class Client(threading.Thread):
         from tinker import types
 
         service = tinker.ServiceClient(base_url=self.url, api_key=self.key)
-        training = service.create_lora_training_client(self.model, rank=8, seed=self.index)
+        training = service.create_lora_training_client(self.model, rank=8, seed=self.index).result()
         tokenizer = training.get_tokenizer()
         train = examples(tokenizer, "train.jsonl", 512)
         heldout = examples(tokenizer, "heldout.jsonl", 4)
@@ -111,7 +113,7 @@ class Client(threading.Thread):
 
     def _sample(self, training, heldout, types) -> None:
         t0 = time.perf_counter()
-        sampler = training.save_weights_and_get_sampling_client()
+        sampler = training.save_weights_and_get_sampling_client().result()
         t1 = time.perf_counter()
         params = types.SamplingParams(max_tokens=8, temperature=0.0)
         futures = [sampler.sample(types.ModelInput.from_ints(prompt), 1, params) for prompt, _ in heldout]

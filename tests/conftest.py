@@ -105,3 +105,15 @@ def service(tmp_path_factory: pytest.TempPathFactory):
     client = ServiceClient(checkpoint_dir=tmp_path_factory.mktemp("local"))
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished 6-step run (evals at steps 0, 3 and 6, checkpoints at 3 and 6), trained once
+    per session for the tests that only read a run dir. Read-only: copy it to change it."""
+    directory = tmp_path_factory.mktemp("short-run")
+    config = write_config(directory, num_steps=6, eval_every=3, save_every=3)
+    result = run_inprocess("run", str(config), "-q")
+    assert result.returncode == 0, result.stderr
+    return directory / "run"
+

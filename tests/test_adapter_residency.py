@@ -57,6 +57,19 @@ def test_an_evicted_adapter_comes_back_exactly(limited, service):
     assert len(trained) == 1  # one training adapter in memory, the limit
 
 
+def test_an_adapter_evicted_between_forward_backward_and_optim_step_keeps_its_gradients(limited, service):
+    from tinker import types
+
+    expected = steps(service.create_lora_training_client(MODEL, rank=4, seed=9).result(), 3)
+    a = limited.create_lora_training_client(MODEL, rank=4, seed=9).result()
+    first = steps(a, 1)
+    pending = a.forward_backward(BATCHES[1], "cross_entropy").result().metrics["loss:sum"]
+    limited.create_lora_training_client(MODEL, rank=4, seed=10).result()  # a goes to disk with its gradients
+    assert a._offloaded is not None
+    a.optim_step(types.AdamParams(learning_rate=1e-2)).result()
+    assert first + [pending] + steps(a, 1, 2) == expected
+
+
 def test_checkpoints_and_samplers_of_an_evicted_adapter(limited, tmp_path):
     from tinker import types
 
@@ -77,3 +90,22 @@ def test_max_adapters_must_not_be_negative(tmp_path):
 
     with pytest.raises(ValueError, match="max_adapters must be >= 0"):
         ServiceClient(checkpoint_dir=tmp_path, max_adapters=-1)
+
+
+def test_lanes_take_turns_and_keep_their_order():
+    """Fair scheduling: one lane's (one key's) long queue does not hold up another's next job."""
+    import threading
+
+    from tinkerplug_local.worker import Worker
+
+    worker, order, gate = Worker("lanes-test"), [], threading.Event()
+    worker.submit(lambda: gate.wait(30))
+    flood = [worker.submit(lambda i=i: order.append(("a", i)), lane="a") for i in range(5)]
+    late = worker.submit(lambda: order.append(("b", 0)), lane="b")
+    plain = worker.submit(lambda: order.append(("-", 0)))  # no lane: one more turn-taker
+    gate.set()
+    for future in [*flood, late, plain]:
+        future.result(timeout=30)
+    assert order.index(("b", 0)) == 1 and order.index(("-", 0)) == 2
+    assert [x for x in order if x[0] == "a"] == [("a", i) for i in range(5)]
+    worker.close()

@@ -10,18 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_jsonl, run_inprocess, write_config
+from conftest import read_jsonl, run_inprocess
 
 PROMPT = [{"role": "user", "content": "What is 47 - 18?"}, {"role": "assistant", "content": "29"}]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("export")
-    config = write_config(directory, num_steps=6, save_every=3)
-    result = run_inprocess("run", str(config), "-q")
-    assert result.returncode == 0, result.stderr
-    return directory / "run"
+def run_dir(short_run: Path) -> Path:
+    """The session's short run (checkpoints at steps 3 and 6): export only reads it."""
+    return short_run
 
 
 def _tokens() -> list[int]:
@@ -59,6 +56,7 @@ def test_adapter_loads_with_peft_and_matches_the_sampler(run_dir, tmp_path, serv
     info = json.loads((out / "tinkerplug_export.json").read_text())
     last = read_jsonl(run_dir / "checkpoints.jsonl")[-1]
     assert info["step"] == last["step"] == 6 and info["merged"] is False
+    assert "tie_word_embeddings=True" in result.stdout  # tiny-chat ties them: PEFT's warning is explained
 
     tokens = _tokens()
     expected = _sampler_logprobs(service, last["sampler_path"], tokens)

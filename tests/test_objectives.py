@@ -95,6 +95,37 @@ def test_rl_samples_groups_scores_them_and_logs_per_reward_metrics(tmp_path):
     assert "rl/kl_reference" in rows[0]  # kl_every = 10: step 0
 
 
+def test_eval_chat_and_plot_work_on_an_rl_run(tmp_path, capsys):
+    config = write_config(tmp_path, RL_TABLE, num_steps=2, batch_size=4, objective="rl")
+    main(["run", str(config), "-q"])
+    run_dir = str(tmp_path / "run")
+    capsys.readouterr()
+    main(["eval", run_dir, "--json", "--set", "heldout.limit=4"])
+    assert "heldout/exact_match" in capsys.readouterr().out
+    main(["chat", run_dir, "--prompt", "First letter: hello", "--max-tokens", "4"])
+    assert capsys.readouterr().out.strip()
+    main(["plot", run_dir, "--out", str(tmp_path / "curves.png")])
+    out = capsys.readouterr().out
+    assert "rl/reward" in out and "rl/zero_variance_groups" in out and (tmp_path / "curves.png").is_file()
+
+
+def test_the_docs_tables_are_what_the_script_prints_for_the_recorded_runs():
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from post_training import DOC, EXAMPLES, docs_block, render
+
+    text = DOC.read_text(encoding="utf-8")
+    for name in EXAMPLES:
+        begin, end = docs_block(name)
+        shown = text.split(begin, 1)[1].split(end, 1)[0]
+        assert shown == "\n" + render(name, ROOT / "examples" / name / "recorded"), (
+            f"docs/tutorial/post-training.md: the {name} table is stale; run `python scripts/post_training.py --update-docs`"
+        )
+
+
 def test_rewards_are_registered_by_plugins():
     from tinkerplug.plugin_loader import load_plugins
 
@@ -317,3 +348,70 @@ def test_a_bad_teacher_is_refused_clearly(name, tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and all(part in err for part in expected) and "Traceback" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_rl_with_stable_reinforce_samples_with_stability_info_and_sends_provenance(tmp_path):
+    """``[rl] loss = "stable_reinforce"``: the sampler records, every datum names its sequence
+    (a datum without provenance would be refused), and the run trains on-policy."""
+    config = write_config(tmp_path, RL_TABLE + 'loss = "stable_reinforce"\n', num_steps=3, batch_size=4, objective="rl")
+    main(["run", str(config), "-q"])
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 3 and all(math.isfinite(r["train/loss"]) for r in rows)
+    assert all(abs(r["rl/sampler_learner_kl"]) < 1e-3 for r in rows)
+    from tinkerplug_rl.settings import RLSettings
+
+    with pytest.raises(ValueError, match="stable_reinforce.* needs provenance spans, which the cookbook 0.5.8 environment"):
+        RLSettings(env="envs.py:make", loss="stable_reinforce")
+
+
+FIRST_LETTER_ENV = '''
+from functools import partial
+
+from tinker_cookbook.rl.problem_env import ProblemEnv, ProblemGroupBuilder
+from tinker_cookbook.rl.types import RLDataset
+
+
+class FirstLetter(ProblemEnv):
+    def __init__(self, renderer, word):
+        super().__init__(renderer, format_coef=0.0)
+        self.word = word
+
+    def get_question(self):
+        return f"First letter: {self.word}"
+
+    def check_answer(self, response):
+        return response.strip() == self.word[0]
+
+    def check_format(self, response):
+        return True
+
+    def get_reference_answer(self):
+        return self.word[0]
+
+
+class Words(RLDataset):
+    def __init__(self, renderer):
+        self.renderer = renderer
+        self.words = ["apple", "banana", "cherry", "dates", "elder", "figs", "grape", "honey"]
+
+    def get_batch(self, index):
+        words = self.words[(index * 2) % 8:(index * 2) % 8 + 2]
+        return [ProblemGroupBuilder(env_thunk=partial(FirstLetter, self.renderer, w), num_envs=4) for w in words]
+
+    def __len__(self):
+        return 4
+
+
+def make(renderer, config):
+    return Words(renderer)
+'''
+
+
+def test_rl_trains_on_a_cookbook_environment(tmp_path):
+    (tmp_path / "words_env.py").write_text(FIRST_LETTER_ENV)
+    text = '[rl]\ngroup_size = 4\nmax_tokens = 4\nenv = "words_env.py:make"\n'
+    config = write_config(tmp_path, text, num_steps=2, batch_size=4, objective="rl")
+    main(["run", str(config), "-q"])
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 2 and all(r["train/examples"] == 8 for r in rows)  # 2 groups of 4 a step
+    assert all(0 <= r["rl/reward"] <= 1 and abs(r["rl/sampler_learner_kl"]) < 1e-3 for r in rows)

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl, run_cli, run_inprocess, write_config
+from conftest import read_jsonl, run_cli, run_inprocess
 
 
 @pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def runs_dir(tmp_path_factory: pytest.TempPathFactory, short_run: Path) -> Path:
+    """``runs/first``: a copy of the session's short run (plot writes into it, runs adds dirs)."""
     directory = tmp_path_factory.mktemp("runs")
-    config = write_config(directory, num_steps=6, eval_every=3, save_every=3, run_dir=str(directory / "runs" / "first"))
-    result = run_inprocess("run", str(config), "-q")
-    assert result.returncode == 0, result.stderr
+    shutil.copytree(short_run, directory / "runs" / "first")
     return directory / "runs"
 
 
@@ -68,6 +69,47 @@ def test_runs_lists_steps_loss_eval_and_checkpoint(runs_dir, tmp_path):
     assert default.returncode == 0 and "first" in default.stdout
     nothing = run_inprocess("runs", str(tmp_path))
     assert nothing.returncode == 0 and "no runs under" in nothing.stdout
+
+
+def test_runs_piped_keeps_every_column_whole_and_a_terminal_wraps(runs_dir, tmp_path, monkeypatch):
+    """Piped (no terminal) nothing is cut at 80 columns; in a narrow terminal cells wrap, and
+    every character of a long run name is still there."""
+    from rich.console import Console
+
+    from tinkerplug.commands import runs as runs_mod
+
+    long_name = "a-run-with-a-name-far-longer-than-any-column-" + "x" * 40
+    shutil.copytree(runs_dir / "first", tmp_path / long_name)
+    piped = run_cli("runs", str(tmp_path))
+    assert piped.returncode == 0 and long_name in piped.stdout and "…" not in piped.stdout
+    narrow = Console(width=60, record=True, file=open(os.devnull, "w"))
+    monkeypatch.setattr(runs_mod, "_console", lambda: narrow)
+    runs_mod.runs.callback(tmp_path, False)
+    text = narrow.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 60 and "…" not in text
+    first_column = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│"))
+    assert long_name in first_column
+
+
+def test_plot_draws_losses_on_a_log_axis_skips_constant_series_and_keeps_titles_apart(runs_dir, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from tinkerplug.commands import plot as plot_mod
+    from tinkerplug.commands.runs import read_run
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to inspect it
+    info = read_run(runs_dir / "first")
+    panels = plot_mod.plot_run(info, tmp_path / "curves.png")
+    axes = {ax.get_title(): ax for ax in figures[0].axes if ax.get_visible()}
+    scales = {title.split(" (")[0].split(",")[0]: ax.get_yscale() for title, ax in axes.items()}
+    assert scales["train/loss"] == "log" and scales["nll/loss"] == "log" and scales["lr"] == "linear"
+    constant = [k for k in info.eval_keys() if len({r[k] for r in info.metrics if k in r}) == 1]
+    assert "eval/nll/tokens" in constant and not set(constant) & set(panels)
+    figures[0].canvas.draw()
+    boxes = [ax.title.get_window_extent() for ax in axes.values()] + [figures[0]._suptitle.get_window_extent()]
+    overlaps = [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+    assert not overlaps, "panel titles overlap"
 
 
 def test_show_prints_config_last_metrics_and_checkpoints(runs_dir, tmp_path):

@@ -37,8 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-import pytest
-
 # Modules a project plugin file becomes (``plugins.load_file``): dropped after every call.
 PROJECT_MODULE_PREFIX = "tinkerplug_project_"
 DEFAULT_KEYS: dict[str, Any] = {
@@ -160,25 +158,14 @@ class TinkerplugRunner:
         """``tinkerplug ARGS...`` in this process, in ``cwd`` (default: the runner's directory)
         with ``env`` added (None removes a variable) and ``input`` as its stdin; everything is
         restored afterwards."""
-        from tinkerplug import cli
-
         workdir = Path(cwd) if cwd is not None else self.path
         out, err, both = io.StringIO(), io.StringIO(), io.StringIO()
-        exit_code, escaped = 0, None
-        commands = dict(cli.cli.commands)
-        with _isolated(workdir, env or {}, self.sys_path):
+        with _isolated(workdir, env or {}, self.sys_path), _commands_restored() as cli:
             with contextlib.redirect_stdout(_Tee(out, both)), contextlib.redirect_stderr(_Tee(err, both)), _stdin(input):
-                try:
-                    if self.sys_path:  # installed plugins there add commands at start-up, as in a new process
-                        cli._add_plugin_commands()
-                    cli.main(list(args))
-                except SystemExit as exc:
-                    exit_code = _exit_code(exc.code, err)
-                except Exception as exc:  # noqa: BLE001 - TINKERPLUG_DEBUG=1 lets it through
-                    exit_code, escaped = 1, exc
+                if self.sys_path:  # installed plugins there add commands at start-up, as in a new process
+                    cli._add_plugin_commands()
+                exit_code, escaped = _call_main(cli.main, list(args), err)
             run_dir = _run_dir(list(args), workdir)
-        cli.cli.commands.clear()
-        cli.cli.commands.update(commands)
         return Result(list(args), exit_code, out.getvalue(), err.getvalue(), both.getvalue(), run_dir, escaped)
 
     def run_process(self, *args: str, env: Mapping[str, str] | None = None, cwd: str | Path | None = None, timeout: float = 600) -> Result:
@@ -254,6 +241,30 @@ def _isolated(cwd: Path, env: Mapping[str, str | None], sys_path: list[str], kee
             _unload(set(sys.modules) - before, sys_path)
 
 
+def _call_main(main: Any, args: list[str], err: io.StringIO) -> tuple[int, BaseException | None]:
+    """The exit code of ``main(args)`` and an exception that escaped it (TINKERPLUG_DEBUG=1)."""
+    try:
+        main(args)
+    except SystemExit as exc:
+        return _exit_code(exc.code, err), None
+    except Exception as exc:  # noqa: BLE001 - reported in the result, as a process would exit 1
+        return 1, exc
+    return 0, None
+
+
+@contextlib.contextmanager
+def _commands_restored() -> Iterator[Any]:
+    """The CLI module, with its command group as it was afterwards (plugins add commands)."""
+    from tinkerplug import cli
+
+    commands = dict(cli.cli.commands)
+    try:
+        yield cli
+    finally:
+        cli.cli.commands.clear()
+        cli.cli.commands.update(commands)
+
+
 @contextlib.contextmanager
 def _stdin(text: str) -> Iterator[None]:
     saved = sys.stdin
@@ -267,7 +278,7 @@ def _stdin(text: str) -> Iterator[None]:
 def _unload(new: set[str], sys_path: list[str]) -> None:
     """Forget project plugin files and modules imported from the runner's extra paths, so a
     later call imports them afresh (or not at all)."""
-    roots = tuple(str(Path(p).resolve()) for p in sys_path)
+    roots = tuple(str(Path(p).resolve()) + os.sep for p in sys_path)
     for name in new:
         module = sys.modules.get(name)
         origin = getattr(module, "__file__", None) or ""
@@ -334,9 +345,16 @@ class _Tee(io.TextIOBase):
         return True
 
 
-@pytest.fixture
-def tinkerplug_runner(tmp_path: Path) -> Iterator[TinkerplugRunner]:
-    """A ``TinkerplugRunner`` in a fresh temporary directory."""
-    runner = TinkerplugRunner(tmp_path)
-    yield runner
-    runner.cleanup()
+try:  # the fixture for pytest; the runner itself works under any test framework
+    import pytest
+except ImportError:  # pragma: no cover - pytest is how most plugin authors test
+    pytest = None
+
+if pytest is not None:
+
+    @pytest.fixture
+    def tinkerplug_runner(tmp_path: Path) -> Iterator[TinkerplugRunner]:
+        """A ``TinkerplugRunner`` in a fresh temporary directory."""
+        runner = TinkerplugRunner(tmp_path)
+        yield runner
+        runner.cleanup()

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from tinker import types
 
 from tinkerplug_local.losses import check_datums, check_loss_fn, datum_inputs, resolve_config
 from tinkerplug_local.store import OPTIMIZER_FILE, STATE_META, to_path, write_adapter
 
+if TYPE_CHECKING:
+    from tinkerplug_local.host import ModelHost
+    from tinkerplug_local.service import ServiceClient
+
 
 class TrainingClient:
-    def __init__(self, service: Any, host: Any, adapter: str, model_id: str, meta: dict[str, Any]):
+    def __init__(self, service: ServiceClient, host: ModelHost, adapter: str, model_id: str, meta: dict[str, Any]):
         self._service = service
         self._host = host
         self._adapter = adapter
@@ -23,6 +27,7 @@ class TrainingClient:
         self._param_list: list[Any] | None = None
         self._offloaded: str | None = None  # the file of its adapter while it is out of memory (residency.py)
         self.session: str | None = None  # the serve session that owns this model (None in-process)
+        self.lane: str | None = None  # the worker lane of its jobs: serve gives each API key one (fair turns)
 
     def _job(self, fn: Any, wrapper: Any = None) -> Any:
         """Queue ``fn`` on the worker, with this client's adapter in memory when it runs (``--max-adapters``)."""
@@ -30,13 +35,15 @@ class TrainingClient:
             self._host.residency.touch(self)
             return fn()
 
-        return self._host.worker.submit(run, wrapper) if wrapper is not None else self._host.worker.submit(run)
+        if wrapper is not None:
+            return self._host.worker.submit(run, wrapper, lane=self.lane)
+        return self._host.worker.submit(run, lane=self.lane)
 
     def release(self) -> None:
         """Free this client's adapter (or its offloaded file) on the host, after the jobs already
         queued on its worker (the server does this when the client's session ends)."""
         host = self._host
-        host.worker.submit(lambda: host.residency.drop(self))
+        host.worker.submit(lambda: host.residency.drop(self), lane=self.lane)
 
     # -- training ----------------------------------------------------------------------------
 

@@ -4,8 +4,8 @@ interface: ``result()``, ``await f``, ``await f.result_async()``."""
 from __future__ import annotations
 
 import atexit
-import queue
 import threading
+from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
 
@@ -24,8 +24,47 @@ class ClientFuture(AwaitableConcurrentFuture[T]):
         return getattr(self.result(), name)
 
 
+class LaneQueue:
+    """Jobs by lane (``tinkerplug serve`` gives each API key one), taken round-robin across lanes
+    and in submission order within a lane: one key's long queue does not hold up another key's
+    next request. Jobs put ``last`` come after every lane's (closing sentinels)."""
+
+    def __init__(self) -> None:
+        self._lanes: dict[Any, deque] = {}
+        self._turns: deque = deque()  # lanes with jobs; the first takes the next turn
+        self._last: deque = deque()
+        self._cond = threading.Condition()
+
+    def put(self, item: Any, lane: Any = None, last: bool = False) -> None:
+        with self._cond:
+            if last:
+                self._last.append(item)
+            else:
+                if lane not in self._lanes:
+                    self._lanes[lane] = deque()
+                    self._turns.append(lane)
+                self._lanes[lane].append(item)
+            self._cond.notify()
+
+    def get(self) -> Any:
+        with self._cond:
+            while not self._turns and not self._last:
+                self._cond.wait()
+            if not self._turns:
+                return self._last.popleft()
+            lane = self._turns.popleft()
+            jobs = self._lanes[lane]
+            item = jobs.popleft()
+            if jobs:
+                self._turns.append(lane)  # to the back of the line
+            else:
+                del self._lanes[lane]
+            return item
+
+
 class Worker:
-    """One thread that runs jobs in submission order, like the service runs a client's requests.
+    """One thread that runs jobs in submission order per lane, like the service runs a client's
+    requests (one lane unless the caller names lanes: then round-robin across them).
 
     Ordering is what makes pipelining correct: ``forward_backward`` for step n+1 may be submitted
     before step n's ``optim_step`` has run, and a ``save_state`` captures exactly the updates
@@ -33,7 +72,7 @@ class Worker:
     """
 
     def __init__(self, name: str = "tinkerplug-local"):
-        self._jobs: queue.SimpleQueue[tuple[Future, Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._jobs = LaneQueue()
         self._exiting = False
         self._refusal: BaseException | None = None  # set by refuse(): every later job fails with it
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -43,9 +82,11 @@ class Worker:
         # running finish, drop the queued ones, and wait for the thread.
         atexit.register(self._stop_at_exit)
 
-    def submit(self, fn: Callable[[], T], wrapper: type[AwaitableConcurrentFuture] = AwaitableConcurrentFuture) -> AwaitableConcurrentFuture[T]:
+    def submit(self, fn: Callable[[], T], wrapper: type[AwaitableConcurrentFuture] = AwaitableConcurrentFuture,
+               lane: Any = None) -> AwaitableConcurrentFuture[T]:
+        """Queue ``fn``; jobs of one ``lane`` run in order, lanes take turns."""
         future: Future[T] = Future()
-        self._jobs.put((future, fn))
+        self._jobs.put((future, fn), lane)
         return wrapper(future)
 
     def _run(self) -> None:
@@ -71,7 +112,7 @@ class Worker:
         is running finishes. Returns once it has."""
         self._refusal = error
         done: Future = Future()
-        self._jobs.put((done, lambda: None))
+        self._jobs.put((done, lambda: None), last=True)
         if threading.current_thread() is not self._thread:
             try:
                 done.exception(timeout=600)
@@ -80,11 +121,11 @@ class Worker:
 
     def close(self) -> None:
         """Stop after the jobs already submitted."""
-        self._jobs.put(None)
+        self._jobs.put(None, last=True)
 
     def _stop_at_exit(self) -> None:
         self._exiting = True
-        self._jobs.put(None)
+        self._jobs.put(None, last=True)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=60)
 

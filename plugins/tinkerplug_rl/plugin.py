@@ -34,6 +34,13 @@ def make_objective(config: Any, run: Any, data: Any) -> Any:
             "the prompts of a step are the core's batch",
             hint=f"set batch_size = {settings.groups_per_batch} (and drop groups_per_batch, or keep both equal)",
         )
+    if settings.env:
+        from pathlib import Path
+
+        from tinkerplug_rl.environments import EnvironmentObjective, load_env
+
+        base = Path(config.source).parent if config.source else Path.cwd()
+        return EnvironmentObjective(run, data, settings, load_env(settings.env, base))
     registered = run.plugins.register_rewards()
     for name in settings.rewards:
         if name not in registered:

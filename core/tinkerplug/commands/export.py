@@ -71,6 +71,27 @@ def export(run_dir: Path, out: Path, step: int | None, merge: bool) -> None:
     else:
         click.echo(f"wrote the step-{record['step']} LoRA adapter to {out}")
         click.echo(f"  load with: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {str(out)!r})")
+        if _lora_on_tied_head(base, out):
+            click.echo(TIED_HEAD_NOTE)
+
+
+TIED_HEAD_NOTE = (
+    "  note: PEFT will warn that the model has `tie_word_embeddings=True` and a tied layer is part of the\n"
+    "  adapter. Expected: the LoRA on lm_head (train_unembed) changes the output layer only, as in\n"
+    "  training; the input embeddings stay the base model's and the logits equal the run's sampler's.\n"
+    "  Only merging it into the shared weight would change both, so --merge unties lm_head first."
+)
+
+
+def _lora_on_tied_head(base: str, adapter: Path) -> bool:
+    """Whether PEFT will warn about a tied layer in the adapter (base config + adapter config)."""
+    try:
+        config = json.loads((Path(base) / "config.json").read_text())
+        targets = json.loads((adapter / ADAPTER_FILES[0]).read_text()).get("target_modules") or []
+    except (OSError, ValueError):
+        return False  # a hub id or an unreadable config: nothing to say
+    tied = config.get("tie_word_embeddings", config.get("text_config", {}).get("tie_word_embeddings", False))
+    return bool(tied) and "lm_head" in targets
 
 
 def fetch_adapter(record: dict[str, Any], run_dir: Path, dest: Path) -> None:
@@ -133,7 +154,8 @@ def merge_adapter(base: str, adapter: Path, dest: Path) -> None:
         if hasattr(model.config, "get_text_config"):
             model.config.get_text_config().tie_word_embeddings = False
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        # lm_head is untied above, so PEFT's tied-layer warning no longer applies to this merge
+        warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*", category=UserWarning)
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     merged.save_pretrained(str(dest))
     tokenizer.save_pretrained(str(dest))

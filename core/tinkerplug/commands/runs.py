@@ -18,9 +18,10 @@ from tinkerplug.run_info import RunInfo, is_run_dir, read_run
 
 # The keys `show` prints from config.json, in this order.
 SUMMARY_KEYS = (
-    "base_model", "backend", "renderer", "lora_rank", "learning_rate", "use_recommended_lr",
+    "objective", "init_from", "base_model", "backend", "renderer", "lora_rank", "learning_rate", "use_recommended_lr",
     "lr_schedule", "warmup_steps", "warmup_ratio", "min_lr", "batch_size", "num_steps",
     "num_epochs", "max_length", "loss_reduction", "eval_every", "save_every", "executor", "seed",
+    "schedule",  # run dirs made before [schedule] hold its keys at the top level (above)
 )
 
 
@@ -90,12 +91,11 @@ def runs(directory: Path, as_json: bool) -> None:
     if not rows:
         click.echo(f"no runs under {directory}")
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"runs under {directory}")
     for column, justify in (("run", "left"), ("model", "left"), ("steps", "right"), ("last loss", "right"), ("last eval", "left"), ("checkpoint", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]  # wrap, never cut
     for row in rows:
         main = _main_eval(row["last_eval"])
         shown = f"{main[0]}={main[1]:.4g} @ {row['last_eval_step']}" if main else "-"
@@ -107,7 +107,16 @@ def runs(directory: Path, as_json: bool) -> None:
             shown,
             _fmt(row["last_checkpoint_step"]),
         )
-    Console().print(table)
+    _console().print(table)
+
+
+def _console() -> Any:
+    """A terminal's own width (cells wrap to fit it); piped output is not cut at 80 columns."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=1000)
 
 
 @click.command("show")

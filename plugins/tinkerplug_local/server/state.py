@@ -147,6 +147,7 @@ class ServerState:
         # The local client writes its checkpoints under its model_id: make it the SDK's id,
         # so the tinker:// paths name the run the client knows.
         client.model_id = model_id
+        client.lane = owner  # each key's requests take turns with other keys' on the worker
         client.session = session_of(model_id)  # stable_reinforce: it trains on its session's samples
         clock = ModelClock(self.clock_s, self.clock_t0) if self.clock_s > 0 else None
         model = Model(client, base_model, rank, dict(user_metadata or {}), clock, owner)
