@@ -56,18 +56,18 @@ def synthetic_data(vocab: int, batch: int, seq_len: int) -> list:
 
 
 def run_config(model: str, executor: str, submit_ahead: int, num_steps: int):
-    from tinkerplug.config import RunConfig
+    """A real run config, with the plugins' tables ([executor], [schedule])."""
+    from pathlib import Path
 
-    return RunConfig.model_validate(
-        {
-            "base_model": model,
-            "data": {"train": "unused.jsonl"},
-            "executor": executor,
-            "submit_ahead": submit_ahead,
-            "learning_rate": 1e-3,
-            "num_steps": num_steps,
-        }
-    )
+    from tinkerplug.assemble import plugin_schema
+    from tinkerplug.config import ConfigOrigin, build_config
+    from tinkerplug.plugin_loader import load_plugins
+
+    data = {
+        "base_model": model, "data": {"train": "unused.jsonl"}, "learning_rate": 1e-3, "num_steps": num_steps,
+        "executor": {"name": executor, "submit_ahead": submit_ahead},
+    }
+    return build_config(data, ConfigOrigin(Path("benchmarks/pipelining.py")), plugin_schema(load_plugins()))
 
 
 async def one_round(plugins, config, client, data, num_steps: int) -> tuple[float, list[float]]:
@@ -151,9 +151,9 @@ def main() -> None:
     data = synthetic_data(vocab, args.batch, args.seq_len)
     plugins = load_plugins()
     variants = [("sync", 0)] + [("pipelined", k) for k in args.submit_ahead]
-    from tinkerplug.config import RunConfig
+    from tinkerplug_executors.settings import ExecutorSettings
 
-    default_ahead = RunConfig.model_fields["submit_ahead"].default
+    default_ahead = ExecutorSettings.model_fields["submit_ahead"].default
 
     with tempfile.TemporaryDirectory() as tmp, ServiceClient(checkpoint_dir=tmp, device="cpu") as service:
         local = service.create_lora_training_client(model, rank=16, seed=SEED).result()

@@ -8,6 +8,7 @@ returns (stops in a module already left once); and the jumps: calls from one cor
 another (each callee at its first call), and how many land in a module entered before.
 
     python scripts/walk_to_first_step.py [--list]
+    WALK_DISABLE=jsonl,sft python scripts/walk_to_first_step.py   # with -p no:jsonl -p no:sft
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Walk:
     def __init__(self) -> None:
         self.stops: list[str] = []
         self.jumps: list[str] = []  # calls from one core module into another (first call of each callee)
+        self.called_by: dict[str, set[str]] = {}  # core module -> the core modules it calls into
         self.read: set[object] = set()  # functions already met: a reader reads each one once
         self.done = False
 
@@ -46,6 +48,7 @@ class Walk:
         caller = frame.f_back.f_globals.get("__name__", "") if frame.f_back is not None else ""
         if caller != module and (caller == "tinkerplug" or caller.startswith("tinkerplug.")):
             self.jumps.append(module)
+            self.called_by.setdefault(caller, set()).add(module)
 
 
 def returns(modules: list[str]) -> int:
@@ -71,7 +74,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.toml"
         path.write_text(config_text(Path(tmp) / "run"))
-        config, plugins = load_run_config(str(path), ("terminal.quiet=true",), ())
+        options = tuple(f"no:{name}" for name in os.environ.get("WALK_DISABLE", "").split(",") if name)
+        config, plugins = load_run_config(str(path), ("terminal.quiet=true",), options)
         walk = Walk()
         sys.setprofile(walk.profile)
         try:
@@ -82,6 +86,8 @@ def main() -> None:
     print(f"core modules touched before the first step: {len(set(walk.stops))}")
     print(f"stops: {len(walk.stops)}, returns to a module already left: {returns(walk.stops)}")
     print(f"jumps from one core module into another: {len(walk.jumps)}, into a module entered before: {returns(walk.jumps)}")
+    direct = sorted(m.removeprefix("tinkerplug.") for m in walk.called_by.get("tinkerplug.training", ()))
+    print(f"core modules training.py calls into itself: {len(direct)} ({', '.join(direct)})")
     if "--list" in sys.argv:
         print(" -> ".join(m.removeprefix("tinkerplug.") for m in walk.stops))
 

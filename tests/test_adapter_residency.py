@@ -57,6 +57,19 @@ def test_an_evicted_adapter_comes_back_exactly(limited, service):
     assert len(trained) == 1  # one training adapter in memory, the limit
 
 
+def test_an_adapter_evicted_between_forward_backward_and_optim_step_keeps_its_gradients(limited, service):
+    from tinker import types
+
+    expected = steps(service.create_lora_training_client(MODEL, rank=4, seed=9).result(), 3)
+    a = limited.create_lora_training_client(MODEL, rank=4, seed=9).result()
+    first = steps(a, 1)
+    pending = a.forward_backward(BATCHES[1], "cross_entropy").result().metrics["loss:sum"]
+    limited.create_lora_training_client(MODEL, rank=4, seed=10).result()  # a goes to disk with its gradients
+    assert a._offloaded is not None
+    a.optim_step(types.AdamParams(learning_rate=1e-2)).result()
+    assert first + [pending] + steps(a, 1, 2) == expected
+
+
 def test_checkpoints_and_samplers_of_an_evicted_adapter(limited, tmp_path):
     from tinker import types
 

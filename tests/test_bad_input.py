@@ -90,6 +90,9 @@ CASES: dict[str, Case] = {
     "lora_rank 0": Case(["lora_rank: Input should be greater than 0"], keys={"lora_rank": 0}),
     "learning_rate 0": Case(["learning_rate: Input should be greater than 0"], keys={"learning_rate": 0.0}),
     "batch_size 0": Case(["batch_size: Input should be greater than 0"], keys={"batch_size": 0}),
+    "min_lr above learning_rate": Case(["[schedule] min_lr (0.01) is above learning_rate (0.001)"], keys={"learning_rate": 1e-3}, args=["--set", "schedule.min_lr=0.01"]),
+    "unknown key in a table": Case(["data.trian: unknown key; did you mean 'train'?", "(valid keys: format, heldout, train)"], keys={"data.trian": "x.jsonl"}),
+    "bad --set value": Case(["--set lora_rank=abc: lora_rank: Input should be a valid integer"], args=["--set", "lora_rank=abc"]),
     "bad --set": Case(["--set 'lora_rank'", "expected KEY=VALUE"], args=["--set", "lora_rank"]),
     "data file missing": Case(["training data file", "nope.jsonl not found", "relative to the config file"], keys={"data.train": "nope.jsonl"}),
     "malformed JSONL line": Case(["train.jsonl:3: not valid JSON"], data=[_record(), _record(), '{"messages": [', _record()]),
@@ -124,7 +127,7 @@ CASES: dict[str, Case] = {
         ["train.jsonl:1: record fits no data format (its keys: answer, question)", "alpaca"],
         data=['{"question": "q", "answer": "a"}'],
     ),
-    "unknown data format": Case(["unknown data format 'chatml'", "data.format is one of messages, sharegpt"], keys={"data.format": "chatml"}),
+    "unknown data format": Case(["unknown data format 'chatml'", "data.format is one of", "messages, sharegpt"], keys={"data.format": "chatml"}),
     "mixture weight 0": Case(
         ["config.toml:13: data.train.1.weight: Input should be greater than 0 (got 0)"],
         keys={"data.train": None}, text='[[data.train]]\npath = "train.jsonl"\n[[data.train]]\npath = "train.jsonl"\nweight = 0\n',

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tinkerplug.config import load_config, parse_override
+from tinkerplug.config import RunConfig, load_config, parse_override
 from tinkerplug.errors import ConfigError
 
 BASE = """base_model = "tiny-chat"
@@ -97,10 +97,11 @@ def test_a_plugin_table_path_resolves_by_where_it_was_written(tmp_path, monkeypa
     assert load_config(path, ["inspect.tasks=[]"], schema=schema).base_dir("inspect.tasks") == tmp_path.parent
 
 
-def test_init_from_in_the_file_is_relative_to_it(tmp_path):
-    config = load_config(_write(tmp_path, 'init_from = "runs/old:4"\n' + BASE))
-    assert config.init_from == f"{tmp_path.resolve() / 'runs' / 'old'}:4"
-    assert load_config(_write(tmp_path, 'init_from = "tinker://x/weights/a"\n' + BASE)).init_from == "tinker://x/weights/a"
+def test_run_dirs_stay_relative_to_the_current_directory(tmp_path):
+    """run_dir and init_from name run dirs, which are made where tinkerplug runs: kept as
+    written (resolved against the current directory), in the file too."""
+    config = load_config(_write(tmp_path, 'init_from = "runs/old:4"\nrun_dir = "runs/new"\n' + BASE))
+    assert (config.init_from, config.run_dir) == ("runs/old:4", Path("runs/new"))
 
 
 def test_an_error_in_a_set_value_names_the_set(tmp_path):
@@ -141,3 +142,49 @@ def test_unknown_keys_in_a_plugin_table_get_the_valid_keys_of_that_table(tmp_pat
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, BASE + "[heldout]\nmax_token = 4\n"), schema=schema)
     assert "heldout.max_token: unknown key; did you mean 'max_tokens'? (valid keys: limit, max_tokens) [plugin heldout]" in str(info.value)
+
+
+# -- [schedule] and [executor]: the plugins' own tables; the old top-level keys still read ------
+
+
+def _plugin_config(tmp_path, text, overrides=()):
+    from tinkerplug.cli import load_run_config
+
+    path = tmp_path / "c.toml"
+    path.write_text('base_model = "tiny-chat"\nlearning_rate = 1e-3\n' + text + '[data]\ntrain = "t.jsonl"\n')
+    return load_run_config(str(path), tuple(overrides), ())[0]
+
+
+def test_schedule_and_executor_keys_live_in_their_plugins_tables(tmp_path):
+    config = _plugin_config(tmp_path, "")
+    assert not {"lr_schedule", "warmup_steps", "min_lr", "executor", "submit_ahead"} & set(RunConfig.model_fields)
+    assert (config.section("schedule").lr_schedule, config.section("executor").name) == ("cosine", "pipelined")
+    config = _plugin_config(tmp_path, "", ["schedule.min_lr=1e-4", "executor.name=sync"])
+    assert (config.section("schedule").min_lr, config.section("executor").name) == (1e-4, "sync")
+    assert "schedule.min_lr" in config.result_keys() and not config.deprecations
+
+
+def test_old_top_level_keys_are_read_with_a_note_naming_the_new_place(tmp_path):
+    config = _plugin_config(tmp_path, 'lr_schedule = "linear"\nwarmup_steps = 3\nexecutor = "sync"\nsubmit_ahead = 0\n')
+    assert config.section("schedule").lr_schedule == "linear" and config.section("schedule").warmup_steps == 3
+    assert (config.section("executor").name, config.section("executor").submit_ahead) == ("sync", 0)
+    notes = "\n".join(config.deprecations)
+    assert "c.toml:3: top-level 'lr_schedule' is deprecated; write it as [schedule] lr_schedule = 'linear'" in notes
+    assert "[executor] name = 'sync'" in notes and "[executor] submit_ahead = 0" in notes
+    assert _plugin_config(tmp_path, "[schedule]\nwarmup_steps = 9\n", ["warmup_steps=2"]).section("schedule").warmup_steps == 2
+    with pytest.raises(ConfigError, match=r"warmup_steps is given twice: at the top level and as \[schedule\] warmup_steps"):
+        _plugin_config(tmp_path, "warmup_steps = 2\n[schedule]\nwarmup_steps = 9\n")
+
+
+def test_a_run_dir_from_before_the_move_resumes_with_the_same_settings(tmp_path):
+    import json
+
+    from tinkerplug.rundir import check_resume_config
+
+    (tmp_path / "config.json").write_text(json.dumps({"lr_schedule": "cosine", "min_lr": 0.0}))
+    moved = {"schedule.lr_schedule": "lr_schedule", "schedule.min_lr": "min_lr"}
+    current = {"schedule": {"lr_schedule": "cosine", "min_lr": 0.0}}
+    check_resume_config(tmp_path, current, "cmd", ("schedule.lr_schedule", "schedule.min_lr"), moved)
+    current["schedule"]["min_lr"] = 1e-5
+    with pytest.raises(ConfigError, match="schedule.min_lr: 0.0 -> 1e-05"):
+        check_resume_config(tmp_path, current, "cmd", ("schedule.lr_schedule", "schedule.min_lr"), moved)

@@ -122,7 +122,7 @@ def test_a_fresh_quickstart_prefix_logs_the_recorded_numbers(tmp_path):
     fresh = {row["step"]: row for row in qt.read_metrics(tmp_path / "run")}
     same_machine = machine["cpus"] == os.cpu_count() and machine["torch"] == torch.__version__ and machine["threads"] == torch.get_num_threads()
     for old in recorded:
-        if old["step"] >= config.warmup_steps:
+        if old["step"] >= config.section("schedule").warmup_steps:
             break
         keys = [k for k in old if k == "train/loss" or k == "lr" or (old["step"] == 0 and k.startswith("eval/"))]
         for key in keys:

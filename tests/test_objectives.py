@@ -350,6 +350,20 @@ def test_a_bad_teacher_is_refused_clearly(name, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_rl_with_stable_reinforce_samples_with_stability_info_and_sends_provenance(tmp_path):
+    """``[rl] loss = "stable_reinforce"``: the sampler records, every datum names its sequence
+    (a datum without provenance would be refused), and the run trains on-policy."""
+    config = write_config(tmp_path, RL_TABLE + 'loss = "stable_reinforce"\n', num_steps=3, batch_size=4, objective="rl")
+    main(["run", str(config), "-q"])
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 3 and all(math.isfinite(r["train/loss"]) for r in rows)
+    assert all(abs(r["rl/sampler_learner_kl"]) < 1e-3 for r in rows)
+    from tinkerplug_rl.settings import RLSettings
+
+    with pytest.raises(ValueError, match="stable_reinforce.* needs provenance spans, which the cookbook 0.5.8 environment"):
+        RLSettings(env="envs.py:make", loss="stable_reinforce")
+
+
 FIRST_LETTER_ENV = '''
 from functools import partial
 

@@ -16,7 +16,14 @@ from tinkerplug_schedule.plugin import lr_for_step, recommended_lr
 
 
 def _config(**values: object) -> RunConfig:
-    return RunConfig.model_validate({"base_model": "tiny-chat", "data": {"train": "t.jsonl"}, **values})
+    """A config with the ``[schedule]`` table of these ``values`` (the rest: top-level keys)."""
+    from tinkerplug_schedule.settings import ScheduleSettings
+
+    table = {k: v for k, v in values.items() if k in ScheduleSettings.model_fields}
+    core = {k: v for k, v in values.items() if k not in table}
+    config = RunConfig.model_validate({"base_model": "tiny-chat", "data": {"train": "t.jsonl"}, **core})
+    config._sections = {"schedule": ScheduleSettings(**table)}
+    return config
 
 
 def _lrs(num_steps: int, **values: object) -> list[float]:
@@ -124,6 +131,8 @@ def test_recommended_lr_of_an_unknown_local_family_is_a_config_error(tmp_path):
 def test_min_lr_above_the_recommended_lr_is_a_config_error():
     with pytest.raises(ConfigError, match="min_lr"):
         _lrs(2, use_recommended_lr=True, min_lr=0.1)
+    with pytest.raises(ConfigError, match=r"\[schedule\] min_lr \(0.01\) is above learning_rate \(0.001\)"):
+        _lrs(2, learning_rate=1e-3, min_lr=1e-2)
 
 
 # -- a user's schedule replaces the plugin ------------------------------------------------------

@@ -26,13 +26,19 @@ def plugin_schema(plugins: Plugins) -> PluginSchema:
     schema = PluginSchema()
     owner = _CurrentPlugin()
 
-    def register_section(name: str, model: Any, result_keys: tuple[str, ...] | list[str] = ()) -> None:
+    def register_section(
+        name: str, model: Any, result_keys: tuple[str, ...] | list[str] = (), top_level: dict[str, str] | None = None
+    ) -> None:
         _claim(schema.owners, name, owner.name, f"config table [{name}]")
         schema.sections[name] = model
-        unknown = [k for k in result_keys if k not in getattr(model, "model_fields", {})]
+        top_level = top_level or {}
+        unknown = [k for k in [*result_keys, *top_level.values()] if k not in getattr(model, "model_fields", {})]
         if unknown:
-            raise PluginError(f"plugin {owner.name!r}: result_keys {unknown} are not keys of [{name}]")
+            raise PluginError(f"plugin {owner.name!r}: {unknown} are not keys of [{name}]")
         schema.result_keys += [f"{name}.{key}" for key in result_keys]
+        for old, key in top_level.items():
+            _claim(schema.moved_owners, old, owner.name, f"the top-level key {old!r}")
+            schema.moved[old] = (name, key)
 
     def register_backend(name: str, description: str = "") -> None:
         _claim(schema.backend_owners, name, owner.name, f"backend {name!r}")

@@ -36,7 +36,7 @@ TRAIN_ON_WHAT = (
 # be the same run (a new batch size reorders the data, a new num_steps moves the LR schedule).
 RESULT_KEYS = (
     "backend", "base_model", "renderer", "lora_rank", "train_mlp", "train_attn", "train_unembed",
-    "learning_rate", "use_recommended_lr", "lr_schedule", "warmup_steps", "warmup_ratio", "min_lr",
+    "learning_rate", "use_recommended_lr",
     "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "grad_clip_norm", "batch_size",
     "num_steps", "num_epochs", "max_length", "overlong", "train_on_what", "loss_reduction", "seed",
     "data.train", "data_fingerprint.train", "objective", "init_from",
@@ -53,6 +53,8 @@ class PluginSchema:
     result_keys: list[str] = field(default_factory=list)  # dotted: "local.dtype"
     backends: dict[str, str] = field(default_factory=dict)  # name -> description
     backend_owners: dict[str, str] = field(default_factory=dict)
+    moved: dict[str, tuple[str, str]] = field(default_factory=dict)  # old top-level key -> (table, key)
+    moved_owners: dict[str, str] = field(default_factory=dict)
     objectives: dict[str, str] = field(default_factory=dict)  # name -> description
     objective_owners: dict[str, str] = field(default_factory=dict)
 
@@ -173,10 +175,6 @@ class RunConfig(BaseModel):
 
     learning_rate: float = Field(1e-4, gt=0)
     use_recommended_lr: bool = Field(False, description="Use Tinker's LR formula for the model.")
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_steps: int | None = Field(None, ge=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    min_lr: float = Field(0.0, ge=0)
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.95, ge=0, lt=1)
     adam_eps: float = Field(1e-8, gt=0)
@@ -200,8 +198,6 @@ class RunConfig(BaseModel):
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: only at start and end).")
     eval_errors: Literal["warn", "raise"] = "warn"
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
-    executor: str = "pipelined"
-    submit_ahead: int = Field(2, ge=0, le=64)
     stall_minutes: float = Field(
         10.0, ge=0, description="Warn (with the resume command) when no step finished for this long; 0: off."
     )
@@ -213,13 +209,13 @@ class RunConfig(BaseModel):
     _plugin_result_keys: tuple[str, ...] = PrivateAttr(())
     _source: Path | None = PrivateAttr(None)
     _set_keys: frozenset[str] = PrivateAttr(frozenset())
+    _moved: dict[str, str] = PrivateAttr(default_factory=dict)  # "table.key" -> its old top-level key
+    _deprecations: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
         if self.train_on_what not in TRAIN_ON_WHAT:
             raise ValueError(f"train_on_what must be one of {', '.join(TRAIN_ON_WHAT)}")
-        if self.min_lr > self.learning_rate and not self.use_recommended_lr:
-            raise ValueError(f"min_lr ({self.min_lr}) is above learning_rate ({self.learning_rate})")
         if self.num_steps is not None and self.num_epochs is not None:
             raise ValueError("set num_steps or num_epochs, not both")
         return self
@@ -242,6 +238,15 @@ class RunConfig(BaseModel):
         parts = key.split(".")
         from_cli = any(".".join(parts[:end]) in self._set_keys for end in range(1, len(parts) + 1))
         return Path.cwd() if from_cli or self._source is None else self._source.parent
+
+    def moved_keys(self) -> dict[str, str]:
+        """``"table.key"`` -> the top-level key older configs (and run dirs) hold it under."""
+        return dict(self._moved)
+
+    @property
+    def deprecations(self) -> list[str]:
+        """What the config file wrote the old way (a key a plugin's table took over)."""
+        return list(self._deprecations)
 
     def section(self, name: str) -> Any:
         """The validated ``[name]`` table of a plugin (its defaults when absent)."""
@@ -350,6 +355,7 @@ def build_config(
 ) -> RunConfig:
     """Validate parsed config ``data`` (``origin``: its file and ``--set`` overrides)."""
     core_fields = set(RunConfig.model_fields)
+    deprecations = move_top_level_keys(data, schema, origin)
     core = {k: v for k, v in data.items() if k in core_fields}
     plugin_tables = {
         k: v for k, v in data.items() if k not in core_fields and not (k in disabled and k not in schema.sections)
@@ -369,15 +375,37 @@ def build_config(
     _check_objective(config, schema, origin)
     config._sections = _validate_sections(plugin_tables, schema, origin)
     config._plugin_result_keys = tuple(schema.result_keys)
-    # Paths in the file are relative to it, those of a --set to the current directory;
-    # run_dir (in the file too) to the current directory.
+    # Paths in the file are relative to it, those of a --set to the current directory; run
+    # dirs (run_dir, and init_from's run dir or checkpoint) to the current directory, in the file too.
     config.data.train = _rel_source(config.data.train, origin.base_dir(("data", "train")))
     if config.data.heldout is not None:
         config.data.heldout = _rel_source(config.data.heldout, origin.base_dir(("data", "heldout")))
-    config.init_from = _rel_ref(config.init_from, origin.base_dir(("init_from",)))
     config._source = origin.file.resolve()
     config._set_keys = frozenset(origin.overrides)
+    config._moved = {f"{table}.{key}": old for old, (table, key) in schema.moved.items()}
+    config._deprecations = deprecations
     return config
+
+
+def move_top_level_keys(data: dict[str, Any], schema: PluginSchema, origin: ConfigOrigin) -> list[str]:
+    """Keys a plugin's table took over from the top level (``register(..., top_level=...)``),
+    moved into that table where an older config wrote them; returns a note for each."""
+    notes = []
+    # The old key that names the table itself first (``executor = "sync"``): it becomes the table.
+    for old, (table, key) in sorted(schema.moved.items(), key=lambda item: item[0] != item[1][0]):
+        if old not in data or (old == table and isinstance(data[old], dict)):
+            continue
+        value, where = data.pop(old), origin.where((old,))
+        target = data.setdefault(table, {})
+        given_twice = key in target and origin.override_of((old,)) is None  # a --set wins over the file
+        if not isinstance(target, dict) or given_twice:
+            raise ConfigError(
+                f"{where}: {old} is given twice: at the top level and as [{table}] {key}",
+                hint=f"keep [{table}] {key} only (--set {table}.{key}=...)",
+            )
+        target[key] = value
+        notes.append(f"{where}: top-level {old!r} is deprecated; write it as [{table}] {key} = {value!r} (--set {table}.{key}=...)")
+    return notes
 
 
 def did_you_mean(name: str, known: Any) -> str:
@@ -434,16 +462,6 @@ def _validate_sections(tables: dict[str, Any], schema: PluginSchema, origin: Con
 def _rel(path: Path, base: Path) -> Path:
     path = path.expanduser()
     return path if path.is_absolute() else (base / path)
-
-
-def _rel_ref(spec: str | None, base: Path) -> str | None:
-    """A checkpoint reference (``init_from``: a run dir or state path, optionally ``:STEP``)
-    relative to ``base``; ``tinker://`` paths stay as written."""
-    if spec is None or spec.startswith("tinker://"):
-        return spec
-    head, sep, tail = spec.rpartition(":")
-    path, step = (head, sep + tail) if sep and tail.isdigit() else (spec, "")
-    return f"{_rel(Path(path), base)}{step}"
 
 
 def is_spec(path: str | Path) -> bool:

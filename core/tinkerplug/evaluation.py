@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from tinkerplug.backend_calls import wait_result
 from tinkerplug.hook_types import EvalContext
+from tinkerplug.errors import PluginError
 from tinkerplug.plugins import hook_error
 
 if TYPE_CHECKING:
@@ -76,10 +77,12 @@ async def evaluate_checkpoint(
     overrides: tuple[str, ...] = (),
     plugin_options: tuple[str, ...] = (),
     only: set[str] | None = None,
+    only_table: str | None = None,
 ) -> tuple[CheckpointRecord, dict[str, float]]:
-    """Run every evaluator (or those of the plugins named in ``only``) on checkpoint ``step``
-    of ``run_dir`` (default: the last one) without training; return the checkpoint and the
-    metrics (as ``run_evaluators``).
+    """Run every evaluator (or those of the plugins named in ``only``, or that of the plugin
+    that owns the config table ``only_table``) on checkpoint ``step`` of ``run_dir``
+    (default: the last one) without training; return the checkpoint and the metrics (as
+    ``run_evaluators``).
 
     The run's own config (``config.json``, plus ``--set`` ``overrides``) and the installed
     plugins (plus ``-p`` ``plugin_options``) are used; the sampling client is opened on the
@@ -95,11 +98,27 @@ async def evaluate_checkpoint(
             run_dir=saved.run_dir, open_sampler=lambda: (saved.record.sampler_path, saved.sampling_client),
             training_client=_OnFirstUse(lambda: saved.training_client), plugins=saved.plugins,
         )
+        if only_table is not None:
+            only = {table_owner(saved.plugins, only_table)}
         plugins = saved.plugins if only is None else _OnlyEvaluators(saved.plugins, only)
         after = "the other evaluators still run"
         return saved.record, await run_evaluators(context, plugins, after)  # type: ignore[arg-type]
     finally:
         saved.close()
+
+
+def table_owner(plugins: Plugins, table: str) -> str:
+    """The plugin that registered config table ``[table]`` (a command that drives one
+    evaluator through its table finds it so, not by a plugin name)."""
+    from tinkerplug.assemble import plugin_schema
+
+    owner = plugin_schema(plugins).owners.get(table)
+    if owner is None:
+        raise PluginError(
+            f"no plugin registers the [{table}] config table{plugins.disabled_note()}",
+            hint=f"re-enable or install the plugin that provides [{table}]",
+        )
+    return owner
 
 
 class _OnFirstUse:

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
-    from tinker import types
+    from tinker import ServiceClient, TrainingClient, types
+    from tinker_cookbook.renderers import Renderer
 
     from tinkerplug.config import RunConfig
     from tinkerplug.plugins import Plugins
@@ -23,12 +24,12 @@ class RunContext:
     plugins: Plugins
     num_steps: int = 0
     start_step: int = 0
-    service_client: Any = None
-    training_client: Any = None
+    service_client: ServiceClient | None = None  # the SDK's surface, as the backend plugin provides it
+    training_client: TrainingClient | None = None
     tokenizer: Any = None
-    renderer: Any = None
+    renderer: Renderer | None = None
     steps_per_epoch: int = 0
-    objective: Any = None  # the Objective ``make_objective`` made
+    objective: Objective | None = None  # what ``make_objective`` made
 
 
 class EvalContext:

@@ -9,7 +9,7 @@ order a run calls them (first call), grouped by phase (``PHASES`` below):
 | hook | phase | firstresult | required | first-party implementers |
 |---|---|---|---|---|
 | `register_commands` | startup | no | no | chat, commands, eval, local |
-| `register_config_sections` | configuration | no | no | distill, dpo, heldout, inspect, local, nll, retention, rl, tensorboard, terminal, tinker, wandb |
+| `register_config_sections` | configuration | no | no | distill, dpo, executors, heldout, inspect, local, nll, retention, rl, schedule, tensorboard, terminal, tinker, wandb |
 | `register_backends` | configuration | no | no | local, tinker |
 | `register_objectives` | configuration | no | no | distill, dpo, rl, sft |
 | `load_records` | prepare | yes | yes | data |
@@ -23,9 +23,9 @@ order a run calls them (first call), grouped by phase (``PHASES`` below):
 | `on_run_start` | open | no | no | inspect, jsonl, tensorboard, terminal, wandb |
 | `evaluate` | steps | no | no | heldout, inspect, nll |
 | `lr_for_step` | steps | yes | yes | schedule |
-| `log_metrics` | steps | no | no | jsonl, tensorboard, terminal, wandb |
+| `log_metrics` | steps | no | no | terminal |
 | `on_checkpoint` | steps | no | no | retention, terminal |
-| `on_run_end` | finish | no | no | jsonl, tensorboard, terminal, wandb |
+| `on_run_end` | finish | no | no | terminal |
 | `fetch_sampler_weights` | after a run | yes | no | tinker |
 <!-- end of summary table -->
 
@@ -336,7 +336,7 @@ def make_step_executor(config: RunConfig, training_client: Any) -> StepExecutor 
     steps in flight (request latency overlaps) but must finish them in order.
     Called once, in the prepare phase. Stops at first non-None result.
 
-    First-party: ``executors`` (``executor = "sync"`` or ``"pipelined"`` with
+    First-party: ``executors`` (``[executor] name = "sync"`` or ``"pipelined"`` with
     ``submit_ahead``).
     """
 
@@ -350,7 +350,10 @@ def on_run_start(run: RunContext) -> None:
     ``run.start_step`` (0, or the checkpoint step when resuming).
 
     Open files and writers here (``log_metrics`` follows); ``run.run_dir`` is the run's
-    directory and ``run.config`` its validated config.
+    directory and ``run.config`` its validated config. Keep what belongs to this run on an
+    object registered with ``run.plugins.register_for_run(obj, "NAME")`` (its methods are
+    ``@tinkerplug.hookimpl`` methods, e.g. ``log_metrics`` and ``on_run_end``), not in module
+    globals: the core unregisters it after ``on_run_end``.
     """
 
 
@@ -389,7 +392,8 @@ def lr_for_step(step: int, num_steps: int, config: RunConfig) -> float | None:
     result.
 
     First-party: ``schedule`` (base LR from the config or Tinker's recommended formula;
-    linear warmup, then cosine, linear or constant decay to ``min_lr``).
+    linear warmup, then cosine, linear or constant decay to ``min_lr``: the ``[schedule]``
+    table).
     """
 
 

@@ -49,6 +49,7 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
         self.disabled: set[str] = set()
+        self.run_objects: list[str] = []  # names registered with register_for_run
 
     def register(self, plugin: Any, info: PluginInfo) -> None:
         if info.name in self.info:
@@ -68,6 +69,20 @@ class Plugins:
                 else "`tinkerplug hooks` lists the hooks and their arguments",
             ) from None
         self.info[info.name] = info
+
+    def register_for_run(self, plugin: object, name: str) -> None:
+        """Register ``plugin`` (an object with ``@tinkerplug.hookimpl`` methods) for the
+        rest of the run: how a plugin keeps one run's state (an open file, a writer) on an
+        object instead of in module globals keyed by run (pytest's pattern). Call it from
+        ``on_run_start``; the core unregisters it after ``on_run_end``."""
+        self.pm.register(plugin, name=name)
+        self.run_objects.append(name)
+
+    def unregister_run_objects(self) -> None:
+        """Drop what ``register_for_run`` registered (after ``on_run_end``)."""
+        for name in self.run_objects:
+            self.pm.unregister(name=name)
+        self.run_objects.clear()
 
     def check_required(self) -> None:
         """Every hook a run needs has an implementation; if not, say which disabled plugin
@@ -183,8 +198,9 @@ class Plugins:
         executor = self.first("make_step_executor", config=config, training_client=training_client)
         if executor is None:
             raise PluginError(
-                f"no plugin provides executor {config.executor!r}{self.disabled_note()}",
-                hint="executors: sync, pipelined; check `tinkerplug plugins --hook make_step_executor`",
+                f"no plugin provides the step executor the config names{self.disabled_note()}",
+                hint="first-party executors: [executor] name = \"pipelined\" or \"sync\"; "
+                "`tinkerplug plugins --hook make_step_executor` lists the plugins",
             )
         return executor
 
@@ -197,7 +213,8 @@ class Plugins:
         return self.one_by_one("evaluate")
 
     def lr_for_step(self, step: int, num_steps: int, config: RunConfig) -> float:
-        lr = self.first("lr_for_step", step=step, num_steps=num_steps, config=config)
+        # A schedule's refusal of its settings stays a config error (exit 2).
+        lr = self.first("lr_for_step", keep=(ConfigError,), step=step, num_steps=num_steps, config=config)
         if lr is None:
             raise PluginError("no plugin returned a learning rate (lr_for_step)")
         return float(lr)
@@ -221,9 +238,10 @@ class Plugins:
         assert hook in UNWRAPPABLE_HOOKS, hook
         return [(impl.plugin_name, functools.partial(call_impl, impl)) for impl in self.impls(hook)]
 
-    def first(self, hook: str, **kwargs: Any) -> Any:
-        """Call a ``firstresult`` hook; a raising plugin is named in the error."""
-        value = self._call(hook, kwargs)
+    def first(self, hook: str, keep: tuple[type[Exception], ...] = (), **kwargs: Any) -> Any:
+        """Call a ``firstresult`` hook; a raising plugin is named in the error (errors of a
+        type in ``keep`` pass as they are)."""
+        value = self._call(hook, kwargs, keep)
         if inspect.isawaitable(value):
             _reject_awaitable(self._async_impl_of(hook), hook, value)
         return value

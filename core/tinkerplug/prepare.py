@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinkerplug import rundir, training_data
 from tinkerplug.backend_calls import backend_call
@@ -23,6 +23,9 @@ from tinkerplug.mixture import MixtureRecords, describe
 from tinkerplug.plugins import Plugins
 from tinkerplug.record_check import BackgroundCheck, check_records
 from tinkerplug.training_data import TrainingData, render_training_data
+
+if TYPE_CHECKING:  # the SDK's clients; a backend plugin provides objects with their methods
+    from tinker import ServiceClient, TrainingClient
 
 
 @dataclass
@@ -51,12 +54,14 @@ async def prepare(config: RunConfig, plugins: Plugins, command: str, held: ExitS
     checkpoint to resume from, backend, training client, renderer, rendered examples,
     executor. A resume's lock on the run dir goes on ``held``. ``command`` resumes the run."""
     run_dir = Path(config.run_dir).resolve()
+    for text in config.deprecations:
+        plugins.warn(config, text)
     rundir.check_run_dir(run_dir, config.resume, command)
     resuming = config.resume and (run_dir / rundir.CONFIG_JSON).is_file()
     records, counts = open_training_data(config, plugins)  # indexed, not parsed: fast
     saved = run_json(config, records, counts)
     if resuming:  # checked before the lock, which rewrites .lock: a refused resume touches nothing
-        rundir.check_resume_config(run_dir, saved, command, config.result_keys())
+        rundir.check_resume_config(run_dir, saved, command, config.result_keys(), config.moved_keys())
         held.callback(rundir.RunDirLock(run_dir).acquire().release)
     checkpoint = resume_point(config, plugins, run_dir, resuming)
     if checkpoint is not None and checkpoint.final:
@@ -117,6 +122,7 @@ async def _prepare_checked(
     num_steps = config.num_steps or (config.num_epochs or 1) * data.steps_per_epoch
     if start_step > num_steps:
         raise ConfigError(f"--resume: the last checkpoint is at step {start_step}, past num_steps={num_steps}")
+    plugins.lr_for_step(start_step, num_steps, config)  # a schedule that refuses its settings fails now
     run = RunContext(
         config=config, run_dir=run_dir, plugins=plugins, num_steps=num_steps, start_step=start_step,
         service_client=service, training_client=training_client, tokenizer=tokenizer, renderer=renderer,
@@ -139,8 +145,8 @@ def resume_point(config: RunConfig, plugins: Plugins, run_dir: Path, resuming: b
 
 
 async def open_training_client(
-    config: RunConfig, plugins: Plugins, service: Any, checkpoint: CheckpointRecord | CheckpointRef | None, run_dir: Path
-) -> Any:
+    config: RunConfig, plugins: Plugins, service: ServiceClient, checkpoint: CheckpointRecord | CheckpointRef | None, run_dir: Path
+) -> TrainingClient:
     """A fresh LoRA training client, the weights of ``init_from`` (a ``CheckpointRef``; fresh
     optimizer), or the one saved in ``checkpoint`` (with its optimizer)."""
     if isinstance(checkpoint, CheckpointRef):
@@ -173,7 +179,7 @@ def init_from_ref(config: RunConfig) -> CheckpointRef | None:
     return source
 
 
-async def open_init_from(config: RunConfig, plugins: Plugins, service: Any, source: CheckpointRef) -> Any:
+async def open_init_from(config: RunConfig, plugins: Plugins, service: ServiceClient, source: CheckpointRef) -> TrainingClient:
     """A training client on the weights ``init_from`` names, with a fresh optimizer; refused
     when they were trained with another base model or LoRA rank."""
     client = await backend_call(

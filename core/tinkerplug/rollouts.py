@@ -20,6 +20,7 @@ class Sample:
     tokens: list[int]
     logprobs: list[float]
     text: str
+    sequence_id: str | None = None  # the sampler's id for it (stable_reinforce names it in provenance)
 
 
 def prompt_messages(record: Mapping[str, Any]) -> list[Any]:
@@ -57,7 +58,8 @@ async def sample_groups(
     ]
     responses = await asyncio.gather(*(await_result_later(f) for f in futures))
     return [
-        [Sample(prompt, list(s.tokens), list(s.logprobs or []), reply_text(renderer, s.tokens)) for s in response.sequences]
+        [Sample(prompt, list(s.tokens), list(s.logprobs or []), reply_text(renderer, s.tokens), getattr(s, "sequence_id", None))
+         for s in response.sequences]
         for prompt, response in zip(prompts, responses)
     ]
 
@@ -75,14 +77,16 @@ def reply_text(renderer: Any, tokens: Sequence[int]) -> str:
     return content.strip()
 
 
-def sampled_datum(sample: Sample, advantages: Sequence[float]) -> Any:
+def sampled_datum(sample: Sample, advantages: Sequence[float], provenance: bool = False) -> Any:
     """An RL datum: prompt + sampled tokens, shifted; the sampler's logprobs and per-token
-    advantages on the sampled positions, zero on the prompt's (as the cookbook builds them)."""
+    advantages on the sampled positions, zero on the prompt's (as the cookbook builds them).
+    With ``provenance`` it names the sampled sequence behind every position (stable_reinforce
+    needs it; the layout of cookbook 0.6.1's ``with_sampled_provenance``)."""
     from tinker import types
 
     tokens = sample.prompt.to_ints() + sample.tokens
     n_prompt = sample.prompt.length - 1
-    return types.Datum(
+    datum = types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
         loss_fn_inputs={
             "target_tokens": tokens[1:],
@@ -90,6 +94,21 @@ def sampled_datum(sample: Sample, advantages: Sequence[float]) -> Any:
             "advantages": [0.0] * n_prompt + list(advantages),
         },
     )
+    return _with_provenance(datum, sample) if provenance else datum
+
+
+def _with_provenance(datum: Any, sample: Sample) -> Any:
+    from tinker import types
+
+    if not sample.sequence_id:
+        raise ValueError("stable_reinforce needs the sampler's sequence_id of every sample (sample with record_stability_info=True)")
+    sid, n, p = sample.sequence_id, len(sample.tokens), sample.prompt.length
+    inputs = [types.PromptProvenanceSpan(sequence_id=sid, length=p if n else p - 1)]
+    targets = [types.PromptProvenanceSpan(sequence_id=sid, offset=1, length=p - 1)]
+    if n:
+        inputs.append(types.SampledProvenanceSpan(sequence_id=sid, length=n - 1))
+        targets.append(types.SampledProvenanceSpan(sequence_id=sid, length=n))
+    return datum.with_provenance(model_input=inputs, loss_fn_inputs=targets)
 
 
 def supervised_datum(sample: Sample) -> Any:

@@ -101,7 +101,8 @@ def create_run_dir(run_dir: Path, resume: bool, resume_command: str) -> RunDirLo
 
 
 def check_resume_config(
-    run_dir: Path, current: dict[str, Any], resume_command: str, keys: tuple[str, ...]
+    run_dir: Path, current: dict[str, Any], resume_command: str, keys: tuple[str, ...],
+    moved: dict[str, str] | None = None,
 ) -> None:
     """A resumed run must compute what the interrupted one did: refuse changed result keys
     (``keys``: the core's ``RESULT_KEYS`` plus those plugins declared, ``config.result_keys()``)."""
@@ -113,6 +114,8 @@ def check_resume_config(
     changed = []
     for key in keys:
         old, new = _get(saved, key), _get(current, key)
+        if old is None and key in (moved or {}):  # a run dir from before the key moved into a table
+            old = _get(saved, (moved or {})[key])
         if old is None and key in ADDED_KEYS:
             continue
         if old != new:

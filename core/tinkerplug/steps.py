@@ -11,13 +11,18 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from tinkerplug import rundir
 from tinkerplug.backend_calls import await_result, executor_call
 from tinkerplug.hook_types import CheckpointRecord, RunContext, StepBatch, StepExecutor, StepResult
 from tinkerplug.evaluation import eval_context_for_step, run_evaluators
 from tinkerplug.training_data import TrainingData
+
+if TYPE_CHECKING:
+    from tinker import types
+
+    from tinkerplug.config import RunConfig
 
 
 @dataclass
@@ -130,7 +135,7 @@ def due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def adam_params(config: Any, lr: float) -> Any:
+def adam_params(config: RunConfig, lr: float) -> types.AdamParams:
     from tinker import types  # heavy: imported once training starts
 
     return types.AdamParams(
@@ -146,7 +151,7 @@ def adam_params(config: Any, lr: float) -> Any:
 class stop_on_sigint:
     """First Ctrl-C: finish the step in flight, checkpoint, exit. Second: stop at once."""
 
-    def __init__(self, state: LoopState, warn: Any):
+    def __init__(self, state: LoopState, warn: Callable[[str], None]):
         self.state = state
         self.warn = warn
         self.previous: Any = None

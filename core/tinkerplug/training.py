@@ -107,13 +107,16 @@ def end_run(steps: Steps, summary: dict[str, Any]) -> None:
     """``on_run_end``, also on the way out of an error: a failing end hook then must not hide
     the error that stopped the run, so it is reported as a warning instead."""
     run = steps.run
-    if "error" not in summary:
-        run.plugins.on_run_end(run, summary)
-        return
     try:
-        run.plugins.on_run_end(run, summary)
-    except Exception as exc:  # noqa: BLE001 - the run's own error is the one raised
-        run.plugins.warn(run.config, f"while ending the run after an error: {exc}")
+        if "error" not in summary:
+            run.plugins.on_run_end(run, summary)
+            return
+        try:
+            run.plugins.on_run_end(run, summary)
+        except Exception as exc:  # noqa: BLE001 - the run's own error is the one raised
+            run.plugins.warn(run.config, f"while ending the run after an error: {exc}")
+    finally:
+        run.plugins.unregister_run_objects()
 
 
 def tell_how_to_resume(exc: BaseException, run_dir: Path, command: str, plugins: Plugins, config: RunConfig) -> None:

@@ -15,8 +15,9 @@ DECAY_FRACTION = 0.25
 
 @tinkerplug.hookimpl
 def lr_for_step(step, num_steps, config):
-    base, floor = config.learning_rate, config.min_lr
-    warmup = config.warmup_steps or 0
+    schedule = config.section("schedule")  # this project's [schedule] table
+    base, floor = config.learning_rate, schedule.min_lr
+    warmup = schedule.warmup_steps or 0
     decay_start = round(num_steps * (1 - DECAY_FRACTION))
     if step < warmup:
         return base * (step + 1) / warmup

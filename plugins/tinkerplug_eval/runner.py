@@ -19,6 +19,7 @@ import click
 from tinkerplug.errors import TinkerplugError
 
 EVALS_DIR = "evals"
+TASKS_TABLE = "inspect"  # --task FILE@TASK sets [inspect] tasks
 
 
 @dataclass
@@ -34,13 +35,14 @@ class EvalResult:
 async def evaluate_checkpoint(
     run_dir: Path, step: int | None, tasks: tuple[str, ...], overrides: tuple[str, ...], plugin_options: tuple[str, ...]
 ) -> EvalResult:
-    """The core's ``evaluate_checkpoint`` (every evaluator, or only Inspect on ``tasks``),
-    then the results file."""
+    """The core's ``evaluate_checkpoint`` (every evaluator, or on ``tasks`` only the one of
+    the plugin that owns the ``[inspect]`` table: its ``tasks`` key is the contract, not a
+    plugin name), then the results file."""
     from tinkerplug import evaluation
 
     overrides = (*overrides, *_task_overrides(tasks))
     record, metrics = await evaluation.evaluate_checkpoint(
-        Path(run_dir), step, overrides, plugin_options, only={"inspect"} if tasks else None
+        Path(run_dir), step, overrides, plugin_options, only_table=TASKS_TABLE if tasks else None
     )
     ran = {key.removeprefix("time/eval/").removesuffix("_s") for key in metrics if key.startswith("time/eval/")}
     results = {k: v for k, v in metrics.items() if k.startswith("eval/")}
@@ -57,11 +59,12 @@ async def evaluate_checkpoint(
 
 def _evaluator_names(run_dir: Path, plugin_options: tuple[str, ...], tasks: tuple[str, ...]) -> set[str]:
     """The plugins whose ``evaluate`` should have run (those that raised lack a timing)."""
-    if tasks:
-        return {"inspect"}
     from tinkerplug.assemble import load_saved_run
+    from tinkerplug.evaluation import table_owner
 
     _, plugins = load_saved_run(Path(run_dir).resolve(), (), plugin_options)
+    if tasks:
+        return {table_owner(plugins, TASKS_TABLE)}
     return {name for name, _ in plugins.evaluators()}
 
 
@@ -78,7 +81,7 @@ def _task_overrides(tasks: tuple[str, ...]) -> list[str]:
                 raise TinkerplugError(f"--task {spec}: {file} not found", hint="write --task path/to/tasks.py@task_name")
             spec = f"{path}{sep}{name}"
         specs.append(spec)
-    return [f"inspect.tasks={json.dumps(specs)}"]
+    return [f"{TASKS_TABLE}.tasks={json.dumps(specs)}"]
 
 
 def write_results(result: EvalResult, overrides: tuple[str, ...]) -> Path:

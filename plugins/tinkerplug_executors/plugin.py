@@ -1,4 +1,5 @@
-"""Step executors (``executor = "sync" | "pipelined"``).
+"""Step executors (``[executor] name = "sync" | "pipelined"``; older configs wrote
+``executor`` and ``submit_ahead`` at the top level, still read with a deprecation note).
 
 The Tinker service trains in clock cycles, one step a cycle at best, and a request that is not
 queued when a cycle starts waits for the next one. ``sync`` awaits each request before sending
@@ -17,7 +18,7 @@ from collections import deque
 from typing import Any
 
 import tinkerplug
-from tinkerplug.hook_types import StepBatch, StepResult, as_step_batch
+from tinkerplug.hook_types import StepBatch, StepExecutor, StepResult, as_step_batch
 from tinkerplug.step_results import step_result
 
 
@@ -83,9 +84,27 @@ class PipelinedExecutor:
 
 
 @tinkerplug.hookimpl
-def make_step_executor(config: Any, training_client: Any) -> Any:
-    if config.executor == "sync":
+def register_config_sections(register: Any) -> None:
+    from tinkerplug_executors.settings import TOP_LEVEL_KEYS, ExecutorSettings
+
+    register("executor", ExecutorSettings, top_level=TOP_LEVEL_KEYS)
+
+
+def settings(config: Any) -> Any:
+    """The ``[executor]`` table (its defaults for a config built without the plugins' tables)."""
+    try:
+        return config.section("executor")
+    except KeyError:
+        from tinkerplug_executors.settings import ExecutorSettings
+
+        return ExecutorSettings()
+
+
+@tinkerplug.hookimpl
+def make_step_executor(config: Any, training_client: Any) -> StepExecutor | None:
+    table = settings(config)
+    if table.name == "sync":
         return SyncExecutor(training_client)
-    if config.executor == "pipelined":
-        return PipelinedExecutor(training_client, config.submit_ahead)
+    if table.name == "pipelined":
+        return PipelinedExecutor(training_client, table.submit_ahead)
     return None

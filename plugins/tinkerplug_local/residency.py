@@ -1,7 +1,8 @@
 """``--max-adapters``: at most N training adapters in memory per base model; the least recently
 used others wait on disk with their optimizer state and come back on their next request.
 
-Offloading writes the adapter's tensors and Adam's state as they are (no conversion), deletes
+Offloading writes the adapter's tensors, their accumulated gradients (a ``forward_backward``
+may be waiting for its ``optim_step``) and Adam's state as they are (no conversion), deletes
 the adapter from the model, and forgets the optimizer; bringing it back adds an adapter with the
 same LoRA config, copies the tensors in, and loads Adam's state into a fresh optimizer over the
 same parameters in the same order. The next step is the step it would have been: the tests
@@ -55,11 +56,14 @@ class Residency:
         import torch
 
         name = client._adapter
-        tensors = {n.replace(f".{name}.", f".{SLOT}."): p.detach().clone() for n, p in self.host.adapter_params(name)}
+        params = [(n.replace(f".{name}.", f".{SLOT}."), p) for n, p in self.host.adapter_params(name)]
+        tensors = {n: p.detach().clone() for n, p in params}
+        grads = {n: p.grad.detach().clone() for n, p in params if p.grad is not None}
         optimizer = client._optimizer.state_dict() if client._optimizer is not None else None
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{uuid.uuid4().hex}.pt"
-        torch.save({"config": copy.deepcopy(self.host.peft.peft_config[name]), "tensors": tensors, "optimizer": optimizer}, path)
+        saved = {"config": copy.deepcopy(self.host.peft.peft_config[name]), "tensors": tensors, "grads": grads, "optimizer": optimizer}
+        torch.save(saved, path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.host.peft.delete_adapter(name)
@@ -75,7 +79,10 @@ class Residency:
         params = dict(self.host.adapter_params(name))
         with torch.no_grad():
             for slot_name, tensor in saved["tensors"].items():
-                params[slot_name.replace(f".{SLOT}.", f".{name}.")].copy_(tensor)
+                param = params[slot_name.replace(f".{SLOT}.", f".{name}.")]
+                param.copy_(tensor)
+                grad = saved["grads"].get(slot_name)
+                param.grad = grad.clone() if grad is not None else None
         client._adapter, client._offloaded, client._param_list = name, None, None
         if saved["optimizer"] is not None:
             client._optimizer = client._make_optimizer()

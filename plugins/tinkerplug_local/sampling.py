@@ -5,18 +5,21 @@ snapshot) and what the SDK asks of them: samples, prompt logprobs. Generation ru
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinker import types
 
 from tinkerplug_local.sample_batches import LogprobsRequest, SampleRequest
+
+if TYPE_CHECKING:
+    from tinkerplug_local.host import ModelHost
 
 
 class SamplingClient:
     """Samples from sampler weights saved by ``save_weights_for_sampler`` (a frozen copy read back
     from disk) or from the base model. Methods and return types follow ``tinker.SamplingClient``."""
 
-    def __init__(self, host: Any, adapter: str | None, base_model: str, model_path: str | None):
+    def __init__(self, host: ModelHost, adapter: str | None, base_model: str, model_path: str | None):
         self._host = host
         self._adapter = adapter
         self._base_model = base_model
@@ -29,14 +32,14 @@ class SamplingClient:
             weakref.finalize(self, _release, host, adapter).atexit = False
 
     @classmethod
-    def from_saved(cls, host: Any, model_path: str) -> "SamplingClient":
+    def from_saved(cls, host: ModelHost, model_path: str) -> "SamplingClient":
         """Runs on the worker: sampler weights read back from a ``save_weights_for_sampler`` dir."""
         from tinkerplug_local.store import to_path
 
         return cls(host, host.load_frozen_adapter(str(to_path(model_path))), host.source.name, model_path)
 
     @classmethod
-    def from_snapshot(cls, host: Any, adapter: str, model_path: str | None) -> "SamplingClient":
+    def from_snapshot(cls, host: ModelHost, adapter: str, model_path: str | None) -> "SamplingClient":
         """Runs on the worker: a frozen in-memory copy of training adapter ``adapter`` as it is now."""
         return cls(host, host.snapshot_adapter(adapter), host.source.name, model_path)
 

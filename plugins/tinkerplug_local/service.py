@@ -7,13 +7,17 @@ import os
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinker import types
 
 from tinkerplug_local.worker import ClientFuture, completed
 from tinkerplug_local.loading import pick_device, pick_dtype, resolve_model
 from tinkerplug_local.store import CheckpointStore, read_state_meta, to_path
+
+if TYPE_CHECKING:
+    from tinkerplug_local.host import ModelHost
+    from tinkerplug_local.training_client import TrainingClient
 
 DEFAULT_ROOT_ENV = "TINKERPLUG_LOCAL_DIR"
 DEVICE_ENV = "TINKERPLUG_LOCAL_DEVICE"
@@ -89,11 +93,11 @@ class ServiceClient:
             host.worker.close()
         return completed(None)
 
-    def hosts(self) -> list[Any]:
-        """The loaded base models (``ModelHost``), one worker each (no lock: a load holds it for seconds)."""
+    def hosts(self) -> list[ModelHost]:
+        """The loaded base models, one worker each (no lock: a load holds it for seconds)."""
         return list(self._hosts.values())
 
-    def _host(self, base_model: str) -> Any:
+    def _host(self, base_model: str) -> ModelHost:
         from tinkerplug_local.host import ModelHost
 
         source = resolve_model(base_model)
@@ -127,7 +131,7 @@ class ServiceClient:
         )
         return host.worker.submit(lambda: self._new_training_client(host, meta), wrapper=ClientFuture)
 
-    def _new_training_client(self, host: Any, meta: dict[str, Any]) -> Any:
+    def _new_training_client(self, host: ModelHost, meta: dict[str, Any]) -> TrainingClient:
         """Runs on the worker: a fresh LoRA adapter and the client that trains it."""
         from tinkerplug_local.training_client import TrainingClient
 

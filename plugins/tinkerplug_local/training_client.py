@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from tinker import types
 
 from tinkerplug_local.losses import check_datums, check_loss_fn, datum_inputs, resolve_config
 from tinkerplug_local.store import OPTIMIZER_FILE, STATE_META, to_path, write_adapter
 
+if TYPE_CHECKING:
+    from tinkerplug_local.host import ModelHost
+    from tinkerplug_local.service import ServiceClient
+
 
 class TrainingClient:
-    def __init__(self, service: Any, host: Any, adapter: str, model_id: str, meta: dict[str, Any]):
+    def __init__(self, service: ServiceClient, host: ModelHost, adapter: str, model_id: str, meta: dict[str, Any]):
         self._service = service
         self._host = host
         self._adapter = adapter

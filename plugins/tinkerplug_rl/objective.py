@@ -58,7 +58,8 @@ class RLObjective:
         steps (and at the step a run starts or resumes at)."""
         every = self.settings.max_staleness + 1
         if self.sampler is None or step % every == 0:
-            self.sampler = await await_result(self.run.training_client.save_weights_and_get_sampling_client())
+            record = self.settings.loss == "stable_reinforce"  # it trains on what the sampler recorded
+            self.sampler = await await_result(self.run.training_client.save_weights_and_get_sampling_client(record_stability_info=record))
         return self.sampler
 
     async def batch(self, step: int) -> StepBatch:
@@ -83,7 +84,8 @@ class RLObjective:
             "time/sample_s": sampled_at - started,
             "time/objective_s": time.perf_counter() - started,
         })
-        datums = [rollouts.sampled_datum(x, adv) for x, adv in zip(samples, token_advantages)]
+        provenance = s.loss == "stable_reinforce"
+        datums = [rollouts.sampled_datum(x, adv, provenance) for x, adv in zip(samples, token_advantages)]
         summarize = lambda output: {"rl/sampler_learner_kl": sampler_learner_kl(output, samples)}  # noqa: E731
         return StepBatch(datums, s.loss, dict(s.loss_config) or None, metrics, summarize)
 

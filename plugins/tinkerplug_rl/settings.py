@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import difflib
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# The Tinker losses that train on sampled tokens with advantages (stable_reinforce needs
-# recorded sequences: see the `stable` work).
-RL_LOSSES = ("importance_sampling", "ppo", "cispo", "dro", "gspo")
+# The Tinker losses that train on sampled tokens with advantages (stable_reinforce samples with
+# record_stability_info=True and sends provenance spans).
+RL_LOSSES = ("importance_sampling", "ppo", "cispo", "dro", "gspo", "stable_reinforce")
 
 
 def check_loss(value: str) -> str:
@@ -45,6 +45,13 @@ class RLSettings(BaseModel):
     @classmethod
     def _loss(cls, value: str) -> str:
         return check_loss(value)
+
+    @model_validator(mode="after")
+    def _env_loss(self) -> "RLSettings":
+        if self.env is not None and self.loss == "stable_reinforce":
+            raise ValueError("loss = \"stable_reinforce\" needs provenance spans, which the cookbook 0.5.8 environment "
+                             "path does not build; use it with [rl] rewards (no env), or another loss with env")
+        return self
 
     @field_validator("rewards")
     @classmethod

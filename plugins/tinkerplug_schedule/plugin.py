@@ -5,6 +5,8 @@ Base LR ``B``: ``learning_rate``, or with ``use_recommended_lr = true`` Tinker's
 go to the cookbook's ``hyperparam_utils.get_lr`` (its table of the lineup's hidden sizes needs
 no network); shipped models and local model dirs use their ``config.json``.
 
+Its settings are the ``[schedule]`` table (``lr_schedule``, ``warmup_steps``, ``warmup_ratio``,
+``min_lr``; older configs wrote them at the top level, still read with a deprecation note).
 With ``N`` steps, ``W`` warmup steps (``warmup_steps``, or ``ceil(warmup_ratio * N)``),
 floor ``M = min_lr`` and ``p = (step - W) / (N - W)``::
 
@@ -21,11 +23,14 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tinkerplug
 from tinkerplug.errors import ConfigError
 from tinkerplug.models import local_model_config
+
+if TYPE_CHECKING:
+    from tinkerplug_schedule.settings import ScheduleSettings
 
 # The exponents of tinker_cookbook.hyperparam_utils.get_lr, for models it does not know.
 FAMILY_EXPONENT = {"llama": 0.781, "qwen": 0.0775}
@@ -77,23 +82,33 @@ def _recommended_cached(base_model: str) -> float:
     return recommended_lr(base_model)
 
 
-def base_lr(config: Any) -> float:
-    if not config.use_recommended_lr:
-        return config.learning_rate
-    base = _recommended_cached(config.base_model)
-    if config.min_lr > base:
+def settings(config: Any) -> ScheduleSettings:
+    """The ``[schedule]`` table (its defaults for a config built without the plugins' tables)."""
+    try:
+        return config.section("schedule")
+    except KeyError:
+        from tinkerplug_schedule.settings import ScheduleSettings
+
+        return ScheduleSettings()
+
+
+def base_lr(config: Any, floor: float) -> float:
+    """``learning_rate``, or Tinker's recommended LR; refused below the decay's ``floor``."""
+    base = _recommended_cached(config.base_model) if config.use_recommended_lr else config.learning_rate
+    if floor > base:
+        what = f"the recommended learning rate ({base:.4g}) for {config.base_model!r}" if config.use_recommended_lr else f"learning_rate ({base:g})"
         raise ConfigError(
-            f"min_lr ({config.min_lr:g}) is above the recommended learning rate ({base:.4g}) for {config.base_model!r}",
+            f"[schedule] min_lr ({floor:g}) is above {what}",
             hint="lower min_lr (it is the floor the schedule decays to)",
         )
     return base
 
 
-def warmup_steps(config: Any, num_steps: int) -> int:
-    if config.warmup_steps is not None:
-        return min(config.warmup_steps, num_steps)
+def warmup_steps(table: ScheduleSettings, num_steps: int) -> int:
+    if table.warmup_steps is not None:
+        return min(table.warmup_steps, num_steps)
     # ceil, as Hugging Face does; the epsilon keeps 0.1 * 30 = 3.0000000000000004 at 3.
-    return min(num_steps, math.ceil(config.warmup_ratio * num_steps - 1e-9))
+    return min(num_steps, math.ceil(table.warmup_ratio * num_steps - 1e-9))
 
 
 def schedule(step: int, num_steps: int, base: float, floor: float, warmup: int, kind: str) -> float:
@@ -111,7 +126,14 @@ def schedule(step: int, num_steps: int, base: float, floor: float, warmup: int, 
 
 
 @tinkerplug.hookimpl
+def register_config_sections(register: Any) -> None:
+    from tinkerplug_schedule.settings import TOP_LEVEL_KEYS, ScheduleSettings
+
+    register("schedule", ScheduleSettings, result_keys=tuple(ScheduleSettings.model_fields), top_level=TOP_LEVEL_KEYS)
+
+
+@tinkerplug.hookimpl
 def lr_for_step(step: int, num_steps: int, config: Any) -> float:
-    return schedule(
-        step, num_steps, base_lr(config), config.min_lr, warmup_steps(config, num_steps), config.lr_schedule
-    )
+    table = settings(config)
+    base = base_lr(config, table.min_lr)
+    return schedule(step, num_steps, base, table.min_lr, warmup_steps(table, num_steps), table.lr_schedule)

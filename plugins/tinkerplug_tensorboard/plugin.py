@@ -3,7 +3,8 @@
 Every numeric metric of a step becomes a scalar with the metric's name as tag
 (``train/loss``, ``eval/heldout/exact_match``: TensorBoard groups by the prefix). On resume the
 writer purges events from the checkpoint step on, so replayed steps replace the old ones.
-``tensorboardX`` is imported only when a run enables the plugin.
+``tensorboardX`` is imported only when a run enables the plugin. The writer belongs to one
+run: ``on_run_start`` registers a ``RunWriter`` for it (``run.plugins.register_for_run``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ if TYPE_CHECKING:
     from tinkerplug_tensorboard.settings import TensorBoardSettings
 
 DEFAULT_DIR = "tensorboard"
-
-_writers: dict[str, Any] = {}
-
 
 @tinkerplug.hookimpl
 def register_config_sections(register: Any) -> None:
@@ -56,23 +54,23 @@ def on_run_start(run: Any) -> None:
     )
     if run.start_step == 0:
         writer.add_text("config", "```\n" + json.dumps(run.config.to_json(), indent=2) + "\n```", 0)
-    _writers[str(run.run_dir)] = writer
+    run.plugins.register_for_run(RunWriter(writer), "tensorboard:writer")
 
 
-@tinkerplug.hookimpl
-def log_metrics(step: int, metrics: Mapping[str, Any], run: Any) -> None:
-    writer = _writers.get(str(run.run_dir))
-    if writer is None:
-        return
-    for key, value in metrics.items():
-        if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if math.isfinite(value):
-            writer.add_scalar(key, value, step)
+class RunWriter:
+    """The event writer of one run."""
 
+    def __init__(self, writer: Any):
+        self.writer = writer
 
-@tinkerplug.hookimpl
-def on_run_end(run: Any, summary: Mapping[str, Any]) -> None:
-    writer = _writers.pop(str(run.run_dir), None)
-    if writer is not None:
-        writer.close()
+    @tinkerplug.hookimpl
+    def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
+        for key, value in metrics.items():
+            if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+
+    @tinkerplug.hookimpl
+    def on_run_end(self) -> None:
+        self.writer.close()

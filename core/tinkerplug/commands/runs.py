@@ -21,6 +21,7 @@ SUMMARY_KEYS = (
     "objective", "init_from", "base_model", "backend", "renderer", "lora_rank", "learning_rate", "use_recommended_lr",
     "lr_schedule", "warmup_steps", "warmup_ratio", "min_lr", "batch_size", "num_steps",
     "num_epochs", "max_length", "loss_reduction", "eval_every", "save_every", "executor", "seed",
+    "schedule",  # run dirs made before [schedule] hold its keys at the top level (above)
 )
 
 

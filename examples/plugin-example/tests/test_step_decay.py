@@ -14,6 +14,7 @@ STEP_DECAY = """
 enabled = true
 milestones = [0.5, 0.75]
 gamma = 0.1
+warmup_steps = 2
 """
 
 
@@ -23,7 +24,7 @@ def test_schedule():
 
 
 def test_plugin_answers_lr_for_step(tinkerplug_runner):
-    config_path = tinkerplug_runner.write_config(STEP_DECAY, learning_rate=1e-3, warmup_steps=2)
+    config_path = tinkerplug_runner.write_config(STEP_DECAY, learning_rate=1e-3)
     config, plugins = tinkerplug_runner.load(config_path)
     assert "step_decay" in plugins.info  # found through its entry point
     lrs = [plugins.lr_for_step(s, 8, config) for s in range(8)]
@@ -40,7 +41,7 @@ def test_disabled_by_default_and_validated(tinkerplug_runner):
 
 
 def test_a_run_follows_the_schedule(tinkerplug_runner):
-    config_path = tinkerplug_runner.write_config(STEP_DECAY, learning_rate=1e-3, warmup_steps=0, num_steps=8)
+    config_path = tinkerplug_runner.write_config(STEP_DECAY.replace("warmup_steps = 2", "warmup_steps = 0"), learning_rate=1e-3, num_steps=8)
     result = tinkerplug_runner.run(config_path, "-q")
     assert result.exit_code == 0, result.output
     assert [row["lr"] for row in result.train_rows] == pytest.approx([1e-3] * 4 + [1e-4] * 2 + [1e-5] * 2)

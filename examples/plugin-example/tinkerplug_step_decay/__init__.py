@@ -1,8 +1,9 @@
 """Step-decay learning rate for tinkerplug: ``lr = learning_rate * gamma ** k`` after the k-th
-milestone, with the config's linear warmup. Off unless the config says::
+milestone, after ``warmup_steps`` of linear warmup. Off unless the config says::
 
     [step_decay]
     enabled = true
+    warmup_steps = 2
     milestones = [0.5, 0.75]   # fractions of the run
     gamma = 0.1
 
@@ -49,5 +50,5 @@ def lr_for_step(step: int, num_steps: int, config: Any) -> float | None:
             "[step_decay] uses learning_rate as its base; use_recommended_lr is not supported",
             hint="set use_recommended_lr = false and learning_rate",
         )
-    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_ratio * num_steps)
-    return step_decay(step, num_steps, config.learning_rate, min(warmup, num_steps), settings.milestones, settings.gamma)
+    warmup = min(settings.warmup_steps, num_steps)
+    return step_decay(step, num_steps, config.learning_rate, warmup, settings.milestones, settings.gamma)

@@ -13,6 +13,7 @@ class StepDecaySettings(BaseModel):
     enabled: bool = False
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
     gamma: float = Field(0.1, gt=0, le=1)
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps before the first milestone.")
 
     @field_validator("milestones")
     @classmethod
