@@ -1,9 +1,10 @@
-"""DPO on the local backend against TRL's DPOTrainer: the same pairs, beta, LoRA and optimizer.
+"""DPO through ``tinkerplug run`` (objective = "dpo", local backend) against TRL's DPOTrainer.
 
-The pairs: "Reverse: WORD" chat turns (the words of ``examples/grpo``), the reversed word chosen
-over the word copied back. ``--batch`` pairs per step, beta 0.1, the sigmoid DPO loss (mean over
-the pairs), reference logprobs from the base model every step, LoRA rank ``--rank`` / alpha 32 on
-attention + MLP, Adam at a constant LR.
+The same pairs, beta, LoRA and optimizer on both sides. The pairs: "Reverse: WORD" chat turns
+(the words of ``examples/grpo``), the reversed word chosen over the word copied back.
+``--batch`` pairs per step, beta 0.1, the sigmoid DPO loss (mean over the pairs), reference
+logprobs from the base model, LoRA rank ``--rank`` / alpha 32 on attention + MLP, Adam at a
+constant LR.
 
 - tinkerplug: a config file with ``objective = "dpo"`` run by ``tinkerplug run`` in the child
   process (the local backend: reference logprobs of each pair from the base model, the DPO
@@ -15,8 +16,8 @@ attention + MLP, Adam at a constant LR.
 
 The pairs reach both sides as TRL's ``prompt``/``chosen``/``rejected`` message lists. Each
 side runs in its own process (peak RSS is that process's); sides alternate over
-``--rounds``; the first (warm-up) and last step of each run are untimed. Tokens per step: every token of every chosen
-and rejected sequence (prompt + reply). ``--model real``: the real-vocabulary Qwen3 of
+``--rounds``; the first (warm-up) and last step of each run are untimed. Tokens per step:
+every token of every chosen and rejected sequence (prompt + reply). ``--model real``: the real-vocabulary Qwen3 of
 ``real_scale.py``.
 
     python benchmarks/dpo_vs_trl.py [--model tiny-chat|real|DIR] [--steps 6] [--rounds 2]

@@ -14,8 +14,8 @@ scaling), no KL term, LoRA rank ``--rank`` / alpha 32 on attention + MLP, Adam a
   ``dapo`` loss) with a peft ``LoraConfig``; per-step wall time from a callback.
 
 Each side runs in its own process (peak RSS is that process's); sides alternate over
-``--rounds``; the first (warm-up) and last step of each run are untimed. Tokens per step = sampled tokens +
-tokens trained on (prompt + completion of every sample). ``--model real`` builds the random-init
+``--rounds``; the first (warm-up) and last step of each run are untimed. Tokens per step =
+sampled tokens + tokens trained on (prompt + completion of every sample). ``--model real`` builds the random-init
 real-vocabulary Qwen3 of ``real_scale.py`` (151,936 tokens, hidden 256, 4 layers); a random
 model never stops early, so every completion there is ``--max-tokens`` long on both sides.
 
