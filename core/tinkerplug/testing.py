@@ -37,8 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-import pytest
-
 # Modules a project plugin file becomes (``plugins.load_file``): dropped after every call.
 PROJECT_MODULE_PREFIX = "tinkerplug_project_"
 DEFAULT_KEYS: dict[str, Any] = {
@@ -280,7 +278,7 @@ def _stdin(text: str) -> Iterator[None]:
 def _unload(new: set[str], sys_path: list[str]) -> None:
     """Forget project plugin files and modules imported from the runner's extra paths, so a
     later call imports them afresh (or not at all)."""
-    roots = tuple(str(Path(p).resolve()) for p in sys_path)
+    roots = tuple(str(Path(p).resolve()) + os.sep for p in sys_path)
     for name in new:
         module = sys.modules.get(name)
         origin = getattr(module, "__file__", None) or ""
@@ -347,9 +345,16 @@ class _Tee(io.TextIOBase):
         return True
 
 
-@pytest.fixture
-def tinkerplug_runner(tmp_path: Path) -> Iterator[TinkerplugRunner]:
-    """A ``TinkerplugRunner`` in a fresh temporary directory."""
-    runner = TinkerplugRunner(tmp_path)
-    yield runner
-    runner.cleanup()
+try:  # the fixture for pytest; the runner itself works under any test framework
+    import pytest
+except ImportError:  # pragma: no cover - pytest is how most plugin authors test
+    pytest = None
+
+if pytest is not None:
+
+    @pytest.fixture
+    def tinkerplug_runner(tmp_path: Path) -> Iterator[TinkerplugRunner]:
+        """A ``TinkerplugRunner`` in a fresh temporary directory."""
+        runner = TinkerplugRunner(tmp_path)
+        yield runner
+        runner.cleanup()
