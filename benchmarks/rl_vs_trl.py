@@ -7,7 +7,9 @@ scaling), no KL term, LoRA rank ``--rank`` / alpha 32 on attention + MLP, Adam a
 
 - tinkerplug: a config file with ``objective = "rl"`` run by ``tinkerplug run`` in the child
   process (sampling, rewards, ``importance_sampling``, optim step, all as a user runs it);
-  per-step wall time from the run's ``metrics.jsonl`` (``time/step_s``).
+  per-step wall time = the time between consecutive steps' lines appearing in the run's
+  ``metrics.jsonl`` (a thread watches the file; the run's own ``time/step_s`` leaves out the
+  sampling that the pipelined loop prepares ahead).
 - trl: ``GRPOTrainer`` (``GRPOConfig`` defaults otherwise: transformers ``generate``, its
   ``dapo`` loss) with a peft ``LoraConfig``; per-step wall time from a callback.
 
@@ -79,18 +81,50 @@ def run_tinkerplug(args: argparse.Namespace, records: Path, work: Path) -> dict:
         'loss = "importance_sampling"', "[rl.rewards]", "exact_match = 1.0",
         "[data]", f"train = {json.dumps(str(records))}",
     ]) + "\n")
+    seen = watch_steps(work / "run" / "metrics.jsonl")
+    started = time.perf_counter()
     try:
         cli.main(["run", str(config), "--quiet"])
     except SystemExit as exc:
         if exc.code:
             raise
+    finally:
+        time.sleep(0.05)  # one more poll: the last step's line
+        seen.append(None)  # stops the watcher
     metrics = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
-    steps = [m for m in metrics if "time/step_s" in m]
+    arrived = [t for t in seen if t is not None]
+    steps = [m for m in metrics if "time/step_s" in m][: len(arrived)]
+    times = [b - a for a, b in zip([started] + arrived, arrived)]  # step 0 (from start-up): warm-up, not used
     sampled = [m["rl/completion_tokens"] * m["train/examples"] for m in steps]
     # input_tokens: prompt + completion minus the last token (the datum's shift): add it back.
     trained = [m["train/input_tokens"] + m["train/examples"] for m in steps]
-    return dict(times=[m["time/step_s"] for m in steps], sampled=sampled, trained=trained,
+    return dict(times=times, sampled=sampled, trained=trained,
                 reward=[m["rl/reward"] for m in steps], peak_gb=peak_rss_gb())
+
+
+def watch_steps(path: Path) -> list:
+    """A thread that appends the wall time at which each training step's line first appears in
+    ``path``; it stops when None is appended to the returned list."""
+    import threading
+
+    seen: list = []
+
+    def poll() -> None:
+        count = 0
+        while not seen or seen[-1] is not None:
+            try:
+                lines = [json.loads(x) for x in path.read_text().splitlines()[count:] if x.endswith("}")]
+            except (OSError, ValueError):
+                lines = []
+            now = time.perf_counter()
+            for line in lines:
+                count += 1
+                if "time/step_s" in line:
+                    seen.append(now)
+            time.sleep(0.005)
+
+    threading.Thread(target=poll, daemon=True).start()
+    return seen
 
 
 def run_trl(args: argparse.Namespace, records: Path, work: Path) -> dict:

@@ -188,3 +188,19 @@ def _hostile_over_http(server, service, handle, root) -> None:
         assert "POST /api/v1/create_custom_loss: loss 'evil':" in answer.json()["detail"]
         assert server.healthy()
     assert _files(root) == before  # nothing written, nothing read into a checkpoint
+
+
+def test_the_number_of_kept_losses_is_bounded(monkeypatch):
+    import tinkerplug_local.uploaded as uploaded
+
+    monkeypatch.setattr(uploaded, "MAX_LOSSES", 2)
+    store, nodes = uploaded.UploadedLosses(), graph_calling(node("call_method", "bad", "exp", [{"ref": "logprobs"}]))
+    store.create(None, "a", "ok", INPUTS, nodes)
+    store.create(None, "b", "ok", INPUTS, nodes)
+    with pytest.raises(ValueError, match="keeps 2 custom losses, its limit"):
+        store.create(None, "c", "ok", INPUTS, nodes)
+    assert store.get("a", None) is not None
+    with pytest.raises(ValueError, match="names no loss this session created"):
+        store.get("a", "another-session")
+    store.drop(None)  # its session finished
+    assert len(store) == 0

@@ -131,3 +131,11 @@ def test_a_fresh_quickstart_prefix_logs_the_recorded_numbers(tmp_path):
                 assert new == old[key], f"step {old['step']} {key}: fresh {new!r}, recorded {old[key]!r}"
             else:
                 assert new == pytest.approx(old[key], rel=1e-4, abs=1e-6), f"step {old['step']} {key}"
+
+
+def test_the_readme_stays_short_and_its_links_resolve():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) < 150, "the README is a paragraph, two commands, an example and links: docs go in docs/"
+    targets = re.findall(r"\]\(([^)#\s]+)", readme)
+    missing = [t for t in targets if not t.startswith("http") and not (ROOT / t).exists()]
+    assert targets and not missing, f"README links to missing files: {missing}"

@@ -276,7 +276,7 @@ def test_dpo_loss_matches_the_formula():
     assert logprobs[0].grad[0] == 0 and logprobs[0].grad[1] < 0 < logprobs[1].grad[1]
 
 
-@pytest.mark.parametrize("mode", ["off_policy", "on_policy"])
+@pytest.mark.parametrize("mode", ["off_policy", "on_policy", "top_k"])
 def test_distill_from_a_run_dir_teacher_logs_teacher_kl(mode, tmp_path):
     teacher_dir = tmp_path / "teacher"
     teacher_dir.mkdir()
@@ -286,7 +286,7 @@ def test_distill_from_a_run_dir_teacher_logs_teacher_kl(mode, tmp_path):
     main(["run", str(config), "-q"])
     rows = _rows(tmp_path / "run")
     assert len(rows) == 2 and all(math.isfinite(r["distill/teacher_kl"]) for r in rows)
-    assert all(r["train/examples"] == 8 for r in rows)
+    assert all(r["train/examples"] == (4 if mode == "top_k" else 8) for r in rows)  # top_k: the records themselves
 
 
 PREFERENCE_BAD = {

@@ -71,6 +71,7 @@ OBJECTIVES = {
     "dpo": ("[dpo]\nbeta = 0.5\n", {}),
     "distill off_policy": ('[distill]\nteacher = "tiny-chat"\nmax_tokens = 4\n', {}),
     "distill on_policy": ('[distill]\nteacher = "tiny-chat"\nmode = "on_policy"\nmax_tokens = 4\n', {}),
+    "distill top_k": ('[distill]\nteacher = "tiny-chat"\nmode = "top_k"\ntop_k = 4\n', {}),
 }
 
 

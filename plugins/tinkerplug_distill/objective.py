@@ -3,7 +3,8 @@ the student trains ``cross_entropy`` on them (SFT on teacher samples); ``teacher
 forward KL on those samples (teacher minus student logprob per token). ``on_policy`` (the
 cookbook's ``train_on_policy``): the student samples, the teacher scores the samples with
 ``compute_logprobs``, and ``-kl_coef * (student - teacher)`` per token is the advantage of an
-``importance_sampling`` step; ``teacher_kl`` is that reverse KL."""
+``importance_sampling`` step; ``teacher_kl`` is that reverse KL. ``top_k``: the rendered
+records with the teacher's top-k next-token distribution as soft targets."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ class DistillObjective:
 
     async def batch(self, step: int) -> StepBatch:
         started = time.perf_counter()
+        if self.settings.mode == "top_k":
+            return await soft_target_batch(self.teacher, self.data.batch(step), self.settings.top_k, started)
         self.data.batch(step)  # keeps the render-ahead thread in step
         indices = self.data.batch_indices(step)
         prompts = [self.run.renderer.build_generation_prompt(rollouts.prompt_messages(self.data.records[i])) for i in indices]
@@ -55,3 +58,47 @@ def forward_kl(output: Any, samples: list[Any]) -> float:
     student = rollouts.learner_logprobs(output, samples)
     diffs = [float(t - s) for x, lps in zip(samples, student) for t, s in zip(x.logprobs, lps)]
     return sum(diffs) / max(len(diffs), 1)
+
+
+async def soft_target_batch(teacher: Any, datums: list[Any], k: int, started: float) -> StepBatch:
+    """The step's rendered examples with the teacher's top-``k`` next-token distribution as
+    ``(T, k)`` soft targets (renormalized over the k, times each position's weight): the
+    service's ``cross_entropy`` with soft targets, one teacher prefill per example."""
+    import asyncio
+
+    import numpy as np
+    from tinker import types
+
+    async def topk(datum: Any) -> Any:
+        tokens = datum.model_input.to_ints()[:1] + datum.loss_fn_inputs["target_tokens"].to_numpy().tolist()
+        params = types.SamplingParams(max_tokens=1, temperature=1.0, seed=0)
+        future = teacher.sample(types.ModelInput.from_ints(tokens), 1, params, include_prompt_logprobs=True, topk_prompt_logprobs=k)
+        return (await await_result(future)).topk_prompt_logprobs
+
+    tables = await asyncio.gather(*(topk(d) for d in datums))
+    soft, teacher_lps = [], []
+    for datum, table in zip(datums, tables):
+        weights = datum.loss_fn_inputs["weights"].to_numpy()
+        ids = np.array([[t for t, _ in row[:k]] for row in table[1:]], dtype=np.int64)
+        lps = np.array([[lp for _, lp in row[:k]] for row in table[1:]], dtype=np.float64)
+        probs = np.exp(lps - lps.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        soft.append(types.Datum(model_input=datum.model_input, loss_fn_inputs={
+            "target_tokens": types.TensorData.from_numpy(ids),
+            "weights": types.TensorData.from_numpy((probs * weights[:, None]).astype(np.float32)),
+        }))
+        teacher_lps.append((np.log(probs), weights > 0))
+    metrics = {"time/sample_s": time.perf_counter() - started}
+    return StepBatch(soft, metrics=metrics, summarize=lambda output: {"distill/teacher_kl": topk_kl(output, teacher_lps)})
+
+
+def topk_kl(output: Any, teacher_lps: list[Any]) -> float:
+    """Forward KL over the teacher's top-k (renormalized) at the trained positions."""
+    import numpy as np
+
+    total, count = 0.0, 0
+    for item, (lps, mask) in zip(output.loss_fn_outputs, teacher_lps):
+        student = item["logprobs"].to_numpy()
+        total += float((np.exp(lps) * (lps - student))[mask].sum())
+        count += int(mask.sum())
+    return total / max(count, 1)

@@ -18,10 +18,12 @@ def settings_model() -> Any:
         model_config = ConfigDict(extra="forbid")
 
         teacher: str | None = Field(None, description="A base model name, a run dir (RUN_DIR[:STEP]) or a sampler/state checkpoint path.")
-        mode: Literal["off_policy", "on_policy"] = Field(
+        mode: Literal["off_policy", "on_policy", "top_k"] = Field(
             "off_policy", description="off_policy: SFT on the teacher's samples; on_policy: the student samples, "
-            "the teacher's logprobs give a reverse-KL advantage per token."
+            "the teacher's logprobs give a reverse-KL advantage per token; top_k: the teacher's top-k next-token "
+            "distribution on the training records as soft targets."
         )
+        top_k: int = Field(8, gt=0, description="top_k: next tokens per position the teacher gives.")
         samples_per_prompt: int = Field(1, gt=0, description="Samples of each prompt per step.")
         max_tokens: int = Field(16, gt=0)
         temperature: float = Field(1.0, gt=0)

@@ -20,6 +20,7 @@ from tinkerplug_local.loss_graph import GraphError, GraphLoss, GraphRunError, co
 from tinkerplug_local.losses import LossSpec, check_datums
 
 TRIAL_TOKENS, TRIAL_K = 5, 3  # the shapes a new loss is tried on
+MAX_LOSSES = 1000  # kept per service (a serve process): each is up to loss_graph.MAX_NODES nodes
 _TARGETS_ONLY = LossSpec(fn=lambda *args: None, inputs=(), config={})
 
 
@@ -37,6 +38,8 @@ class UploadedLosses:
         with self._lock:
             if loss_id in self._losses:
                 raise ValueError(f"loss_id {loss_id!r} exists already")
+            if len(self._losses) >= MAX_LOSSES:
+                raise ValueError(f"this server keeps {MAX_LOSSES} custom losses, its limit; reuse a LossHandle")
             self._losses[loss_id] = (owner, graph)
         return loss_id
 
@@ -46,6 +49,12 @@ class UploadedLosses:
         if found is None or found[0] != owner:
             raise ValueError(f"loss_fn_config['loss_id'] {loss_id!r} names no loss this session created with create_custom_loss")
         return found[1]
+
+    def drop(self, owner: str | None) -> None:
+        """Forget every loss of ``owner`` (its session finished)."""
+        with self._lock:
+            for loss_id in [i for i, (o, _) in self._losses.items() if o == owner]:
+                del self._losses[loss_id]
 
     def __len__(self) -> int:
         return len(self._losses)
