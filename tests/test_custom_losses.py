@@ -202,3 +202,5 @@ def test_the_number_of_kept_losses_is_bounded(monkeypatch):
     assert store.get("a", None) is not None
     with pytest.raises(ValueError, match="names no loss this session created"):
         store.get("a", "another-session")
+    store.drop(None)  # its session finished
+    assert len(store) == 0

@@ -57,6 +57,9 @@ def test_the_record_is_bounded_by_age_and_size_and_scoped_to_its_session():
     assert store.get("b", "s1") is None and store.get("a", "s1") is not None  # b unused for 150 s
     store.put("s1", [9] * 10, [("c", [1] * 5, [0.0] * 5), ("d", [2] * 4, [0.0] * 4)])  # 6 + 15 + 4 > 20
     assert store.get("a", "s1") is None and store.get("c", "s1") is not None and len(store) == 2
+    store.put("s2", [1], [("e", [2], [0.0])])
+    store.drop("s1")  # its session finished
+    assert len(store) == 1 and store.get("e", "s2") is not None and store._tokens == 2
 
 
 # -- through the local backend --------------------------------------------------------------

@@ -74,6 +74,12 @@ class StabilityStore:
             self._records.move_to_end(sequence_id)
             return record
 
+    def drop(self, owner: str | None) -> None:
+        """Forget every record of ``owner`` (its session finished)."""
+        with self._lock:
+            for sequence_id in [i for i, r in self._records.items() if r.owner == owner]:
+                self._tokens -= self._records.pop(sequence_id).size
+
     def _evict(self) -> None:
         now = self._clock()
         while self._records:

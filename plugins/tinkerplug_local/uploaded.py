@@ -50,6 +50,12 @@ class UploadedLosses:
             raise ValueError(f"loss_fn_config['loss_id'] {loss_id!r} names no loss this session created with create_custom_loss")
         return found[1]
 
+    def drop(self, owner: str | None) -> None:
+        """Forget every loss of ``owner`` (its session finished)."""
+        with self._lock:
+            for loss_id in [i for i, (o, _) in self._losses.items() if o == owner]:
+                del self._losses[loss_id]
+
     def __len__(self) -> int:
         return len(self._losses)
 

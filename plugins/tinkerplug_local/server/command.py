@@ -34,6 +34,22 @@ def check_bind(host: str, keys: Any) -> None:
         )
 
 
+def _keyring(api_key: tuple[str, ...], keys_file: str | None, limits: Any) -> Any:
+    from tinkerplug_local.server.principals import load_keyring
+
+    return load_keyring(api_key, os.environ.get(KEYS_ENV, ""), keys_file, limits, KEYS_ENV)
+
+
+def _banner(host: str, port: int, tls: bool, state: Any, keys: Any, clock_ms: float) -> None:
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"tinkerplug serve: {'https' if tls else 'http'}://{shown}:{port} on {state.service.device}; checkpoints in {state.paths.root}; "
+        f"{'API key required (' + str(len(keys)) + ' accepted)' if keys else 'no API key required (loopback only)'}"
+        + (f"; clock {clock_ms:g} ms" if clock_ms else ""),
+        file=sys.stderr, flush=True,
+    )
+
+
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; a non-loopback one needs --api-key.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
@@ -76,10 +92,9 @@ def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, 
     Checkpoints are tinker://<run>/weights/<name> paths inside --checkpoint-dir; they load
     again after a restart.
     """
-    from tinkerplug_local.server.principals import Limits, load_keyring
+    from tinkerplug_local.server.principals import Limits
 
-    limits = Limits(max_sessions_per_key, max_models_per_key, max_queued_per_key)
-    keys = load_keyring(api_key, os.environ.get(KEYS_ENV, ""), keys_file, limits, KEYS_ENV)
+    keys = _keyring(api_key, keys_file, Limits(max_sessions_per_key, max_models_per_key, max_queued_per_key))
     check_bind(host, keys)
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise TinkerplugError("--ssl-certfile and --ssl-keyfile go together", hint="give both (PEM files), or neither for plain HTTP")
@@ -95,13 +110,7 @@ def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, 
         gradient_checkpointing=gradient_checkpointing, microbatch_tokens=microbatch_tokens, max_adapters=max_adapters,
     )
     app = create_app(state, keys, max_body=int(max_body_mb * 1024 * 1024))
-    shown = f"[{host}]" if ":" in host else host
-    print(
-        f"tinkerplug serve: {'https' if ssl_certfile else 'http'}://{shown}:{port} on {state.service.device}; checkpoints in {state.paths.root}; "
-        f"{'API key required (' + str(len(keys)) + ' accepted)' if keys else 'no API key required (loopback only)'}"
-        + (f"; clock {clock_ms:g} ms" if clock_ms else ""),
-        file=sys.stderr, flush=True,
-    )
+    _banner(host, port, bool(ssl_certfile), state, keys, clock_ms)
     try:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
                                 ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)

@@ -121,7 +121,8 @@ class ServerState:
 
     def finish_session(self, session_id: str, principal: Principal) -> None:
         """Free what the session made: its models' adapters (after their queued jobs, which run
-        first on the worker) and its samplers. Its checkpoints stay on disk."""
+        first on the worker), its samplers, their stability records and its custom losses. Its
+        checkpoints stay on disk."""
         self.session(session_id, principal)
         prefix = f"{session_id}:"
         with self._lock:
@@ -133,6 +134,8 @@ class ServerState:
                 del self.samplers[key]  # the local SamplingClient frees its adapter when dropped
         for model in models:
             model.client.release()
+        self.service.stability.drop(session_id)  # its recorded samples and uploaded losses too
+        self.service.uploaded_losses.drop(session_id)
 
     def check_model_limit(self, principal: Principal) -> None:
         limit = principal.limits.max_models
