@@ -1,26 +1,28 @@
-"""DPO on the local backend against TRL's DPOTrainer: the same pairs, beta, LoRA and optimizer.
+"""DPO through ``tinkerplug run`` (objective = "dpo", local backend) against TRL's DPOTrainer.
 
-The pairs: "Reverse: WORD" chat turns (the words of ``examples/grpo``), the reversed word chosen
-over the word copied back. ``--batch`` pairs per step, beta 0.1, the sigmoid DPO loss (mean over
-the pairs), reference logprobs from the base model every step, LoRA rank ``--rank`` / alpha 32 on
-attention + MLP, Adam at a constant LR.
+The same pairs, beta, LoRA and optimizer on both sides. The pairs: "Reverse: WORD" chat turns
+(the words of ``examples/grpo``), the reversed word chosen over the word copied back.
+``--batch`` pairs per step, beta 0.1, the sigmoid DPO loss (mean over the pairs), reference
+logprobs from the base model, LoRA rank ``--rank`` / alpha 32 on attention + MLP, Adam at a
+constant LR.
 
-- local: the Tinker SDK surface as the cookbook's ``train_dpo`` drives it: the base model's
-  logprobs of every chosen and rejected sequence (``compute_logprobs`` on a base-model sampling
-  client, all requests sent before any is awaited), then ``forward_backward_custom`` with the DPO
-  loss (one forward + backward on this backend) and ``optim_step``. The sequences are the
-  tokenizer's chat template, as TRL builds them.
+- tinkerplug: a config file with ``objective = "dpo"`` run by ``tinkerplug run`` in the child
+  process (the local backend: reference logprobs of each pair from the base model, the DPO
+  loss through ``forward_backward_custom`` in one pass); step wall times from the lines of its
+  ``metrics.jsonl`` as they appear (``rl_vs_trl.watch_steps``). ``--sides sdk,trl``: the same
+  through the SDK surface by hand (the cookbook's ``train_dpo`` calls), chat-templated as TRL.
 - trl: ``DPOTrainer`` with a peft ``LoraConfig`` (its reference is the model with the adapter
   disabled: one extra forward per step), sequential batches.
 
-Each side runs in its own process (peak RSS is that process's); sides alternate over
-``--rounds``; the first step of each run is warm-up. Tokens per step: every token of every chosen
-and rejected sequence (prompt + reply). ``--model real``: the real-vocabulary Qwen3 of
+The pairs reach both sides as TRL's ``prompt``/``chosen``/``rejected`` message lists. Each
+side runs in its own process (peak RSS is that process's); sides alternate over
+``--rounds``; the first (warm-up) and last step of each run are untimed. Tokens per step:
+every token of every chosen and rejected sequence (prompt + reply). ``--model real``: the real-vocabulary Qwen3 of
 ``real_scale.py``.
 
     python benchmarks/dpo_vs_trl.py [--model tiny-chat|real|DIR] [--steps 6] [--rounds 2]
 
-Needs ``pip install -e '.[bench]'`` for the TRL side. Target: local >= 2x TRL's tokens/s.
+Needs ``pip install -e '.[bench]'`` for the TRL side. Target: tinkerplug >= 2x TRL's tokens/s.
 """
 
 from __future__ import annotations
@@ -95,7 +97,44 @@ def dpo_loss(reference: list[float]):
     return loss_fn
 
 
-def run_local(args: argparse.Namespace, pairs: list[dict], work: Path) -> dict:
+def run_tinkerplug(args: argparse.Namespace, pairs: list[dict], work: Path) -> dict:
+    import shutil
+
+    from rl_vs_trl import watch_steps
+    from tinkerplug import cli
+    from transformers import AutoTokenizer
+
+    shutil.rmtree(work / "run", ignore_errors=True)  # the previous round's
+    data = work / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    config = work / "config.toml"
+    config.write_text("\n".join([
+        f"base_model = {json.dumps(args.model_dir)}", 'objective = "dpo"', f"lora_rank = {args.rank}",
+        "train_unembed = false", f"learning_rate = {args.lr}", f"batch_size = {args.batch}", f"num_steps = {args.steps}",
+        "max_length = 128", f"seed = {SEED}", f"run_dir = {json.dumps(str(work / 'run'))}", "eval_every = 0", "save_every = 0",
+        "[schedule]", 'lr_schedule = "constant"', "[dpo]", f"beta = {BETA}", "[data]", f"train = {json.dumps(str(data))}",
+    ]) + "\n")
+    seen = watch_steps(work / "run" / "metrics.jsonl")
+    started = time.perf_counter()
+    try:
+        cli.main(["run", str(config), "--quiet"])
+    except SystemExit as exc:
+        if exc.code:
+            raise
+    finally:
+        time.sleep(0.05)  # one more poll: the last step's line
+        seen.append(None)
+    arrived = [t for t in seen if t is not None]
+    metrics = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if "time/step_s" in m][: len(arrived)]
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    tokens = [sum(len(t) for pair in pairs[i * args.batch : (i + 1) * args.batch] for t, _ in sequences(tokenizer, pair))
+              for i in range(len(steps))]  # the same count as TRL's side
+    return dict(times=[b - a for a, b in zip([started] + arrived, arrived)], tokens=tokens,
+                losses=[m["dpo/loss"] for m in steps], peak_gb=peak_rss_gb())
+
+
+def run_sdk(args: argparse.Namespace, pairs: list[dict], work: Path) -> dict:
     from tinker import types
 
     from tinkerplug_local import ServiceClient
@@ -172,7 +211,9 @@ def run_side(side: str, args: argparse.Namespace, model: str, pairs: Path, work:
         return None
     result = json.loads(out.read_text())
     n = min(len(result["times"]), len(result["tokens"]))
-    timed = slice(1, n)  # the first step is warm-up
+    # The first step is warm-up; the last is left out too: a run's last metrics lines are
+    # written together at its end, so the time between them says nothing (both sides alike).
+    timed = slice(1, n - 1)
     seconds = sum(result["times"][timed])
     return dict(tokens_per_s=sum(result["tokens"][timed]) / seconds, pairs_per_s=args.batch * (n - 1) / seconds,
                 step_s=median(result["times"][timed]), peak_gb=result["peak_gb"],
@@ -189,11 +230,12 @@ def report(runs: dict[str, list[dict]]) -> None:
               f"{r['first_loss']:.4f} | {r['last_loss']:.4f} |")
     print("(medians over rounds; per round: " + "; ".join(
         f"{side} " + ", ".join(f"{r['tokens_per_s']:.0f}" for r in results) for side, results in runs.items()) + " tokens/s)")
-    if "local" in summary and "trl" in summary:
-        ours, theirs = summary["local"], summary["trl"]
+    ours_name = "tinkerplug" if "tinkerplug" in summary else "sdk"
+    if ours_name in summary and "trl" in summary:
+        ours, theirs = summary[ours_name], summary["trl"]
         speed, memory = ours["tokens_per_s"] / theirs["tokens_per_s"], ours["peak_gb"] / theirs["peak_gb"]
-        rounds = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs["local"], runs["trl"])]
-        print(f"\nlocal vs TRL: {speed:.2f}x tokens/s (per round: {', '.join(f'{x:.2f}' for x in rounds)}; "
+        rounds = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs[ours_name], runs["trl"])]
+        print(f"\n{ours_name} vs TRL: {speed:.2f}x tokens/s (per round: {', '.join(f'{x:.2f}' for x in rounds)}; "
               f"target >= {SPEEDUP_TARGET}x: {'met' if speed >= SPEEDUP_TARGET else 'NOT met'}), "
               f"{memory:.2f}x peak RSS (target <= 1: {'met' if memory <= 1 else 'NOT met'})")
 
@@ -201,12 +243,12 @@ def report(runs: dict[str, list[dict]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-chat", help="tiny-chat, real (the real_scale.py shape) or a model directory")
-    parser.add_argument("--steps", type=int, default=6, help="steps per run; the first is untimed warm-up")
+    parser.add_argument("--steps", type=int, default=6, help="steps per run; the first (warm-up) and the last are untimed")
     parser.add_argument("--batch", type=int, default=8, help="pairs per step")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--rounds", type=int, default=2, help="runs per side, alternating which goes first")
-    parser.add_argument("--sides", default="local,trl")
+    parser.add_argument("--sides", default="tinkerplug,trl", help="comma-separated: tinkerplug, trl, sdk")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--pairs", help=argparse.SUPPRESS)
@@ -217,7 +259,7 @@ def main() -> None:
         work = Path(args.out).parent / args.child
         work.mkdir(exist_ok=True)
         pairs = [json.loads(line) for line in Path(args.pairs).read_text().splitlines()]
-        run = run_trl if args.child == "trl" else run_local
+        run = {"trl": run_trl, "sdk": run_sdk, "tinkerplug": run_tinkerplug}[args.child]
         Path(args.out).write_text(json.dumps(run(args, pairs, work)))
         return
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {machine_line()}")
@@ -234,7 +276,7 @@ def main() -> None:
         pairs = work / "pairs.jsonl"
         make_pairs(pairs, args.batch * args.steps)
         print(f"DPO on {args.model}: {args.batch} pairs per step, beta {BETA}, LoRA r{args.rank}, "
-              f"{args.steps} steps per run (first untimed), {args.rounds} rounds", flush=True)
+              f"{args.steps} steps per run (first and last untimed), {args.rounds} rounds", flush=True)
         for round_index in range(args.rounds):
             for side in sides if round_index % 2 == 0 else sides[::-1]:
                 result = run_side(side, args, model, pairs, work)

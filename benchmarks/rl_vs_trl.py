@@ -14,8 +14,8 @@ scaling), no KL term, LoRA rank ``--rank`` / alpha 32 on attention + MLP, Adam a
   ``dapo`` loss) with a peft ``LoraConfig``; per-step wall time from a callback.
 
 Each side runs in its own process (peak RSS is that process's); sides alternate over
-``--rounds``; the first step of each run is warm-up. Tokens per step = sampled tokens +
-tokens trained on (prompt + completion of every sample). ``--model real`` builds the random-init
+``--rounds``; the first (warm-up) and last step of each run are untimed. Tokens per step =
+sampled tokens + tokens trained on (prompt + completion of every sample). ``--model real`` builds the random-init
 real-vocabulary Qwen3 of ``real_scale.py`` (151,936 tokens, hidden 256, 4 layers); a random
 model never stops early, so every completion there is ``--max-tokens`` long on both sides.
 
@@ -187,7 +187,9 @@ def run_side(side: str, args: argparse.Namespace, model: str, records: Path, wor
         return None
     result = json.loads(out.read_text())
     n = min(len(result["times"]), len(result["sampled"]), len(result["trained"]))
-    timed = slice(1, n)  # the first step is warm-up
+    # The first step is warm-up; the last is left out too: a run's last metrics lines are
+    # written together at its end, so the time between them says nothing (both sides alike).
+    timed = slice(1, n - 1)
     tokens = [s + t for s, t in zip(result["sampled"][timed], result["trained"][timed])]
     seconds = sum(result["times"][timed])
     return dict(
@@ -220,7 +222,7 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-chat", help="tiny-chat, real (the real_scale.py shape) or a model directory")
-    parser.add_argument("--steps", type=int, default=6, help="steps per run; the first is untimed warm-up")
+    parser.add_argument("--steps", type=int, default=6, help="steps per run; the first (warm-up) and the last are untimed")
     parser.add_argument("--batch", type=int, default=8, help="prompts per step")
     parser.add_argument("--group", type=int, default=8, help="samples per prompt")
     parser.add_argument("--max-tokens", type=int, default=12)
@@ -249,7 +251,7 @@ def main() -> None:
         records = work / "train.jsonl"
         make_records(records, args.batch * args.steps)
         print(f"GRPO on {args.model}: {args.batch} prompts x {args.group} samples, <= {args.max_tokens} tokens, "
-              f"LoRA r{args.rank}, {args.steps} steps per run (first untimed), {args.rounds} rounds", flush=True)
+              f"LoRA r{args.rank}, {args.steps} steps per run (first and last untimed), {args.rounds} rounds", flush=True)
         for round_index in range(args.rounds):
             for side in sides if round_index % 2 == 0 else sides[::-1]:
                 result = run_side(side, args, model, records, work)

@@ -176,3 +176,44 @@ def test_head_backward_skips_tokens_without_gradient_exactly(monkeypatch):
     assert torch.equal(got_grads[0][:20], torch.zeros(20, 8))
     for a, b in zip(got_grads, want_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prompt_positions_go_through_the_head_once(service, monkeypatch):
+    from tinkerplug_local import forward, lm_head
+
+    client = service.create_lora_training_client("tiny-chat", rank=4, seed=10).result()
+    host = client._host
+    with torch.no_grad():  # non-zero LoRA B everywhere, the unembedding included
+        for _, p in host.adapter_params(client._adapter):
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(11)) * 0.05)
+    model = host.model_for(client._adapter)
+    g = torch.Generator().manual_seed(12)
+    prompts = [torch.randint(0, 500, (n,), generator=g).tolist() for n in (15, 19)]
+    tokens = [p + torch.randint(0, 500, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+              for p in prompts for _ in range(4)]
+    targets = [torch.tensor(t[1:] + [7]) for t in tokens]  # the prompt's targets repeat in its group
+    upstream = [torch.rand(len(t), generator=g) for t in tokens]
+    head_rows = []
+    real = lm_head.token_logprobs
+    monkeypatch.setattr(lm_head, "token_logprobs", lambda h, *a: head_rows.append(h.shape[0]) or real(h, *a))
+
+    def run(share: bool):
+        if not share:
+            monkeypatch.setattr(forward, "shared_positions", lambda *a: None)
+        out = [None] * len(tokens)
+        for batch in microbatch_logprobs(model, tokens, targets, host.device, 0, grad=True):
+            sum((lp * upstream[i]).sum() for i, lp in zip(batch.indices, batch.logprobs)).backward()
+            for i, lp in zip(batch.indices, batch.logprobs):
+                out[i] = lp.detach()
+        grads = [p.grad.clone() for _, p in host.adapter_params(client._adapter)]
+        for _, p in host.adapter_params(client._adapter):
+            p.grad = None
+        return out, grads
+
+    shared_out, shared_grads = run(True)
+    plain_out, plain_grads = run(False)
+    assert head_rows[0] < head_rows[-1] == sum(len(t) for t in tokens)  # fewer rows through the head
+    for a, b in zip(shared_out, plain_out):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(shared_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-5 * max(1.0, float(b.abs().max())), rtol=1e-4)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-# Modules a project plugin file becomes (``plugins.load_file``): dropped after every call.
+# The module name a project plugin file is imported as (``plugin_loader``): dropped after every call.
 PROJECT_MODULE_PREFIX = "tinkerplug_project_"
 DEFAULT_KEYS: dict[str, Any] = {
     "base_model": "tiny-chat",

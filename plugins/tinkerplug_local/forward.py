@@ -32,6 +32,7 @@ from tinkerplug_local.packing import (
     padded_inputs,
     padded_batches,
     packed_rows,
+    shared_positions,
     split_logprobs,
     stacked_targets,
 )
@@ -114,6 +115,8 @@ def _layout(parts: _Parts, lengths: list[int], cap: int, device: str) -> tuple[l
 def _group_logprobs(
     parts: _Parts, tokens: list[list[int]], targets: list[Any], group: list[int], device: str, pad_id: int, padded: bool
 ) -> list[Any]:
+    import torch
+
     from tinkerplug_local.lm_head import token_logprobs
 
     if not parts.split:
@@ -132,7 +135,14 @@ def _group_logprobs(
         mask = mask.to(device)
         out = parts.decoder(input_ids=ids.to(device), attention_mask=mask, use_cache=False)
         hidden = out.last_hidden_state[mask.bool()]  # row-major: the datums' tokens, concatenated
-    return split_logprobs(token_logprobs(hidden, parts.head, stacked_targets(targets), parts.softcap), targets)
+    stacked = stacked_targets(targets)
+    shared = shared_positions([tokens[i] for i in group], stacked)
+    if shared is None:
+        return split_logprobs(token_logprobs(hidden, parts.head, stacked, parts.softcap), targets)
+    # Positions with the same prefix and target (a group's shared prompt) go through the head
+    # once; their gradients meet in that one row, as the parameters see the same function.
+    rows, inverse = (torch.tensor(x, device=hidden.device) for x in shared)
+    return split_logprobs(token_logprobs(hidden[rows], parts.head, stacked[rows], parts.softcap)[inverse], targets)
 
 
 def _full_logits(causal: Any, tokens: list[list[int]], targets: list[Any], group: list[int], device: str, pad_id: int) -> list[Any]:

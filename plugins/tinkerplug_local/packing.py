@@ -139,6 +139,29 @@ def padded_inputs(tokens: list[list[int]], group: list[int], pad_id: int) -> tup
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
+def shared_positions(tokens: list[list[int]], targets: Any) -> tuple[list[int], list[int]] | None:
+    """Positions of the concatenated datums that repeat an earlier one: the same tokens up to
+    and including it (so the same hidden state) and the same targets (RL groups repeat their
+    prompt once per sample). Returns the rows to compute and, per position, its row among them;
+    None when nothing repeats."""
+    prefixes: dict[tuple[int, int], int] = {}  # (prefix id, next token) -> prefix id: a trie
+    first: dict[tuple[int, Any], int] = {}
+    rows: list[int] = []
+    inverse: list[int] = []
+    flat = [tuple(t) for t in targets.tolist()]
+    position = 0
+    for datum in tokens:
+        prefix = -1
+        for token in datum:
+            prefix = prefixes.setdefault((prefix, token), len(prefixes))
+            row = first.setdefault((prefix, flat[position]), len(rows))
+            if row == len(rows):
+                rows.append(position)
+            inverse.append(row)
+            position += 1
+    return (rows, inverse) if len(rows) < position else None
+
+
 def stacked_targets(targets: list[Any]) -> Any:
     """``(N, K)`` targets of concatenated datums; ``(T,)`` becomes ``(T, 1)``, narrower K are
     padded with token 0 (their extra columns are cut off again by ``split_logprobs``)."""
