@@ -7,31 +7,35 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import tinkerplug
-from tinkerplug.rollouts import reference_reply
+
+
+def reference(record: Mapping[str, Any]) -> str:
+    """The record's last assistant message: what both rewards compare with."""
+    from tinkerplug.rollouts import reference_reply  # not at import: plugin modules load with every command
+
+    reply = reference_reply(record)
+    if reply is None:
+        raise ValueError("the record has no assistant message to compare with")
+    return reply
 
 
 def exact_match(completion: str, record: Mapping[str, Any], config: Any) -> float:
-    reference = reference_reply(record)
-    if reference is None:
-        raise ValueError("the record has no assistant message to compare with")
-    return float(completion.strip() == reference.strip())
+    return float(completion.strip() == reference(record).strip())
 
 
 def math_answer(completion: str, record: Mapping[str, Any], config: Any) -> float:
     from tinker_cookbook.recipes.math_rl.math_grading import extract_boxed, grade_answer
 
-    reference = reference_reply(record)
-    if reference is None:
-        raise ValueError("the record has no assistant message to compare with")
+    expected = reference(record)
     try:
-        reference = extract_boxed(reference)
+        expected = extract_boxed(expected)
     except ValueError:
         pass
     try:
         answer = extract_boxed(completion)
     except ValueError:
         answer = completion
-    return float(grade_answer(answer.strip(), reference.strip()))
+    return float(grade_answer(answer.strip(), expected.strip()))
 
 
 @tinkerplug.hookimpl
