@@ -53,3 +53,35 @@ def model_dir(name: str) -> str:
     if not (path / "config.json").is_file():
         raise SystemExit(f"{name}: not a shipped model or a model directory (no config.json)")
     return str(path.resolve())
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far (each benchmark side runs in its own process)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
+
+
+def trl_step_clock() -> tuple[object, list[float], list[dict]]:
+    """A ``transformers`` callback timing each optimizer step of a TRL trainer, with the lists
+    it fills: the seconds of every step, and every dict the trainer logs."""
+    import time
+
+    from transformers import TrainerCallback
+
+    times: list[float] = []
+    logged: list[dict] = []
+    started: list[float] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            started.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - started[-1])
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs:
+                logged.append(dict(logs))
+
+    return StepClock(), times, logged

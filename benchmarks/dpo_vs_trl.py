@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine_line, median, model_dir, offline_env
+from common import machine_line, median, model_dir, offline_env, peak_rss_gb, trl_step_clock
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ALPHA, BETA, SEED = 32, 0.1, 0
@@ -53,12 +53,6 @@ def make_pairs(path: Path, n: int) -> None:
             f.write(json.dumps({"prompt": [{"role": "user", "content": f"Reverse: {word}"}],
                                 "chosen": [{"role": "assistant", "content": word[::-1]}],
                                 "rejected": [{"role": "assistant", "content": word}]}) + "\n")
-
-
-def peak_rss_gb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
 
 
 # -- the two sides (each in its own process) ------------------------------------------------
@@ -164,24 +158,12 @@ def run_trl(args: argparse.Namespace, pairs: list[dict], work: Path) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     rows = pairs[: args.steps * args.batch]
-    times, losses, starts = [], [], []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            starts.append(time.perf_counter())
-
-        def on_step_end(self, a, state, control, **kw):
-            times.append(time.perf_counter() - starts[-1])
-
-        def on_log(self, a, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
-
+    clock, times, logged = trl_step_clock()
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
     config = DPOConfig(
         output_dir=str(work / "trl"), per_device_train_batch_size=args.batch, max_steps=args.steps, beta=BETA,
@@ -191,8 +173,9 @@ def run_trl(args: argparse.Namespace, pairs: list[dict], work: Path) -> dict:
     )
     peft = LoraConfig(r=args.rank, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=LORA_TARGETS)
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=peft, callbacks=[Clock()])
+                         peft_config=peft, callbacks=[clock])
     trainer.train()
+    losses = [float(r["loss"]) for r in logged if "loss" in r]
     tokens = [sum(len(t) for pair in rows[i * args.batch : (i + 1) * args.batch] for t, _ in sequences(tokenizer, pair))
               for i in range(args.steps)]
     return dict(times=times, tokens=tokens, losses=losses, peak_gb=peak_rss_gb())

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine_line, median, offline_env
+from common import machine_line, median, offline_env, peak_rss_gb
 
 VOCAB = 151936
 RANK, ALPHA = 16, 32
@@ -96,13 +96,11 @@ def cpu_seconds() -> float:
 
 
 def peak_memory_gb(device: str) -> float:
-    import resource
-
     if device.startswith("cuda"):
         import torch
 
         return torch.cuda.max_memory_allocated() / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
+    return peak_rss_gb()
 
 
 # -- the two sides (each in its own process) ------------------------------------------------

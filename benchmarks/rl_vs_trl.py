@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine_line, median, model_dir, offline_env
+from common import machine_line, median, model_dir, offline_env, peak_rss_gb, trl_step_clock
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ALPHA = 32
@@ -54,12 +54,6 @@ def make_records(path: Path, n: int) -> None:
             word = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(4, 7)))
             messages = [{"role": "user", "content": f"Reverse: {word}"}, {"role": "assistant", "content": word[::-1]}]
             f.write(json.dumps({"messages": messages}) + "\n")
-
-
-def peak_rss_gb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
 
 
 # -- the two sides (each in its own process) ------------------------------------------------
@@ -131,26 +125,14 @@ def run_trl(args: argparse.Namespace, records: Path, work: Path) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
     rows = []
     for line in records.read_text().splitlines():
         user, reply = json.loads(line)["messages"]
         rows.append({"prompt": [user], "answer": reply["content"]})
-    times, logged, starts = [], [], []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            starts.append(time.perf_counter())
-
-        def on_step_end(self, a, state, control, **kw):
-            times.append(time.perf_counter() - starts[-1])
-
-        def on_log(self, a, state, control, logs=None, **kw):
-            if logs and "num_tokens" in logs:
-                logged.append(logs)
-
+    clock, times, logs = trl_step_clock()
     def exact_match(completions, answer, **kw):
         return [float(c[0]["content"].strip() == a) for c, a in zip(completions, answer)]
 
@@ -164,8 +146,9 @@ def run_trl(args: argparse.Namespace, records: Path, work: Path) -> dict:
     )
     peft = LoraConfig(r=args.rank, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=LORA_TARGETS)
     trainer = GRPOTrainer(model=model, reward_funcs=exact_match, args=config, train_dataset=Dataset.from_list(rows),
-                          peft_config=peft, callbacks=[Clock()])
+                          peft_config=peft, callbacks=[clock])
     trainer.train()
+    logged = [r for r in logs if "num_tokens" in r]
     seen = [0.0] + [float(r["num_tokens"]) for r in logged]
     trained = [b - a for a, b in zip(seen, seen[1:])]  # prompt + completion tokens of each step
     sampled = [float(r["completions/mean_length"]) * args.batch * args.group for r in logged]
