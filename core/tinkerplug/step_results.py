@@ -4,23 +4,25 @@ every step executor."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
-from tinkerplug.hook_types import StepResult
+from tinkerplug.hook_types import StepBatch, StepResult, as_step_batch
 
 
 def step_result(
     step: int,
-    data: list[Any],
+    batch: StepBatch | list[Any],
     fwd_bwd_output: Any,
     optim_output: Any,
     learning_rate: float,
     submitted_at: float,
-    summarize: Callable[[Any], dict[str, float]] | None = None,
 ) -> StepResult:
     """Train NLL computed client-side, as the service defines it: sum(-logprob * weight).
     Datums without ``weights`` (the RL losses) report the loss's own ``loss:sum`` per
-    target token; ``summarize`` (the objective's) adds metrics from the output."""
+    target token. The batch's own metrics and its ``summarize`` (the objective's, on the
+    backend's output) go into the step's row."""
+    batch = as_step_batch(batch)
+    data = batch.datums
     loss_sum = 0.0
     weight_sum = 0.0
     trained_tokens = 0
@@ -45,8 +47,9 @@ def step_result(
     }
     for key, value in (getattr(optim_output, "metrics", None) or {}).items():
         metrics[f"optim/{key}"] = float(value)
-    if summarize is not None:
-        metrics.update(summarize(fwd_bwd_output))
+    metrics.update(batch.metrics)
+    if batch.summarize is not None:
+        metrics.update(batch.summarize(fwd_bwd_output))
     return StepResult(
         step=step,
         loss_sum=loss_sum,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from tinkerplug import rundir
 from tinkerplug.backend_calls import await_result, executor_call
-from tinkerplug.hook_types import CheckpointRecord, RunContext, StepBatch, StepExecutor, StepResult
+from tinkerplug.hook_types import CheckpointRecord, RunContext, StepExecutor, StepResult
 from tinkerplug.evaluation import eval_context_for_step, run_evaluators
 from tinkerplug.training_data import TrainingData
 
@@ -67,15 +67,8 @@ class Steps:
         if due(step, run.config.eval_every) or step == 0:
             await self.evaluate(step)
         lr = run.plugins.lr_for_step(step, run.num_steps, run.config)
-        batch = await self.batch(step)
+        batch = await run.objective.batch(step)  # its metrics reach the step's row through step_result
         self.finish(await executor_call(self.executor.submit(step, batch, adam_params(run.config, lr))))
-
-    async def batch(self, step: int) -> StepBatch:
-        """The objective's batch for ``step``, its metrics carried to the step's row."""
-        batch = await self.run.objective.batch(step)
-        own, summarize = dict(batch.metrics), batch.summarize
-        batch.summarize = lambda output: {**own, **(summarize(output) if summarize else {})}
-        return batch
 
     async def evaluate(self, step: int) -> None:
         """Evaluators on the weights after ``step`` updates; logged with that step's row."""

@@ -41,7 +41,7 @@ class SyncExecutor:
         batch = as_step_batch(data)
         fwd_bwd = await send(self.client, batch).result_async()
         optim = await self.client.optim_step(adam_params).result_async()
-        return [step_result(step, batch.datums, fwd_bwd, optim, adam_params.learning_rate, started, batch.summarize)]
+        return [step_result(step, batch, fwd_bwd, optim, adam_params.learning_rate, started)]
 
     async def drain(self) -> list[StepResult]:
         return []
@@ -80,7 +80,7 @@ class PipelinedExecutor:
         step, batch, lr, fwd_bwd, optim, started = item
         fwd_bwd_out = await fwd_bwd.result_async()
         optim_out = await optim.result_async()
-        return step_result(step, batch.datums, fwd_bwd_out, optim_out, lr, started, batch.summarize)
+        return step_result(step, batch, fwd_bwd_out, optim_out, lr, started)
 
 
 @tinkerplug.hookimpl
