@@ -93,6 +93,23 @@ def render(run_dir: Path) -> str:
     return table(rows) + "\n\n" + machine_line(rows, machine) + "\n"
 
 
+def cpu_identity() -> str:
+    """The CPU's model name and a hash of its feature flags: torch picks its kernels by them, so
+    two machines agree to the last bit only when these do."""
+    import hashlib
+
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    model = info.get("model name") or platform.processor() or platform.machine()
+    flags = " ".join(sorted(info.get("flags", "").split()))
+    return f"{model} (flags {hashlib.sha256(flags.encode()).hexdigest()[:12]})"
+
+
 def machine_info() -> dict:
     import torch
 
@@ -101,6 +118,7 @@ def machine_info() -> dict:
         "load_before": list(os.getloadavg()),
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
+        "cpu": cpu_identity(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }

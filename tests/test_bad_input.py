@@ -225,7 +225,7 @@ def test_unexpected_errors_print_one_line_and_how_to_see_the_traceback(tmp_path,
     def broken(*args, **kwargs):
         raise RuntimeError("something nobody expected\nsecond line")
 
-    monkeypatch.setattr(tinkerplug.prepare, "open_training_data", broken)
+    monkeypatch.setattr(tinkerplug.prepare, "open_data", broken)
     args = write_case(tmp_path, Case([]))
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -252,7 +252,7 @@ def test_errors_in_a_real_process(tmp_path):
     (tmp_path / "boom.py").write_text(
         "import tinkerplug.prepare\n\n"
         "def _boom(*a, **k):\n    raise RuntimeError('boom')\n\n"
-        "tinkerplug.prepare.open_training_data = _boom\n"
+        "tinkerplug.prepare.open_data = _boom\n"
     )
     result = run_cli(*args, "-p", str(tmp_path / "boom.py"))
     assert result.returncode == 1 and "Traceback" not in result.stderr

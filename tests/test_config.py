@@ -188,3 +188,10 @@ def test_a_run_dir_from_before_the_move_resumes_with_the_same_settings(tmp_path)
     current["schedule"]["min_lr"] = 1e-5
     with pytest.raises(ConfigError, match="schedule.min_lr: 0.0 -> 1e-05"):
         check_resume_config(tmp_path, current, "cmd", ("schedule.lr_schedule", "schedule.min_lr"), moved)
+
+
+def test_a_run_says_once_where_an_old_key_moved(tinkerplug_runner):
+    """The note is said where the file is read (``load_run_config``), once per command."""
+    result = tinkerplug_runner.run(tinkerplug_runner.write_config(num_steps=1, lr_schedule="linear"))
+    assert result.exit_code == 0, result.output
+    assert result.output.count("top-level 'lr_schedule' is deprecated; write it as [schedule] lr_schedule = 'linear'") == 1

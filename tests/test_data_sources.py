@@ -196,20 +196,19 @@ def test_mixture_counts_are_records_times_weight_and_reproducible():
 
 def test_config_takes_a_path_a_table_or_a_list_of_tables(tmp_path):
     from tinkerplug.config import load_config
-    from tinkerplug.data import heldout_source, train_sources
 
     base = 'base_model = "tiny-chat"\n'
     (tmp_path / "a.toml").write_text(base + '[data]\ntrain = "t.jsonl"\nformat = "alpaca"\n')
     config = load_config(tmp_path / "a.toml")
     assert config.data.train == tmp_path.resolve() / "t.jsonl"
-    assert [(s.path, s.format, s.weight) for s in train_sources(config)] == [(str(tmp_path.resolve() / "t.jsonl"), "alpaca", 1.0)]
+    assert [(s.path, s.format, s.weight) for s in config.data.train_sources()] == [(str(tmp_path.resolve() / "t.jsonl"), "alpaca", 1.0)]
     (tmp_path / "b.toml").write_text(
         base + '[[data.train]]\npath = "hf:org/name:cfg"\nsplit = "train"\n[[data.train]]\npath = "hf:./saved"\nweight = 2\n'
         '[data.heldout]\npath = "h.csv"\nformat = "prompt_completion"\n'
     )
     config = load_config(tmp_path / "b.toml")
-    sources = train_sources(config)
+    sources = config.data.train_sources()
     assert [(s.path, s.split, s.weight) for s in sources] == [
         ("hf:org/name:cfg", "train", 1.0), (f"hf:{tmp_path.resolve() / 'saved'}", None, 2.0)]
-    held = heldout_source(config)
+    held = config.data.heldout_source()
     assert held.path == str(tmp_path.resolve() / "h.csv") and held.format == "prompt_completion" and held.role == "heldout"

@@ -105,7 +105,7 @@ def test_the_quickstart_table_is_what_the_script_prints_for_the_recorded_run():
 def test_a_fresh_quickstart_prefix_logs_the_recorded_numbers(tmp_path):
     """The quickstart's first 50 steps (its warmup: the LR does not depend on num_steps there, nor
     the data order) log the recorded run's losses and step-0 evals: exactly on a machine like the
-    recorded one, to 1e-4 elsewhere (thread count, BLAS, CPU vs GPU; see the quickstart page)."""
+    recorded one (CPU model and flags, cores, threads, torch), to 1e-4 elsewhere (see the quickstart page)."""
     import asyncio
 
     import torch
@@ -120,7 +120,8 @@ def test_a_fresh_quickstart_prefix_logs_the_recorded_numbers(tmp_path):
     config, plugins = load_run_config(str(qt.CONFIG), overrides, ())
     asyncio.run(train(config, plugins))
     fresh = {row["step"]: row for row in qt.read_metrics(tmp_path / "run")}
-    same_machine = machine["cpus"] == os.cpu_count() and machine["torch"] == torch.__version__ and machine["threads"] == torch.get_num_threads()
+    same_machine = (machine["cpus"] == os.cpu_count() and machine["torch"] == torch.__version__
+                    and machine["threads"] == torch.get_num_threads() and machine.get("cpu") == qt.cpu_identity())
     for old in recorded:
         if old["step"] >= config.section("schedule").warmup_steps:
             break

@@ -132,6 +132,8 @@ def load_run_config(config_path: str, overrides: tuple[str, ...], plugin_options
     plugins, _ = load_plugins_for(config_path, overrides, plugin_options)
     plugins.check_required()
     config = load_config(Path(config_path), list(overrides), plugin_schema(plugins), plugins.disabled)
+    for text in config.deprecations:  # old key names: said once, where the file is read
+        plugins.warn(config, text)
     return config, plugins
 
 

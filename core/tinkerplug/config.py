@@ -20,6 +20,7 @@ from tinkerplug.config_source import (  # noqa: F401 - parse_override, apply_ove
     SOURCE_FORMS, ConfigOrigin, apply_override, did_you_mean, find_line, format_validation, parse_override,
     reject_secrets,
 )
+from tinkerplug.data import DataSource, is_spec
 from tinkerplug.errors import ConfigError
 
 TRAIN_ON_WHAT = (
@@ -115,6 +116,17 @@ class DataConfig(BaseModel):
         items = value if isinstance(value, list) else [] if value is None else [value]
         return [s if isinstance(s, SourceConfig) else SourceConfig(path=s) for s in items]
 
+    def train_sources(self) -> list[DataSource]:
+        """The training sources as ``load_records`` gets them: one, or a mixture's weighted ones."""
+        return [self._data_source(s, "train") for s in self.sources("train")]
+
+    def heldout_source(self) -> DataSource | None:
+        sources = self.sources("heldout")
+        return self._data_source(sources[0], "heldout") if sources else None
+
+    def _data_source(self, table: SourceConfig, role: str) -> DataSource:
+        return DataSource(path=str(table.path), role=role, format=table.format or self.format, split=table.split, weight=table.weight)
+
     def label(self, role: str = "train") -> str:
         """How messages name the data: the path, or the paths of a mixture."""
         return " + ".join(str(s.path) for s in self.sources(role))
@@ -200,6 +212,14 @@ class RunConfig(BaseModel):
     def source(self) -> Path | None:
         """The config file this came from (None when built in code)."""
         return self._source
+
+    def resume_command(self) -> str:
+        """The command that resumes this run (the CLI passes a better one: the user's own
+        command line, with its ``--set`` and ``-p`` options)."""
+        import shlex
+
+        src = self._source or Path("CONFIG")
+        return shlex.join(["tinkerplug", "run", str(src), "--resume", "--set", f"run_dir={self.run_dir}"])
 
     def base_dir(self, key: str) -> Path:
         """The folder a relative path at dotted ``key`` (``"inspect.tasks"``) is relative to:
@@ -379,11 +399,6 @@ def _validate_sections(tables: dict[str, Any], schema: PluginSchema, origin: Con
 def _rel(path: Path, base: Path) -> Path:
     path = path.expanduser()
     return path if path.is_absolute() else (base / path)
-
-
-def is_spec(path: str | Path) -> bool:
-    """``hf:NAME`` and the like: a scheme before the first ``/``, not a file path."""
-    return ":" in str(path).split("/")[0]
 
 
 def _rel_source(value: Any, base: Path) -> Any:

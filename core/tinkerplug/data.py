@@ -1,16 +1,19 @@
-"""Data sources and the records read from them (the ``load_records`` hook's types).
+"""Data sources, the records read from them (the ``load_records`` hook's types), and the
+check of every record.
 
 The core names what to read (``DataSource``) and what it gets back (``Records``); reading a
-format is a plugin's job. No heavy imports: plugins import these at start-up.
+format is a plugin's job. Every record is checked in a thread while the model loads (and, for
+a big file, on into training), so a bad line is reported with its ``FILE:LINE``. No heavy
+imports: plugins import these at start-up.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from tinkerplug.config import RunConfig
+from tinkerplug.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,11 @@ class DataSource:
     def what(self) -> str:
         """How messages name it: "training data" / "held-out data"."""
         return {"train": "training data", "heldout": "held-out data"}.get(self.role, f"{self.role} data")
+
+
+def is_spec(path: str) -> bool:
+    """``hf:NAME`` and the like: a scheme before the first ``/``, not a file path."""
+    return ":" in str(path).split("/")[0]
 
 
 @runtime_checkable
@@ -48,17 +56,53 @@ class Records(Protocol):
         ...
 
 
-def train_sources(config: RunConfig) -> list[DataSource]:
-    """The training sources: one, or the weighted sources of a mixture."""
-    return [_source(s, "train", config) for s in config.data.sources("train")]
+def check_records(records: Any, stop: threading.Event | None = None) -> None:
+    """Read every record, so a bad one raises its error (``stop`` ends it early)."""
+    if hasattr(records, "check_all"):
+        records.check_all(stop)
+        return
+    for index in range(len(records)):  # any other reader: reading a record checks it
+        if stop is not None and stop.is_set():
+            return
+        records[index]
 
 
-def heldout_source(config: RunConfig) -> DataSource | None:
-    sources = config.data.sources("heldout")
-    return _source(sources[0], "heldout", config) if sources else None
+class BackgroundCheck:
+    """Parse and check every record in a thread (while the model loads, and on into training
+    for a big file); ``wait`` raises the first bad record's error."""
 
+    def __init__(self, records: Any, start: bool = True):
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(records,), name="tinkerplug-check", daemon=True)
+        if start:
+            self.start()
 
-def _source(table: Any, role: str, config: RunConfig) -> DataSource:
-    return DataSource(
-        path=str(table.path), role=role, format=table.format or config.data.format, split=table.split, weight=table.weight
-    )
+    def start(self) -> None:
+        """Start checking (once). A big file starts after step 0: the check is pure Python and
+        would share the interpreter lock with the start-up's imports and model load."""
+        if not self.thread.is_alive() and self.thread.ident is None:
+            self.thread.start()
+
+    def _run(self, records: Any) -> None:
+        try:
+            check_records(records, self.stop)
+        except BaseException as exc:  # noqa: BLE001 - raised by wait
+            self.error = exc
+
+    def wait(self, until_done: bool = True) -> None:
+        """Raise the error found so far (``until_done``: once the whole file is checked)."""
+        if until_done:
+            self.start()
+            self.thread.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            if not until_done and isinstance(error, DataError):
+                error.hint = (f"{error.hint}\n  " if error.hint else "") + (
+                    "found by the background check while training; fix the file and start a new run "
+                    "(a resume on a changed file is refused)"
+                )
+            raise error
+
+    def close(self) -> None:
+        self.stop.set()

@@ -16,12 +16,11 @@ from tinkerplug import rundir, training_data
 from tinkerplug.backend_calls import backend_call
 from tinkerplug.config import RunConfig
 from tinkerplug.checkpoint_refs import CheckpointRef, check_base, check_same_base, resolve_checkpoint
-from tinkerplug.data import Records, heldout_source, train_sources
+from tinkerplug.data import BackgroundCheck, Records, check_records
 from tinkerplug.errors import ConfigError
 from tinkerplug.hook_types import CheckpointRecord, RunContext, StepExecutor
 from tinkerplug.mixture import MixtureRecords, describe
 from tinkerplug.plugins import Plugins
-from tinkerplug.record_check import BackgroundCheck, check_records
 from tinkerplug.training_data import TrainingData, render_training_data
 
 if TYPE_CHECKING:  # the SDK's clients; a backend plugin provides objects with their methods
@@ -54,11 +53,9 @@ async def prepare(config: RunConfig, plugins: Plugins, command: str, held: ExitS
     checkpoint to resume from, backend, training client, renderer, rendered examples,
     executor. A resume's lock on the run dir goes on ``held``. ``command`` resumes the run."""
     run_dir = Path(config.run_dir).resolve()
-    for text in config.deprecations:
-        plugins.warn(config, text)
     rundir.check_run_dir(run_dir, config.resume, command)
     resuming = config.resume and (run_dir / rundir.CONFIG_JSON).is_file()
-    records, counts = open_training_data(config, plugins)  # indexed, not parsed: fast
+    records, counts = open_data(config, plugins)  # indexed, not parsed: fast
     saved = run_json(config, records, counts)
     if resuming:  # checked before the lock, which rewrites .lock: a refused resume touches nothing
         rundir.check_resume_config(run_dir, saved, command, config.result_keys(), config.moved_keys())
@@ -81,11 +78,14 @@ async def prepare(config: RunConfig, plugins: Plugins, command: str, held: ExitS
     return Prepared(run, data, executor, checkpoint, resuming, saved)
 
 
-def open_training_data(config: RunConfig, plugins: Plugins) -> tuple[Records, list[dict[str, Any]]]:
+def open_data(config: RunConfig, plugins: Plugins) -> tuple[Records, list[dict[str, Any]]]:
     """The training records (a single source as is, several mixed by weight from ``seed``)
-    and per-source counts: path, weight, records, examples."""
-    sources = train_sources(config)
+    and per-source counts: path, weight, records, examples. The held-out records are read
+    whole now: evaluators read them later, and a bad file must fail now, not at step 0."""
+    sources, heldout = config.data.train_sources(), config.data.heldout_source()
     opened = [(source, plugins.load_records(source, config)) for source in sources]
+    if heldout is not None:
+        check_records(plugins.load_records(heldout, config))
     if len(opened) == 1 and sources[0].weight == 1.0:
         records = opened[0][1]
         return records, [{"path": sources[0].path, "weight": 1.0, "records": len(records), "examples": len(records)}]
@@ -108,9 +108,6 @@ async def _prepare_checked(
     """The backend and the model (fresh, resumed from a checkpoint or ``init_from``), the
     renderer, the data rendered, the objective."""
     checkpoint = start if isinstance(start, CheckpointRecord) else None
-    heldout = heldout_source(config)
-    if heldout is not None:  # evaluators read it later: a bad file must fail now, not at step 0
-        check_records(plugins.load_records(heldout, config))
     service = plugins.create_service_client(config, str(run_dir))
     plugins.note(config, f"backend {config.resolved_backend}, base model {config.base_model}")
     training_client = await open_training_client(config, plugins, service, start, run_dir)
@@ -118,15 +115,15 @@ async def _prepare_checked(
     renderer = plugins.resolve_renderer(config, tokenizer)
     start_step = checkpoint.step if checkpoint else 0
     data = render_training_data(records, renderer, config, plugins, tokenizer, start_step, checked)
-    data.report_counts(at_end=False)
-    num_steps = config.num_steps or (config.num_epochs or 1) * data.steps_per_epoch
+    steps_per_epoch = data.steps_per_epoch
+    num_steps = config.num_steps or (config.num_epochs or 1) * steps_per_epoch
     if start_step > num_steps:
         raise ConfigError(f"--resume: the last checkpoint is at step {start_step}, past num_steps={num_steps}")
     plugins.lr_for_step(start_step, num_steps, config)  # a schedule that refuses its settings fails now
     run = RunContext(
         config=config, run_dir=run_dir, plugins=plugins, num_steps=num_steps, start_step=start_step,
         service_client=service, training_client=training_client, tokenizer=tokenizer, renderer=renderer,
-        steps_per_epoch=data.steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
     )
     run.objective = plugins.make_objective(config, run, data)
     return run, data

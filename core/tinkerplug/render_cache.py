@@ -21,7 +21,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from tinkerplug.rundir import fsync_dir
 
@@ -68,6 +68,16 @@ def tokenizer_identity(tokenizer: Any) -> str:
     digest = hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
     name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
     return f"{name}:{len(vocab)}:{digest}"
+
+
+def open_render_cache(num_records: int, settings: dict[str, Any] | None, tokenizer: Any = None) -> "RenderCache":
+    """The cache of the key ``settings`` (everything a rendered example depends on but the
+    tokenizer) and ``tokenizer`` make, under ``cache_root()``; ``settings`` None: in memory
+    only (records without a fingerprint, no tokenizer)."""
+    if settings is None or tokenizer is None:
+        return RenderCache(None, num_records)
+    parts = {**settings, "tokenizer": tokenizer_identity(tokenizer)}
+    return RenderCache(cache_root() / "rendered" / cache_key(parts), num_records, meta=parts)
 
 
 class RenderCache:
@@ -125,6 +135,21 @@ class RenderCache:
             targets=shard["targets"][lo:hi],
             weights=shard["weights"][lo:hi],
         )
+
+    def example(self, index: int, render: Callable[[int], RenderedExample]) -> RenderedExample:
+        """Record ``index`` from the cache, or ``render(index)`` kept in it (a read-through cache)."""
+        cached = self.get(index)
+        if cached is not None:
+            return cached
+        example = render(index)
+        self.put(index, example)
+        return example
+
+    def fill(self, render: Callable[[int], RenderedExample]) -> None:
+        """Render every record not in the cache yet, and write them."""
+        for index in self.missing():
+            self.example(index, render)
+        self.flush()
 
     def put(self, index: int, example: RenderedExample) -> None:
         with self._lock:

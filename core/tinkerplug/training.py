@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -28,18 +27,11 @@ from tinkerplug.steps import LoopState, Steps, stop_on_sigint
 from tinkerplug.watchdog import watch_for_stalls
 
 
-def default_resume_command(config: RunConfig) -> str:
-    """The command that resumes ``config``'s run (the CLI passes a better one: the user's own
-    command line, with its ``--set`` and ``-p`` options)."""
-    src = config.source or Path("CONFIG")
-    return shlex.join(["tinkerplug", "run", str(src), "--resume", "--set", f"run_dir={config.run_dir}"])
-
-
 async def train(config: RunConfig, plugins: Plugins, resume_command: str | None = None) -> dict[str, Any]:
     """Run (or resume) the training ``config`` describes; return the summary. The phases,
     in order: prepare (every input checked, nothing written), open (the run dir, locked,
     with its ``config.json``), then steps and finish with ``on_run_end`` in a ``finally``."""
-    command = resume_command or default_resume_command(config)
+    command = resume_command or config.resume_command()
     with contextlib.ExitStack() as held:  # the run dir's lock, released last
         prepared = await prepare(config, plugins, command, held)
         if isinstance(prepared, AlreadyFinished):
@@ -69,9 +61,9 @@ async def steps_and_finish(prepared: Prepared, command: str) -> dict[str, Any]:
         state.checkpointed_steps.add(prepared.checkpoint.step)
     steps = Steps(run, prepared.data, prepared.executor, state)
     summary: dict[str, Any] = {}
-    prepared.data.start(run.start_step, run.num_steps)
     try:
         plugins.on_run_start(run)
+        prepared.data.start(run.start_step, run.num_steps)
         warn = lambda text: plugins.warn(config, text)  # noqa: E731
         with stop_on_sigint(state, warn), watch_for_stalls(config, state, warn, command):
             interrupted = await steps.run_all()

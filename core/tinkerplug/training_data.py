@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from tinkerplug.batches import BatchPlan
+from tinkerplug.data import BackgroundCheck
 from tinkerplug.errors import DataError, PluginError
 from tinkerplug.prefetch import Prefetcher
-from tinkerplug.record_check import BackgroundCheck
 from tinkerplug.render_cache import (
     DROPPED_OVERLONG,
     DROPPED_UNTRAINED,
@@ -33,9 +33,7 @@ from tinkerplug.render_cache import (
     TRUNCATED,
     RenderCache,
     RenderedExample,
-    cache_key,
-    cache_root,
-    tokenizer_identity,
+    open_render_cache,
 )
 
 FULL_CHECK_AFTER = 32  # failed replacements in a row before every record is rendered to check
@@ -163,24 +161,17 @@ class TrainingData:
 
     @property
     def stats(self) -> RenderStats:
-        c = self.cache.counts()
-        return RenderStats(
-            total=len(self.records), rendered=c["rendered"], kept=c["kept"], truncated=c["truncated"],
-            dropped_overlong=c["dropped_overlong"], dropped_untrained=c["dropped_untrained"],
-            longest=c["longest"], shortest=c["shortest"],
-        )
+        return RenderStats(total=len(self.records), **self.cache.counts())
 
     def example(self, index: int) -> RenderedExample:
-        cached = self.cache.get(index)
-        if cached is not None:
-            return cached
-        record = self.records[index]
+        return self.cache.example(index, self.render)
+
+    def render(self, index: int) -> RenderedExample:
+        """Record ``index`` rendered (``render_example``), a renderer's error naming its ``FILE:LINE``."""
         try:
-            example = render_record(record, self.renderer, self.config, self.plugins)
+            return render_record(self.records[index], self.renderer, self.config, self.plugins)
         except PluginError as exc:
             raise DataError(f"{self.where(index)}: {exc.message}", exc.hint) from None
-        self.cache.put(index, example)
-        return example
 
     def where(self, index: int) -> str:
         if hasattr(self.records, "where"):
@@ -269,9 +260,7 @@ class TrainingData:
         """Render every record not in the cache yet (so the counts are complete)."""
         with self._lock:
             if not self._checked:
-                for index in self.cache.missing():
-                    self.example(index)
-                self.cache.flush()
+                self.cache.fill(self.render)
                 self._checked = True
 
 
@@ -307,7 +296,8 @@ def render_training_data(
     whole now (exact counts and refusals before step 0); the first step's examples always
     are, so a renderer that fails on the data fails before the run dir exists. ``check``: the
     records' background check, awaited here for a file of up to ``WAIT_FOR_CHECK_UP_TO``
-    records, else at each step (``TrainingData.raise_bad_record``)."""
+    records, else at each step (``TrainingData.raise_bad_record``). The counts are reported
+    here when every record is rendered, else at the end of the run."""
     if check is not None:  # a bad record first: its FILE:LINE says more than any count
         check.wait(until_done=len(records) <= WAIT_FOR_CHECK_UP_TO)
     if len(records) < config.batch_size:
@@ -315,22 +305,20 @@ def render_training_data(
             f"{config.data.train} has {len(records)} examples, fewer than batch_size={config.batch_size}",
             hint=f"add data or lower batch_size (e.g. --set batch_size={len(records)})",
         )
-    if hasattr(records, "fingerprint") and tokenizer is not None:
-        parts = render_key_parts(records, renderer, tokenizer, config, plugins)
-        cache = RenderCache(cache_root() / "rendered" / cache_key(parts), len(records), meta=parts)
-    else:
-        cache = RenderCache(None, len(records))
+    settings = render_settings(records, renderer, config, plugins) if hasattr(records, "fingerprint") else None
+    cache = open_render_cache(len(records), settings, tokenizer)
     data = TrainingData(records, renderer, config, plugins, cache)
     data.check = check
     if len(records) - data.stats.rendered <= RENDER_ALL_UP_TO:
         data.render_missing()
     check_stats(data.stats, config)
     data.batch_indices(start_step)
+    data.report_counts(at_end=False)
     return data
 
 
-def render_key_parts(records: Any, renderer: Any, tokenizer: Any, config: Any, plugins: Any) -> dict[str, Any]:
-    """Everything a rendered example depends on."""
+def render_settings(records: Any, renderer: Any, config: Any, plugins: Any) -> dict[str, Any]:
+    """Everything a rendered example depends on but the tokenizer (the render cache's key)."""
     from importlib import metadata
 
     try:
@@ -341,7 +329,6 @@ def render_key_parts(records: Any, renderer: Any, tokenizer: Any, config: Any, p
         "data": records.fingerprint(),
         "renderer": [config.renderer, f"{type(renderer).__module__}.{type(renderer).__qualname__}", cookbook],
         "base_model": config.base_model,
-        "tokenizer": tokenizer_identity(tokenizer),
         "max_length": config.max_length,
         "overlong": config.overlong,
         "train_on_what": config.train_on_what,

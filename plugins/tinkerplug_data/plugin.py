@@ -15,7 +15,7 @@ from tinkerplug.errors import DataError
 def load_records(source: DataSource, config: Any) -> Any:
     # The reader of last resort: a file of unknown type is read as JSONL, so a file named
     # data.txt still gets line-numbered errors. Specs other than hf: belong to other plugins.
-    from tinkerplug.config import is_spec
+    from tinkerplug.data import is_spec
 
     if is_spec(source.path):
         if not source.path.startswith("hf:"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import tinkerplug
-from tinkerplug.data import Records, heldout_source
+from tinkerplug.data import Records
 from tinkerplug.errors import DataError
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def _load(records: Records, path: str) -> list[tuple[list[dict[str, Any]], str]]
 @tinkerplug.hookimpl
 async def evaluate(context: Any) -> dict[str, float] | None:
     settings: HeldoutSettings = context.config.section("heldout")
-    source = heldout_source(context.config)
+    source = context.config.data.heldout_source()
     if not settings.enabled or source is None:
         return None
     import asyncio

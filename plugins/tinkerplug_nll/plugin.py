@@ -31,11 +31,11 @@ def register_config_sections(register: Any) -> None:
 def heldout_source(config: Any) -> Any:
     """``[nll] data`` (relative to the config file, or to the current directory when given
     with ``--set``), else ``data.heldout``; None when neither."""
-    from tinkerplug.data import DataSource, heldout_source as core_heldout
+    from tinkerplug.data import DataSource
 
     settings: NllSettings = config.section("nll")
     if settings.data is None:
-        return core_heldout(config)
+        return config.data.heldout_source()
     path = settings.data
     if ":" not in path.split("/")[0] and not Path(path).expanduser().is_absolute():
         path = str((config.base_dir("nll.data") / Path(path).expanduser()).resolve())
