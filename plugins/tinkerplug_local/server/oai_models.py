@@ -66,15 +66,17 @@ class OAIModels:
         return model
 
     def _check_owner(self, name: str, who: Any) -> None:
-        """404, as for a missing checkpoint, when the path in ``name`` is another key's run."""
+        """404, as for a missing checkpoint, when the path in ``name`` is another key's run and
+        not published."""
         from tinkerplug_local.server.paths import PathError
 
         path = name.partition(";")[2] if ";" in name else name
         if not path.startswith("tinker://"):
             return  # a base model: shared by every key
         try:
-            run, _, _ = self.state.paths.parse(path)
-            self.state.check_run(run, who)
+            run, kind, name_ = self.state.paths.parse(path)
+            if not self.state.is_public(run, kind, name_):
+                self.state.check_run(run, who)
         except PathError as exc:
             raise OAIError(400, f"model: {exc}", "model") from None
         except FileNotFoundError:

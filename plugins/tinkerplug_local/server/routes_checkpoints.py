@@ -1,8 +1,10 @@
 """The ``RestClient`` checkpoint calls beyond listing: TTL, publish/unpublish, deletion by a
 bare checkpoint id, copies, and the storage the checkpoint dir holds.
 
-On one machine "public" is a flag the listings show; it gives no other key access (a checkpoint
-is its owner's: another key gets 404 here as everywhere). TTLs expire for real (``checkpoint_meta.py``).
+A published checkpoint is readable by every key, as on Tinker: another key may load it into its
+own model, sample from it and ask what it is (``weights_info``); only its owner may change it
+(TTL, publish, delete: 404 to anyone else), and unpublishing hides it again. TTLs expire for real
+(``checkpoint_meta.py``).
 """
 
 from __future__ import annotations

@@ -65,7 +65,9 @@ def _checkpoints(state: Any, run: str) -> list[types.Checkpoint]:
 
 
 def _training_run(state: Any, run: str, who: Any) -> types.TrainingRun:
-    state.check_run(run, who, listing=True)
+    """Run ``run`` as ``who`` may see it (``who`` None: the caller checked access already)."""
+    if who is not None:
+        state.check_run(run, who, listing=True)
     run_dir = state.paths.run_dir(run)
     model = state.models.get(run)
     checkpoints = _checkpoints(state, run) if run_dir.is_dir() else []
@@ -142,8 +144,8 @@ async def weights_info(request: Request) -> Any:
     body = await read_json(request)
     path = body.get("tinker_path") if isinstance(body, dict) else None
     run, _, _ = _checked(request, state.paths.parse, path)
-    _checked(request, state.owned_local, path, principal(request), True)
-    info = _checked(request, _training_run, state, run, principal(request))
+    _checked(request, state.readable_local, path, principal(request))  # its own, or a published checkpoint
+    info = _checked(request, _training_run, state, run, None)
     return json_response(types.WeightsInfoResponse(base_model=info.base_model, is_lora=True, lora_rank=info.lora_rank))
 
 

@@ -27,7 +27,7 @@ async def _open_sampler(request: Request, model_path: str | None, base_model: st
     local = None
     if model_path is not None:
         try:
-            local = str(state.owned_local(model_path, principal(request)))
+            local = str(state.readable_local(model_path, principal(request)))  # a published one too
         except (ValueError, FileNotFoundError) as exc:
             raise HTTPError(400 if isinstance(exc, ValueError) else 404, f"{endpoint(request)}: {exc}") from None
     elif base_model is None:

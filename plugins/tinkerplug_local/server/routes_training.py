@@ -203,7 +203,7 @@ async def load_weights(request: Request) -> Any:
     state = _state(request)
     body = await parse(request, types.LoadWeightsRequest)
     try:
-        local = str(state.owned_local(body.path, principal(request)))
+        local = str(state.readable_local(body.path, principal(request)))  # a published one too
     except (ValueError, FileNotFoundError) as exc:
         raise HTTPError(400 if isinstance(exc, ValueError) else 404, f"{endpoint(request)}: {exc}") from None
     if body.model_id is not None:  # into an existing model, in order with its other requests

@@ -202,11 +202,16 @@ class ServerState:
         if not visible(principal, self.run_owner(run), listing):
             raise FileNotFoundError(f"unknown training run {run!r}")
 
-    def owned_local(self, tinker_path: str, principal: Principal, listing: bool = False) -> Path:
-        """The local dir of a ``tinker://`` path ``principal`` may use (PathError, FileNotFoundError)."""
+    def readable_local(self, tinker_path: str, principal: Principal) -> Path:
+        """The local dir of a ``tinker://`` checkpoint ``principal`` may read (load, sample, ask
+        about): its own, or one its owner published (PathError, FileNotFoundError)."""
         run, kind, name = self.paths.parse(tinker_path)
-        self.check_run(run, principal, listing)
+        if not self.is_public(run, kind, name):
+            self.check_run(run, principal)
         return self.paths.local(run, kind, name)
+
+    def is_public(self, run: str, kind: str, name: str) -> bool:
+        return bool(self.checkpoint_meta.get(f"{run}/{kind}/{name}").get("public"))
 
     def release_time(self, model: Model, request: str) -> float | None:
         return model.clock.release_time(request) if model.clock is not None else None
