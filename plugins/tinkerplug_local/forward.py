@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from tinkerplug_local import packing
+from tinkerplug_local.mixed import runs
 from tinkerplug_local.packing import (
     MASKED_ROW_TOKENS,
     SHORT_DATUM_TOKENS,
@@ -75,24 +76,40 @@ def microbatch_logprobs(
     pad_id: int,
     grad: bool,
     options: ForwardOptions | None = None,
+    mixed: tuple[Any, list[Any]] | None = None,
 ) -> Iterator[Microbatch]:
     """Run ``model`` on every token list; yield target logprobs a microbatch at a time.
 
     ``targets[i]`` is an int64 tensor of shape ``(len(tokens[i]),)`` or ``(len(tokens[i]), K)``.
     With ``grad`` the logprobs carry the autograd graph back to the LoRA weights.
+    ``mixed``: ``(MixedLora, adapter of each datum)`` (mixed.py), entered by the caller: each
+    datum runs with its own adapter; ``model`` is then the PeftModel (see ``can_mix``).
     """
     import torch
+
+    from tinkerplug_local.mixed import grouped
 
     options = options or ForwardOptions()
     parts = _model_parts(model, device, options)
     cap = options.microbatch_tokens or parts.token_caps[options.gradient_checkpointing]
     groups, padded = _layout(parts, [len(t) for t in tokens], cap, device)
     for group in groups:
+        group = grouped(group, mixed[1]) if mixed else group
         with torch.set_grad_enabled(grad), parts.adapter_off(), _autocast(device, parts.causal):
             with _checkpointing(parts.decoder, grad and options.gradient_checkpointing):
                 targets_here = [targets[i].to(device) for i in group]
-                rows = _group_logprobs(parts, tokens, targets_here, group, device, pad_id, padded or len(group) == 1)
+                rows = _group_logprobs(parts, tokens, targets_here, group, device, pad_id, padded or len(group) == 1, mixed)
         yield Microbatch(indices=group, logprobs=rows)
+
+
+def can_mix(model: Any, device: str, options: ForwardOptions | None = None) -> bool:
+    """Whether ``microbatch_logprobs`` can run mixed-adapter batches on ``model`` (a PeftModel):
+    decoder and head run apart (the head then takes an adapter per segment) and the head is a
+    (LoRA) linear layer."""
+    from tinkerplug_local.lm_head import linear_head
+
+    parts = _model_parts(model, device, options or ForwardOptions())
+    return parts.split and linear_head(parts.head)
 
 
 def _layout(parts: _Parts, lengths: list[int], cap: int, device: str) -> tuple[list[list[int]], bool]:
@@ -113,36 +130,63 @@ def _layout(parts: _Parts, lengths: list[int], cap: int, device: str) -> tuple[l
 
 
 def _group_logprobs(
-    parts: _Parts, tokens: list[list[int]], targets: list[Any], group: list[int], device: str, pad_id: int, padded: bool
+    parts: _Parts, tokens: list[list[int]], targets: list[Any], group: list[int], device: str, pad_id: int, padded: bool,
+    mixed: tuple[Any, list[Any]] | None = None,
 ) -> list[Any]:
-    import torch
-
-    from tinkerplug_local.lm_head import token_logprobs
-
     if not parts.split:
+        if mixed:
+            raise RuntimeError("mixed-adapter batches need the split decoder + head path (check can_mix first)")
         return _full_logits(parts.causal, tokens, targets, group, device, pad_id)
-    if parts.packing and (padded or len({len(tokens[i]) for i in group}) == 1):
+    adapters = [mixed[1][i] for i in group] if mixed else []
+    lengths = [len(tokens[i]) for i in group]
+    if parts.packing and (padded or len(set(lengths)) == 1):
         # Right padding with no mask: causal attention never looks ahead, so real tokens never
         # see the pads, and only real tokens' states go on to the LM head.
         ids, mask = padded_inputs(tokens, group, pad_id)
+        if mixed:
+            mixed[0].set(0, runs(adapters))
         hidden = parts.decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state[mask.to(device).bool()]
     elif parts.packing:
         ids, positions = packed_inputs(tokens, group)
+        if mixed:
+            mixed[0].set(1, runs(adapters, lengths))
         out = parts.decoder(input_ids=ids.to(device), position_ids=positions.to(device), use_cache=False)
         hidden = out.last_hidden_state[0]
     else:
         ids, mask = padded_inputs(tokens, group, pad_id)
         mask = mask.to(device)
+        if mixed:
+            mixed[0].set(0, runs(adapters))
         out = parts.decoder(input_ids=ids.to(device), attention_mask=mask, use_cache=False)
         hidden = out.last_hidden_state[mask.bool()]  # row-major: the datums' tokens, concatenated
+    if not mixed:
+        return _head_logprobs(parts, hidden, [tokens[i] for i in group], targets, None)
+    rows: list[Any] = []
+    start = first = 0
+    for adapter, count in runs(adapters):  # the head once per adapter's run of datums
+        n = sum(lengths[first : first + count])
+        lora = (adapter,) if adapter is not None else ()
+        datums = [tokens[i] for i in group[first : first + count]]
+        rows += _head_logprobs(parts, hidden[start : start + n], datums, targets[first : first + count], lora)
+        start, first = start + n, first + count
+    return rows
+
+
+def _head_logprobs(parts: _Parts, hidden: Any, tokens: list[list[int]], targets: list[Any], lora: tuple[str, ...] | None) -> list[Any]:
+    """Per-datum target logprobs from the decoder's states of ``tokens`` (concatenated);
+    ``lora``: the head's adapters to apply (None: its active ones)."""
+    import torch
+
+    from tinkerplug_local.lm_head import token_logprobs
+
     stacked = stacked_targets(targets)
-    shared = shared_positions([tokens[i] for i in group], stacked)
+    shared = shared_positions(tokens, stacked)
     if shared is None:
-        return split_logprobs(token_logprobs(hidden, parts.head, stacked, parts.softcap), targets)
+        return split_logprobs(token_logprobs(hidden, parts.head, stacked, parts.softcap, lora), targets)
     # Positions with the same prefix and target (a group's shared prompt) go through the head
     # once; their gradients meet in that one row, as the parameters see the same function.
     rows, inverse = (torch.tensor(x, device=hidden.device) for x in shared)
-    return split_logprobs(token_logprobs(hidden[rows], parts.head, stacked[rows], parts.softcap)[inverse], targets)
+    return split_logprobs(token_logprobs(hidden[rows], parts.head, stacked[rows], parts.softcap, lora)[inverse], targets)
 
 
 def _full_logits(causal: Any, tokens: list[list[int]], targets: list[Any], group: list[int], device: str, pad_id: int) -> list[Any]:

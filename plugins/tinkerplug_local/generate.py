@@ -20,6 +20,7 @@ class Row:
     stop_ids: set[int]
     stop_strings: list[str]
     generator: torch.Generator | None
+    adapter: Any = None  # in a mixed-adapter batch: the row's LoRA adapter (mixed.py)
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     stop_reason: str = "length"
@@ -115,12 +116,17 @@ class _Decode:
         self.mask, self.last_pos, self.logits = self.mask[index], self.last_pos[index], self.logits[index]
 
 
-def _prefill(model: Any, rows: list[Row], pad_id: int, device: str) -> _Decode:
+def _prefill(model: Any, rows: list[Row], pad_id: int, device: str, mixer: Any = None) -> _Decode:
     """One forward over each distinct prompt (left padded, so every next token lands in the last
-    column), its cache and last logits then repeated for every row that shares the prompt."""
-    distinct: dict[tuple[int, ...], int] = {}
-    source = [distinct.setdefault(tuple(r.prompt), len(distinct)) for r in rows]
-    prompts = list(distinct)
+    column), its cache and last logits then repeated for every row that shares the prompt
+    (and the adapter, in a mixed-adapter batch)."""
+    from tinkerplug_local.mixed import runs
+
+    distinct: dict[tuple[Any, tuple[int, ...]], int] = {}
+    source = [distinct.setdefault((r.adapter, tuple(r.prompt)), len(distinct)) for r in rows]
+    prompts = [prompt for _, prompt in distinct]
+    if mixer is not None:
+        mixer.set(0, runs([adapter for adapter, _ in distinct]))
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -154,12 +160,16 @@ def _record(rows: list[Row], tokens: list[int], logprobs: list[float], tokenizer
 
 
 @torch.no_grad()
-def generate(model: Any, rows: list[Row], pad_id: int, tokenizer: Any, device: str) -> None:
+def generate(model: Any, rows: list[Row], pad_id: int, tokenizer: Any, device: str, mixer: Any = None) -> None:
     """Fill in ``tokens``, ``logprobs`` and ``stop_reason`` of every row, all rows at once: one
-    prefill per distinct prompt, then one decode step per token for the rows not yet done."""
+    prefill per distinct prompt, then one decode step per token for the rows not yet done.
+    With ``mixer`` (an entered ``mixed.MixedLora``; rows of one adapter next to each other)
+    each row runs with its own ``adapter``."""
+    from tinkerplug_local.mixed import runs
+
     if not rows:
         return
-    state = _prefill(model, rows, pad_id, device)
+    state = _prefill(model, rows, pad_id, device, mixer)
     while True:
         tokens, logprobs = choose_tokens(state.logits, state.rows)
         alive = _record(state.rows, tokens, logprobs, tokenizer)
@@ -170,6 +180,8 @@ def generate(model: Any, rows: list[Row], pad_id: int, tokenizer: Any, device: s
         next_ids = torch.tensor([[tokens[i]] for i in alive], dtype=torch.long, device=device)
         state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
         state.last_pos = state.last_pos + 1
+        if mixer is not None:  # finished rows left: the segments shrink with them
+            mixer.set(0, runs([row.adapter for row in state.rows]))
         out = model(
             input_ids=next_ids, attention_mask=state.mask, position_ids=state.last_pos[:, None],
             past_key_values=state.cache, use_cache=True,
@@ -214,17 +226,21 @@ def prompt_scores(
 
 
 def batched_prompt_logprobs(
-    model: Any, prompts: list[list[int]], last_ns: list[int | None], device: str, pad_id: int, options: Any = None
+    model: Any, prompts: list[list[int]], last_ns: list[int | None], device: str, pad_id: int, options: Any = None,
+    mixed: tuple[Any, list[Any]] | None = None,
 ) -> list[list[float | None]]:
     """``prompt_logprobs`` of many prompts in one ``microbatch_logprobs`` call (the layout it
-    picks: one padded batch for short prompts), equal to each alone up to fp32 rounding."""
+    picks: one padded batch for short prompts), equal to each alone up to fp32 rounding.
+    ``mixed``: (entered ``MixedLora``, each prompt's adapter)."""
     from tinkerplug_local.forward import microbatch_logprobs
 
     out: list[list[float | None]] = [[None] * len(p) for p in prompts]
     scored = [i for i, p in enumerate(prompts) if len(p) > 1]
     tokens = [prompts[i][:-1] for i in scored]
     targets = [torch.tensor(prompts[i][1:], dtype=torch.long) for i in scored]
-    for batch in microbatch_logprobs(model, tokens, targets, device, pad_id, grad=False, options=options) if scored else []:
+    mix = (mixed[0], [mixed[1][i] for i in scored]) if mixed else None
+    batches = microbatch_logprobs(model, tokens, targets, device, pad_id, grad=False, options=options, mixed=mix)
+    for batch in batches if scored else []:
         for k, lp in zip(batch.indices, batch.logprobs):
             i = scored[k]
             n, last_n = len(prompts[i]), last_ns[i]

@@ -17,12 +17,14 @@ from tinkerplug_local.loading import ModelSource, load_model_and_tokenizer
 
 LORA_ALPHA = 32  # fixed, as on the service: with alpha/r scaling the best LR barely depends on rank
 SPARE_SNAPSHOTS = 2  # released sampler adapters kept for the next snapshots to copy into
+MAX_MERGED_REQUESTS = 16  # requests of different lanes (keys) in one mixed-adapter batch at most
 
 
 class ModelHost:
     def __init__(self, source: ModelSource, device: str, dtype: Any, forward_options: Any = None, max_adapters: int = 0,
-                 offload_dir: Any = None):
-        """``max_adapters``: training adapters kept in memory (0: all); the others wait in ``offload_dir``."""
+                 offload_dir: Any = None, mixed_batches: bool = False):
+        """``max_adapters``: training adapters kept in memory (0: all); the others wait in ``offload_dir``.
+        ``mixed_batches``: requests of several clients (adapters) queued together run as one batch."""
         from pathlib import Path
 
         from tinkerplug_local.forward import ForwardOptions
@@ -43,6 +45,10 @@ class ModelHost:
         self._spares: list[str] = []  # sampler adapters whose clients are gone
         self._lock = threading.Lock()
         self.residency = Residency(self, max_adapters, Path(offload_dir or ".") / ".offload" / source.name)
+        self.mixed_batches = mixed_batches
+        self.worker.batch_most = MAX_MERGED_REQUESTS if mixed_batches else 1
+        self.mixed_runs = self.mixed_requests = 0  # training batches of several adapters, and their requests
+        self.mixed_samples = 0  # sample batches that held several adapters
 
     # -- adapters (worker thread) ------------------------------------------------------------
 

@@ -29,15 +29,16 @@ def chunk_tokens(vocab_size: int) -> int:
     return max(16, CHUNK_ELEMENTS // max(vocab_size, 1))
 
 
-def token_logprobs(hidden: Any, head: Any, targets: Any, softcap: float | None = None) -> Any:
+def token_logprobs(hidden: Any, head: Any, targets: Any, softcap: float | None = None, lora: tuple[str, ...] | None = None) -> Any:
     """``log_softmax(head(hidden))`` at ``targets``, chunk by chunk.
 
     ``hidden`` is ``(N, H)``; ``targets`` is ``(N, K)`` int64 (K candidate targets per
     position); returns ``(N, K)`` fp32 logprobs with the autograd graph to ``hidden`` and the
-    head's trainable weights when grad is enabled.
+    head's trainable weights when grad is enabled. ``lora``: the adapters of a PEFT head to
+    apply (a mixed-adapter batch runs the head once per adapter); None: its active ones.
     """
 
-    linear = _as_linear(head)
+    linear = _as_linear(head, lora)
     if linear is None:  # an unknown head module: generic, one checkpointed chunk at a time
         return _checkpointed(hidden, head, targets, softcap)
     weight, bias, lora = linear
@@ -49,18 +50,28 @@ def token_logprobs(hidden: Any, head: Any, targets: Any, softcap: float | None =
     return _HeadLogprobs.apply(hidden, targets, weight, bias, down, lora_b, scale, softcap)
 
 
-def _as_linear(head: Any) -> tuple[Any, Any, Any] | None:
+def linear_head(head: Any) -> bool:
+    """Whether ``token_logprobs`` takes ``head`` apart (so it can apply any one adapter)."""
+    return type(head) is torch.nn.Linear or _as_linear(head, ()) is not None
+
+
+def _as_linear(head: Any, lora: tuple[str, ...] | None = None) -> tuple[Any, Any, Any] | None:
     """``(weight, bias, (lora_A, lora_B, scale) or None)`` of a Linear or a PEFT LoRA Linear
-    with at most one active plain-LoRA adapter; None for anything else."""
+    with at most one active plain-LoRA adapter (or the one in ``lora``); None for anything else."""
 
     if type(head) is torch.nn.Linear:
         return head.weight, head.bias, None
     base = getattr(head, "base_layer", None)
     if type(base) is not torch.nn.Linear or not hasattr(head, "lora_A"):
         return None
-    if head.disable_adapters or head.merged:
+    if lora is not None:
+        if head.merged:
+            return None
+        active = [a for a in lora if a in head.lora_A]
+    elif head.disable_adapters or head.merged:
         return (base.weight, base.bias, None) if not head.merged or head.disable_adapters else None
-    active = [a for a in head.active_adapters if a in head.lora_A]
+    else:
+        active = [a for a in head.active_adapters if a in head.lora_A]
     if not active:
         return base.weight, base.bias, None
     if len(active) > 1 or active[0] in getattr(head, "lora_variant", {}):

@@ -4,9 +4,10 @@ future gets the SDK's ``SampleResponse``."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from tinker import types
 
@@ -53,45 +54,82 @@ class LogprobsRequest:
 
 
 def run_sample_batch(host: Any, batch: list[tuple[Any, Any]]) -> None:
-    """Run every queued request, grouped by adapter: the ``compute_logprobs`` ones in one forward,
-    the samples in generation batches."""
-    by_adapter: dict[tuple[str | None, bool], list[tuple[Any, Any]]] = {}
+    """Run every queued request: the ``compute_logprobs`` ones in one forward, the samples in
+    generation batches; grouped by adapter, or all adapters in one batch (``mixed_batches``)."""
+    groups: dict[tuple[Any, bool], list[tuple[Any, Any]]] = {}
     for request, future in batch:
         if future.set_running_or_notify_cancel():
-            by_adapter.setdefault((request.adapter, isinstance(request, LogprobsRequest)), []).append((request, future))
-    for (adapter, logprobs_only), items in by_adapter.items():
-        if logprobs_only:
-            _deliver_logprobs(host, adapter, items)
+            logprobs_only = isinstance(request, LogprobsRequest)
+            adapter = _MIXED if host.mixed_batches else request.adapter
+            groups.setdefault((adapter, logprobs_only), []).append((request, future))
+    for (_, logprobs_only), items in groups.items():
+        try:
+            with _mixing(host, {r.adapter for r, _ in items}) as mixer:
+                (_deliver_logprobs if logprobs_only else _deliver_samples)(host, items, mixer)
+        except BaseException as exc:  # noqa: BLE001 - each caller gets the error
+            for _, future in items:
+                if not future.done():
+                    future.set_exception(exc)
+
+
+_MIXED = object()  # the group key of every adapter's requests when they share a batch
+
+
+@contextlib.contextmanager
+def _mixing(host: Any, adapters: set[Any]) -> Iterator[Any]:
+    """An entered ``MixedLora`` when the requests have several adapters and the model can mix
+    them (mixed.py); None when there is one adapter."""
+    from tinkerplug_local.forward import can_mix
+    from tinkerplug_local.mixed import MixedLora, lora_layers
+
+    layers = lora_layers(host.peft) if len(adapters) > 1 and host.peft is not None else None
+    if layers is None or not can_mix(host.peft, host.device, host.forward_options):
+        if len(adapters) > 1:  # not mixable: one batch per adapter
+            yield _PER_ADAPTER
         else:
-            _deliver_samples(host, adapter, items)
+            yield None
+        return
+    host.mixed_samples += 1
+    with MixedLora(host.peft, layers) as mixer:
+        yield mixer
 
 
-def _deliver_logprobs(host: Any, adapter: str | None, items: list[tuple[LogprobsRequest, Any]]) -> None:
+_PER_ADAPTER = object()
+
+
+def _split_by_adapter(host: Any, items: list[tuple[Any, Any]], deliver: Any) -> None:
+    by_adapter: dict[Any, list[tuple[Any, Any]]] = {}
+    for request, future in items:
+        by_adapter.setdefault(request.adapter, []).append((request, future))
+    for group in by_adapter.values():
+        deliver(host, group, None)
+
+
+def _deliver_logprobs(host: Any, items: list[tuple[LogprobsRequest, Any]], mixer: Any) -> None:
     from tinkerplug_local.generate import batched_prompt_logprobs
 
-    try:
-        results = batched_prompt_logprobs(host.model_for(adapter), [r.prompt for r, _ in items], [r.last_n for r, _ in items],
-                                          host.device, host.tokenizer.pad_token_id or 0, host.forward_options)
-    except BaseException as exc:  # noqa: BLE001 - each caller gets the error
-        for _, future in items:
-            future.set_exception(exc)
-        return
+    if mixer is _PER_ADAPTER:
+        return _split_by_adapter(host, items, _deliver_logprobs)
+    adapters = [r.adapter for r, _ in items]
+    model = host.peft if mixer is not None else host.model_for(adapters[0])
+    results = batched_prompt_logprobs(model, [r.prompt for r, _ in items], [r.last_n for r, _ in items], host.device,
+                                      host.tokenizer.pad_token_id or 0, host.forward_options,
+                                      (mixer, adapters) if mixer is not None else None)
     for (_, future), result in zip(items, results):
         future.set_result(result)
 
 
-def _deliver_samples(host: Any, adapter: str | None, items: list[tuple[SampleRequest, Any]]) -> None:
-    try:
-        model = host.model_for(adapter)
-        rows_of = [_rows(request, host) for request, _ in items]
-        _generate_all(model, host, [row for rows in rows_of for row in rows])
-    except BaseException as exc:  # noqa: BLE001 - each caller gets the error
-        for _, future in items:
-            future.set_exception(exc)
-        return
+def _deliver_samples(host: Any, items: list[tuple[SampleRequest, Any]], mixer: Any) -> None:
+    if mixer is _PER_ADAPTER:
+        return _split_by_adapter(host, items, _deliver_samples)
+    rows_of = [_rows(request, host) for request, _ in items]
+    if mixer is None:
+        _generate_all(host.model_for(items[0][0].adapter), host, [row for rows in rows_of for row in rows])
+    else:
+        _generate_all(host.peft.get_base_model(), host, [row for rows in rows_of for row in rows], mixer)
     for (request, future), rows in zip(items, rows_of):
-        try:
-            future.set_result(_response(model, host, request, _sequences(request, rows)))
+        try:  # prompt logprobs, when asked for: per request, with its own adapter
+            future.set_result(_response(host.model_for(request.adapter), host, request, _sequences(request, rows)))
         except BaseException as exc:  # noqa: BLE001 - delivered to the caller
             future.set_exception(exc)
 
@@ -114,19 +152,25 @@ def _rows(request: SampleRequest, host: Any) -> list[Any]:
             stop_ids=stop_ids,
             stop_strings=stop_strings,
             generator=torch.Generator().manual_seed(params.seed + k) if params.seed is not None else None,
+            adapter=request.adapter,
         )
         for k in range(request.num_samples)
     ]
 
 
-def _generate_all(model: Any, host: Any, rows: list[Any]) -> None:
+def _generate_all(model: Any, host: Any, rows: list[Any], mixer: Any = None) -> None:
     from tinkerplug_local.generate import generate
+    from tinkerplug_local.mixed import grouped
 
     pad_id = host.tokenizer.pad_token_id or 0
-    # Similar lengths together (less padding), equal prompts next to each other (one prefill).
+    # Similar lengths together (less padding), equal prompts next to each other (one prefill);
+    # in a mixed batch, each adapter's rows next to each other within a batch (mixed.py).
     ordered = sorted(rows, key=lambda r: (len(r.prompt), r.prompt))
     for start in range(0, len(ordered), MAX_BATCH_ROWS):
-        generate(model, ordered[start : start + MAX_BATCH_ROWS], pad_id, host.tokenizer, host.device)
+        chunk = ordered[start : start + MAX_BATCH_ROWS]
+        if mixer is not None:
+            chunk = [chunk[i] for i in grouped(range(len(chunk)), [r.adapter for r in chunk])]
+        generate(model, chunk, pad_id, host.tokenizer, host.device, mixer)
 
 
 def _sequences(request: SampleRequest, rows: list[Any]) -> list[types.SampledSequence]:

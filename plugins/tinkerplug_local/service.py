@@ -38,6 +38,8 @@ class ServiceClient:
     (default ``$TINKERPLUG_LOCAL_MICROBATCH_TOKENS``, or 0: chosen from the device's memory).
     ``max_adapters`` (default 0: no limit) keeps that many training adapters per base model in
     memory; the least recently used others wait on disk with their optimizer state, exactly.
+    ``mixed_batches`` (default off) runs the requests of different lanes (``tinkerplug serve``'s
+    API keys) that are queued together as one mixed-adapter batch (``mixed.py``).
     ``base_url``, ``api_key``
     and the SDK's other arguments are accepted and ignored, so scripts written for the
     service run unchanged; no API key is needed.
@@ -54,6 +56,7 @@ class ServiceClient:
         gradient_checkpointing: bool | None = None,
         microbatch_tokens: int | None = None,
         max_adapters: int = 0,
+        mixed_batches: bool = False,
         **sdk_kwargs: Any,
     ):
         from tinkerplug_local.forward import ForwardOptions
@@ -72,6 +75,7 @@ class ServiceClient:
         if max_adapters < 0:
             raise ValueError(f"max_adapters must be >= 0 (0: no limit), got {max_adapters}")
         self.max_adapters = max_adapters  # training adapters in memory per base model; the rest on disk
+        self.mixed_batches = bool(mixed_batches)
         self._hosts: dict[str, Any] = {}
         self._lock = threading.Lock()
         from tinkerplug_local.stability import StabilityStore
@@ -104,7 +108,8 @@ class ServiceClient:
         with self._lock:  # one loaded copy of each base model per client
             if source.location not in self._hosts:
                 self._hosts[source.location] = ModelHost(
-                    source, self.device, self.dtype, self.forward_options, self.max_adapters, self.store.root)
+                    source, self.device, self.dtype, self.forward_options, self.max_adapters, self.store.root,
+                    self.mixed_batches)
             return self._hosts[source.location]
 
     # -- training clients --------------------------------------------------------------------

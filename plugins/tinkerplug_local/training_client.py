@@ -29,15 +29,16 @@ class TrainingClient:
         self.session: str | None = None  # the serve session that owns this model (None in-process)
         self.lane: str | None = None  # the worker lane of its jobs: serve gives each API key one (fair turns)
 
-    def _job(self, fn: Any, wrapper: Any = None) -> Any:
-        """Queue ``fn`` on the worker, with this client's adapter in memory when it runs (``--max-adapters``)."""
+    def _job(self, fn: Any, wrapper: Any = None, batch: Any = None) -> Any:
+        """Queue ``fn`` on the worker, with this client's adapter in memory when it runs
+        (``--max-adapters``); ``batch``: how it may run with other clients' requests (worker.py)."""
         def run() -> Any:
             self._host.residency.touch(self)
             return fn()
 
         if wrapper is not None:
-            return self._host.worker.submit(run, wrapper, lane=self.lane)
-        return self._host.worker.submit(run, lane=self.lane)
+            return self._host.worker.submit(run, wrapper, lane=self.lane, batch=batch)
+        return self._host.worker.submit(run, lane=self.lane, batch=batch)
 
     def release(self) -> None:
         """Free this client's adapter (or its offloaded file) on the host, after the jobs already
@@ -50,16 +51,25 @@ class TrainingClient:
     def forward(self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None) -> Any:
         if loss_fn == "custom":
             return self._uploaded(data, loss_fn_config, backward=False)
-        loss_of = self._loss_of_datum(data, loss_fn, loss_fn_config)
-        return self._job(lambda: self._run_forward(data, loss_of, backward=False))
+        return self._train_job(data, self._loss_of_datum(data, loss_fn, loss_fn_config), backward=False)
 
     def forward_backward(
         self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None = None
     ) -> Any:
         if loss_fn == "custom":
             return self._uploaded(data, loss_fn_config, backward=True)
-        loss_of = self._loss_of_datum(data, loss_fn, loss_fn_config)
-        return self._job(lambda: self._run_forward(data, loss_of, backward=True))
+        return self._train_job(data, self._loss_of_datum(data, loss_fn, loss_fn_config), backward=True)
+
+    def _train_job(self, data: list[types.Datum], loss_of: Any, backward: bool) -> Any:
+        """A built-in loss: mergeable with other clients' requests of the same kind (merged_training.py)."""
+        from tinkerplug_local.merged_training import TrainJob, merge_key, run_jobs
+        from tinkerplug_local.worker import Batchable
+
+        def solo() -> Any:
+            return self._run_forward(data, loss_of, backward)
+
+        job = TrainJob(self, data, loss_of, backward, solo)
+        return self._job(solo, batch=Batchable(merge_key(self, backward), job, run_jobs))
 
     def _uploaded(self, data: list[types.Datum], loss_fn_config: Mapping[str, Any] | None, backward: bool) -> Any:
         """A loss made with ``create_custom_loss``, named by ``loss_fn_config["loss_id"]``."""

@@ -7,7 +7,8 @@ import atexit
 import threading
 from collections import deque
 from concurrent.futures import Future
-from typing import Any, Callable, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, TypeVar
 
 from tinker.lib.public_interfaces.api_future import AwaitableConcurrentFuture
 
@@ -22,6 +23,17 @@ class ClientFuture(AwaitableConcurrentFuture[T]):
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.result(), name)
+
+
+@dataclass
+class Batchable:
+    """Declares a job mergeable: at its turn, the head jobs of other lanes with an equal ``key``
+    run with it as one batch, ``run_together(payloads)`` returning each one's result (or the
+    exception it raised) in order."""
+
+    key: Hashable
+    payload: Any
+    run_together: Callable[[list[Any]], list[Any]]
 
 
 class LaneQueue:
@@ -47,19 +59,42 @@ class LaneQueue:
             self._cond.notify()
 
     def get(self) -> Any:
+        return self.get_batch(0)[0]
+
+    def get_batch(self, most: int) -> list[Any]:
+        """The next lane's head job and, when it is mergeable (a ``Batchable`` last in the
+        tuple) and ``most`` > 1, the head jobs of other lanes with the same key, up to ``most``
+        in all; each lane that gave one goes to the back of the line. Only heads are taken, so
+        every lane keeps its order."""
         with self._cond:
             while not self._turns and not self._last:
                 self._cond.wait()
             if not self._turns:
-                return self._last.popleft()
-            lane = self._turns.popleft()
-            jobs = self._lanes[lane]
-            item = jobs.popleft()
-            if jobs:
-                self._turns.append(lane)  # to the back of the line
-            else:
-                del self._lanes[lane]
-            return item
+                return [self._last.popleft()]
+            taken = [self._pop(self._turns.popleft())]
+            key = _merge_key(taken[0])
+            if key is not None and most > 1:
+                for lane in list(self._turns):
+                    if len(taken) >= most:
+                        break
+                    if _merge_key(self._lanes[lane][0]) == key:
+                        self._turns.remove(lane)
+                        taken.append(self._pop(lane))
+            return taken
+
+    def _pop(self, lane: Any) -> Any:
+        jobs = self._lanes[lane]
+        item = jobs.popleft()
+        if jobs:
+            self._turns.append(lane)  # to the back of the line
+        else:
+            del self._lanes[lane]
+        return item
+
+
+def _merge_key(item: Any) -> Hashable | None:
+    batch = item[-1] if isinstance(item, tuple) else None
+    return batch.key if isinstance(batch, Batchable) else None
 
 
 class Worker:
@@ -75,6 +110,9 @@ class Worker:
         self._jobs = LaneQueue()
         self._exiting = False
         self._refusal: BaseException | None = None  # set by refuse(): every later job fails with it
+        self.batch_most = 1  # jobs run as one batch at most (1: never merged; host.py sets it)
+        self.batches = 0  # batches of several jobs run, and the jobs in them (``/metrics``)
+        self.batched_jobs = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         # A daemon thread still inside torch when the interpreter finalizes aborts the process
@@ -83,36 +121,54 @@ class Worker:
         atexit.register(self._stop_at_exit)
 
     def submit(self, fn: Callable[[], T], wrapper: type[AwaitableConcurrentFuture] = AwaitableConcurrentFuture,
-               lane: Any = None) -> AwaitableConcurrentFuture[T]:
-        """Queue ``fn``; jobs of one ``lane`` run in order, lanes take turns."""
+               lane: Any = None, batch: Batchable | None = None) -> AwaitableConcurrentFuture[T]:
+        """Queue ``fn``; jobs of one ``lane`` run in order, lanes take turns. With ``batch`` the
+        job may run together with other lanes' head jobs of the same key (``fn`` alone otherwise)."""
         future: Future[T] = Future()
-        self._jobs.put((future, fn), lane)
+        self._jobs.put((future, fn, batch), lane)
         return wrapper(future)
 
     def _run(self) -> None:
         while True:
-            item = self._jobs.get()
-            if item is None:
+            items = self._jobs.get_batch(self.batch_most)
+            if items[0] is None:
                 return
-            future, fn = item
-            if self._exiting:
-                future.cancel()
-            if not future.set_running_or_notify_cancel():
-                continue
-            if self._refusal is not None:
-                future.set_exception(self._refusal)
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001 - delivered to the caller's future
-                future.set_exception(exc)
+            live = [item for item in items if self._starts(item[0])]
+            if len(live) == 1:
+                _, fn, _ = live[0]
+                _deliver(live[0][0], fn)
+            elif live:
+                self._run_together(live)
+
+    def _starts(self, future: Future) -> bool:
+        if self._exiting:
+            future.cancel()
+        if not future.set_running_or_notify_cancel():
+            return False
+        if self._refusal is not None:
+            future.set_exception(self._refusal)
+            return False
+        return True
+
+    def _run_together(self, items: list[Any]) -> None:
+        self.batches += 1
+        self.batched_jobs += len(items)
+        try:
+            results = items[0][2].run_together([batch.payload for _, _, batch in items])
+        except BaseException as exc:  # noqa: BLE001 - a failure of the whole batch reaches each caller
+            results = [exc] * len(items)
+        for (future, _, _), result in zip(items, results):
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     def refuse(self, error: BaseException) -> None:
         """Fail every job not yet started with ``error`` (a server shutting down); the job that
         is running finishes. Returns once it has."""
         self._refusal = error
         done: Future = Future()
-        self._jobs.put((done, lambda: None), last=True)
+        self._jobs.put((done, lambda: None, None), last=True)
         if threading.current_thread() is not self._thread:
             try:
                 done.exception(timeout=600)
@@ -128,6 +184,13 @@ class Worker:
         self._jobs.put(None, last=True)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=60)
+
+
+def _deliver(future: Future, fn: Callable[[], Any]) -> None:
+    try:
+        future.set_result(fn())
+    except BaseException as exc:  # noqa: BLE001 - delivered to the caller's future
+        future.set_exception(exc)
 
 
 def completed(value: T) -> AwaitableConcurrentFuture[T]:

@@ -3,7 +3,8 @@
 Counted here: HTTP requests per key, endpoint and status with their latency, and each
 submitted request's time from submission to result per kind (``forward_backward``,
 ``optim_step``, ``asample``, ...). Read at scrape time: queue depth per key, sessions and models
-per key, adapters resident per base model. Keys appear by name only, never the key itself.
+per key, adapters resident per base model, and mixed-adapter batches run (``mixed.py``). Keys
+appear by name only, never the key itself.
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ def _quantiles(lines: list[str], name: str, doc: str, label: str, series: dict[s
         lines.append(f"{name}_count{_labels(((label, key),))} {len(ordered)}")
 
 
+_MIXED = (  # mixed-adapter batches (--mixed-batches), per base model: (metric, help, ModelHost attribute)
+    ("tinkerplug_mixed_batches_total", "Training batches that ran several keys' requests at once", "mixed_runs"),
+    ("tinkerplug_mixed_requests_total", "Training requests that ran in a mixed-adapter batch", "mixed_requests"),
+    ("tinkerplug_mixed_sample_batches_total", "Sampling batches that held several adapters", "mixed_samples"),
+)
+
+
 def _gauges(lines: list[str], state: Any) -> None:
     queued = state.futures.queued()
     sessions = Counter(s.owner for s in list(state.sessions.values()))
@@ -79,5 +87,9 @@ def _gauges(lines: list[str], state: Any) -> None:
     for host in state.service.hosts():
         count = len(host.peft.peft_config) if host.peft is not None else 0
         lines.append(f"tinkerplug_adapters_resident{_labels((('base_model', host.source.name),))} {count}")
+    for name, doc, attribute in _MIXED:
+        lines += [f"# HELP {name} {doc}", f"# TYPE {name} counter"]
+        for host in state.service.hosts():
+            lines.append(f"{name}{_labels((('base_model', host.source.name),))} {getattr(host, attribute)}")
     lines += ["# HELP tinkerplug_draining 1 while the server shuts down", "# TYPE tinkerplug_draining gauge",
               f"tinkerplug_draining {int(state.draining)}"]

@@ -1,0 +1,216 @@
+"""Mixed-adapter batches: requests of different lanes (``tinkerplug serve``'s keys) queued at
+the same time run as one batch, each row with its own LoRA, and each client's results and
+weights equal running alone (the local backend in process; serve sets the lanes)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+MODEL = "tiny-chat"
+
+
+def datum(tokens: list[int], weights: list[float] | None = None):
+    from tinker import types
+
+    return types.Datum(
+        model_input=types.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights or [1.0] * (len(tokens) - 1)},
+    )
+
+
+# Client A's datums differ in length (packed rows), B's are equal (one plain batch).
+DATA_A = [datum([5 + i, 17, 23 + i, 42, 9, 11 + i, 30, 7][: 5 + i]) for i in range(4)]
+DATA_B = [datum([8, 9, 10, 11 + j, 12, 40 + j]) for j in range(3)]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    from tinkerplug_local import ServiceClient
+
+    client = ServiceClient(checkpoint_dir=tmp_path_factory.mktemp("mixed"), device="cpu", mixed_batches=True)
+    yield client
+    client.close()
+
+
+def client(service, lane: str | None, rank: int, seed: int, **options):
+    training = service.create_lora_training_client(MODEL, rank=rank, seed=seed, **options).result()
+    training.lane = lane
+    return training
+
+
+def weights(training) -> dict:
+    import torch
+
+    def run() -> dict:
+        return {n.replace(f".{training._adapter}.", "."): p.detach().clone()
+                for n, p in training._host.adapter_params(training._adapter)}
+
+    return training._host.worker.submit(run).result()
+
+
+def gated(host):
+    """Hold the worker until the returned event is set, so that requests queue up together."""
+    release = threading.Event()
+    host.worker.submit(lambda: release.wait(60))
+    return release
+
+
+def steps(training, data, n: int) -> list:
+    """``n`` pipelined steps submitted at once: forward_backward, optim_step, ..."""
+    from tinker import types
+
+    futures = []
+    for _ in range(n):
+        futures.append(training.forward_backward(data, "cross_entropy"))
+        training.optim_step(types.AdamParams(learning_rate=1e-2))
+    return futures
+
+
+def assert_same_results(got, want) -> None:
+    import numpy as np
+
+    assert got.metrics["loss:sum"] == pytest.approx(want.metrics["loss:sum"], rel=1e-5)
+    for g, w in zip(got.loss_fn_outputs, want.loss_fn_outputs):
+        np.testing.assert_allclose(g["logprobs"].to_numpy(), w["logprobs"].to_numpy(), rtol=1e-5, atol=1e-5)
+
+
+def assert_same_weights(got: dict, want: dict, atol: float = 1e-6) -> None:
+    import torch
+
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=atol)
+
+
+@pytest.mark.parametrize("rank_b", [4, 8])
+def test_two_keys_train_in_one_batch_as_if_alone(mixed, service, rank_b):
+    """Two keys' forward_backward queued together merge; losses, logprobs and the weights after
+    three pipelined steps equal solo runs (another rank merges too: each adapter has its rows)."""
+    alone_a, alone_b = client(service, None, 4, 1), client(service, None, rank_b, 2)
+    want_a = [f.result() for f in steps(alone_a, DATA_A, 3)]
+    want_b = [f.result() for f in steps(alone_b, DATA_B, 3)]
+
+    a, b = client(mixed, "a", 4, 1), client(mixed, "b", rank_b, 2)
+    host = a._host
+    before = (host.mixed_runs, host.worker.batched_jobs)
+    release = gated(host)
+    got_a, got_b = steps(a, DATA_A, 3), steps(b, DATA_B, 3)
+    release.set()
+    for got, want in zip(got_a + got_b, want_a + want_b):
+        assert_same_results(got.result(), want)
+    assert host.mixed_runs - before[0] == 3  # each step's two forward_backwards ran as one batch
+    assert host.worker.batched_jobs - before[1] >= 6
+    # Adam divides by the gradient's own scale: a gradient near 0 whose rounding differs moves
+    # by up to the learning rate (1e-2). 1e-4 is far below what another adapter's rows would do.
+    assert_same_weights(weights(a), weights(alone_a), atol=1e-4)
+    assert_same_weights(weights(b), weights(alone_b), atol=1e-4)
+
+
+def test_forward_only_merges_and_touches_no_weights(mixed, service):
+    a, b = client(mixed, "a", 4, 3), client(mixed, "b", 4, 4)
+    before_a, before_b, runs = weights(a), weights(b), a._host.mixed_runs
+    want = [client(service, None, 4, seed).forward(data, "cross_entropy").result() for seed, data in ((3, DATA_A), (4, DATA_B))]
+    release = gated(a._host)
+    got = [a.forward(DATA_A, "cross_entropy"), b.forward(DATA_B, "cross_entropy")]
+    release.set()
+    for g, w in zip(got, want):
+        assert_same_results(g.result(), w)
+    assert a._host.mixed_runs == runs + 1
+    assert_same_weights(weights(a), before_a)
+    assert_same_weights(weights(b), before_b)
+
+
+def test_a_custom_loss_runs_alone_beside_a_mergeable_request(mixed, service):
+    """A request whose loss cannot be batched (a Python custom loss) is not merged; both run."""
+    import torch
+
+    def loss_fn(data, logprobs):
+        return sum(-lp.sum() for lp in logprobs), {}
+
+    want_a = client(service, None, 4, 5).forward_backward_custom(DATA_A, loss_fn).result()
+    want_b = client(service, None, 4, 6).forward_backward(DATA_B, "cross_entropy").result()
+    a, b = client(mixed, "a", 4, 5), client(mixed, "b", 4, 6)
+    runs = a._host.mixed_runs
+    release = gated(a._host)
+    got_a, got_b = a.forward_backward_custom(DATA_A, loss_fn), b.forward_backward(DATA_B, "cross_entropy")
+    release.set()
+    assert got_a.result().metrics["loss:sum"] == pytest.approx(want_a.metrics["loss:sum"], rel=1e-5)
+    assert_same_results(got_b.result(), want_b)
+    assert a._host.mixed_runs == runs
+    assert torch.isfinite(torch.tensor(got_a.result().metrics["loss:sum"]))
+
+
+def test_one_lane_keeps_its_order_and_does_not_starve_another(mixed, service):
+    """Only each lane's head request joins a batch: a's pipelined steps run in order (their
+    losses are a solo run's), and b's one step runs beside a's first, not after a's queue."""
+    from tinker import types
+
+    want = [f.result().metrics["loss:sum"] for f in steps(client(service, None, 4, 7), DATA_A, 4)]
+    a, b = client(mixed, "a", 4, 7), client(mixed, "b", 4, 8)
+    release, finished = gated(a._host), []
+    flood = steps(a, DATA_A, 4)
+    late = b.forward_backward(DATA_B, "cross_entropy")
+    optim = b.optim_step(types.AdamParams(learning_rate=1e-2))
+    for name, future in [("b", optim)] + [(f"a{i}", f) for i, f in enumerate(flood)]:
+        future._future.add_done_callback(lambda _, name=name: finished.append(name))
+    release.set()
+    flood[-1].result()
+    assert finished.index("b") < finished.index("a1")  # b's step ran beside a's first, not after a's queue
+    assert [f.result().metrics["loss:sum"] for f in flood] == pytest.approx(want, rel=1e-5)
+    assert late.result().metrics["loss:sum"] > 0
+
+
+def test_sampling_of_two_adapters_shares_a_decode_batch(mixed, service):
+    """Greedy samples of two adapters' snapshots queued together: one generation batch, the
+    tokens of each alone."""
+    from tinker import types
+
+    params = types.SamplingParams(max_tokens=12, temperature=0.0)
+    prompts = [types.ModelInput.from_ints([5, 17, 23, 42]), types.ModelInput.from_ints([8, 9, 10])]
+
+    def trained(svc, lane, seed):
+        training = client(svc, lane, 4, seed)
+        for f in steps(training, DATA_A if seed % 2 else DATA_B, 2):
+            f.result()
+        return training.save_weights_and_get_sampling_client().result()
+
+    want = [trained(service, None, seed).sample(p, 2, params).result() for seed, p in zip((11, 12), prompts)]
+    samplers = [trained(mixed, lane, seed) for lane, seed in (("a", 11), ("b", 12))]
+    host = samplers[0]._host
+    before = host.mixed_samples
+    release = gated(host)
+    got = [s.sample(p, 2, params) for s, p in zip(samplers, prompts)]
+    release.set()
+    for g, w in zip(got, want):
+        assert [s.tokens for s in g.result().sequences] == [s.tokens for s in w.sequences]
+    assert host.mixed_samples == before + 1
+
+
+def test_serve_merges_two_keys_and_counts_it_in_metrics(tmp_path, service):
+    """Over HTTP with the SDK: alice's and bob's forward_backward queued together run as one
+    batch (``/metrics`` counts it), each with the loss of its solo run."""
+    import time
+
+    from test_serve_team import ALICE, BOB, ROOT, TeamServer, keyring
+
+    want = [client(service, None, 4, seed).forward_backward(data, "cross_entropy").result()
+            for seed, data in ((21, DATA_A), (22, DATA_B))]
+    server = TeamServer(tmp_path / "checkpoints", keyring(tmp_path), mixed_batches=True)
+    try:
+        clients = [server.sdk(key).create_lora_training_client(MODEL, rank=4, seed=seed).result()
+                   for key, seed in ((ALICE, 21), (BOB, 22))]
+        release = gated(server.state.service.hosts()[0])
+        futures = [c.forward_backward(data, "cross_entropy") for c, data in zip(clients, (DATA_A, DATA_B))]
+        deadline = time.monotonic() + 30
+        while sum(server.state.futures.queued().values()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the SDK sends from its own thread
+        release.set()
+        for got, expected in zip(futures, want):
+            assert_same_results(got.result(), expected)
+        text = server.call("GET", "/metrics", ROOT).text
+        assert 'tinkerplug_mixed_batches_total{base_model="tiny-chat"} 1' in text
+        assert 'tinkerplug_mixed_requests_total{base_model="tiny-chat"} 2' in text
+    finally:
+        server.stop()
