@@ -8,13 +8,16 @@ the next step), and every ``--sample-every`` steps take a sampler snapshot and a
 prompts greedily. After
 ``--seconds`` of steady state, the script prints aggregate steps/s and trained tokens/s,
 p50/p95 latency per request kind (submission to result), each client's share of the steps
-(1.0 = a fair share), and the server's peak RSS; the load average before and after each row.
+(1.0 = a fair share), the server's peak RSS, where the CPU went (the server process's and the
+benchmark process's CPU seconds per wall second: its client threads share the cores), and how
+many forward_backward requests ran in mixed-adapter batches (from ``/metrics``); the load
+average before and after each row.
 
-Execution is serialized: the server's worker runs one request at a time, each client's in
-submission order. Mixed-adapter batches (several clients' rows in one forward/backward) are
-not implemented, so there is no second column to compare.
+Each N runs twice, interleaved: with ``--no-mixed-batches`` (serialized: the worker runs one
+request at a time, each key's in order) and with ``--mixed-batches`` (the head requests of the
+keys queued at the same time run as one batch, each row with its own LoRA).
 
-    python benchmarks/serve_clients.py [--clients 1,2,4,8] [--seconds 20] [--model tiny-chat]
+    python benchmarks/serve_clients.py [--clients 1,2,4,8] [--seconds 20] [--model tiny-chat] [--mixed off,on]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from common import machine_line, model_dir, offline_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "quickstart"
+ADMIN_KEY = f"tml-bench-admin-{os.urandom(8).hex()}"  # reads /metrics
 
 
 def examples(tokenizer, name: str, limit: int) -> list[tuple[list[int], list[int]]]:
@@ -66,6 +70,7 @@ class Client(threading.Thread):
         self.index, self.url, self.key, self.model, self.args, self.start_line = index, url, key, model, args, start
         self.latency: dict[str, list[float]] = {"forward_backward": [], "optim_step": [], "sample": [], "snapshot": []}
         self.steps = self.tokens = 0
+        self.fb_sent = 0  # forward_backward requests sent after the start line
         self.error: BaseException | None = None
         self.deadline = 0.0
 
@@ -100,6 +105,7 @@ class Client(threading.Thread):
     def _step(self, training, data, types) -> None:
         t0 = time.perf_counter()
         fb = training.forward_backward(data, "cross_entropy")
+        self.fb_sent += bool(self.deadline)
         optim = training.optim_step(types.AdamParams(learning_rate=1e-3))
         fb.result()
         t1 = time.perf_counter()
@@ -135,7 +141,8 @@ def start_server(tmp: Path, keys: list[str], extra: list[str]) -> tuple[subproce
     import httpx
 
     keys_file = tmp / "keys.toml"
-    keys_file.write_text("".join(f'[client{i}]\nkey = "{k}"\n' for i, k in enumerate(keys)))
+    keys_file.write_text("".join(f'[client{i}]\nkey = "{k}"\n' for i, k in enumerate(keys))
+                         + f'[bench-admin]\nkey = "{ADMIN_KEY}"\nadmin = true\n')
     port = free_port()
     log = open(tmp / "serve.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "tinkerplug.cli", "serve", "--port", str(port), "--device", "cpu",
@@ -162,26 +169,50 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def one_row(n: int, model: str, args: argparse.Namespace) -> dict:
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of process ``pid``, or of this one (its client threads)."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def mixed_requests(url: str) -> float:
+    """forward_backward requests run in mixed-adapter batches so far, from /metrics."""
+    import httpx
+
+    text = httpx.get(url + "/metrics", headers={"X-API-Key": ADMIN_KEY}, timeout=30).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("tinkerplug_mixed_requests_total{"))
+
+
+def one_row(n: int, model: str, args: argparse.Namespace, mixed: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="serve-clients-") as tmp:
         keys = [f"tml-bench-{i}-{os.urandom(8).hex()}" for i in range(n)]
-        server, url = start_server(Path(tmp), keys, args.serve_arg)
+        flag = "--mixed-batches" if mixed else "--no-mixed-batches"
+        server, url = start_server(Path(tmp), keys, [flag, *args.serve_arg])
         load_before = os.getloadavg()[0]
         try:
-            barrier = threading.Barrier(n)
+            barrier = threading.Barrier(n + 1)  # this thread too: CPU is counted from the start line
             clients = [Client(i, url, keys[i], model, args, barrier) for i in range(n)]
             for client in clients:
                 client.start()
+            barrier.wait()
+            cpu = (cpu_seconds(server.pid), cpu_seconds(), time.perf_counter(), mixed_requests(url))
             for client in clients:
                 client.join(args.seconds + 600)
             errors = [c.error for c in clients if c.error is not None]
             if errors:
                 raise SystemExit(f"a client failed: {type(errors[0]).__name__}: {errors[0]}")
+            wall = time.perf_counter() - cpu[2]
+            busy = ((cpu_seconds(server.pid) - cpu[0]) / wall, (cpu_seconds() - cpu[1]) / wall, mixed_requests(url) - cpu[3])
             rss = peak_rss_mb(server.pid)
         finally:
             server.terminate()
             server.wait(60)
-        return summarize(n, clients, rss, load_before, os.getloadavg()[0], args.seconds)
+        row = summarize(n, clients, rss, load_before, os.getloadavg()[0], args.seconds)
+        row.update(mixed=mixed, server_cores=busy[0], bench_cores=busy[1], mixed_share=busy[2] / max(1, row["fb_requests"]))
+        return row
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -200,20 +231,23 @@ def summarize(n: int, clients: list[Client], rss: float, load_before: float, loa
         "latency": {k: (percentile(v, 0.5), percentile(v, 0.95)) for k, v in merged.items()},
         "share_min": min(c.steps for c in clients) / fair, "share_max": max(c.steps for c in clients) / fair,
         "peak_rss_mb": rss, "load": (load_before, load_after),
+        "fb_requests": sum(c.fb_sent for c in clients),
     }
 
 
 def print_table(rows: list[dict]) -> None:
-    one = rows[0]["steps_per_s"] if rows and rows[0]["clients"] == 1 else float("nan")
-    print("| clients | steps/s | x 1 client | tokens/s | fwd_bwd p50/p95 s | optim p50/p95 s | sample p50/p95 s "
-          "| share min/max | server peak RSS | load before/after |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    ones = {r["mixed"]: r["steps_per_s"] for r in rows if r["clients"] == 1}
+    print("| clients | mixed batches | steps/s | x 1 client | tokens/s | fwd_bwd p50/p95 s | optim p50/p95 s "
+          "| sample p50/p95 s | share min/max | fwd_bwd merged | server / bench CPU cores | server peak RSS | load before/after |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         lat = r["latency"]
-        print(f"| {r['clients']} | {r['steps_per_s']:.2f} | {r['steps_per_s'] / one:.2f} | {r['tokens_per_s']:.0f} "
-              f"| {lat['forward_backward'][0]:.2f} / {lat['forward_backward'][1]:.2f} "
+        one = ones.get(r["mixed"], float("nan"))
+        print(f"| {r['clients']} | {'on' if r['mixed'] else 'off'} | {r['steps_per_s']:.2f} | {r['steps_per_s'] / one:.2f} "
+              f"| {r['tokens_per_s']:.0f} | {lat['forward_backward'][0]:.2f} / {lat['forward_backward'][1]:.2f} "
               f"| {lat['optim_step'][0]:.2f} / {lat['optim_step'][1]:.2f} | {lat['sample'][0]:.2f} / {lat['sample'][1]:.2f} "
-              f"| {r['share_min']:.2f} / {r['share_max']:.2f} | {r['peak_rss_mb']:.0f} MB "
+              f"| {r['share_min']:.2f} / {r['share_max']:.2f} | {r['mixed_share']:.0%} "
+              f"| {r['server_cores']:.2f} / {r['bench_cores']:.2f} | {r['peak_rss_mb']:.0f} MB "
               f"| {r['load'][0]:.1f} / {r['load'][1]:.1f} |")
 
 
@@ -225,13 +259,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="chats per forward_backward (the quickstart's batch)")
     parser.add_argument("--sample-every", type=int, default=10, help="steps between sampler snapshots")
     parser.add_argument("--serve-arg", action="append", default=[], help="passed to tinkerplug serve (repeatable)")
+    parser.add_argument("--mixed", default="off,on", help="off (serialized), on (mixed-adapter batches), or both: off,on")
     args = parser.parse_args()
+    modes = [{"on": True, "off": False}[m.strip()] for m in args.mixed.split(",")]
     offline_env()
     model = model_dir(args.model) if args.model != "tiny-chat" else args.model
-    print(f"# serve_clients: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; execution: serialized "
-          f"(mixed-adapter batches: not implemented); {args.seconds:g} s per row, batch {args.batch}, LoRA r8, {args.model}")
+    print(f"# serve_clients: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; mixed-adapter batches {args.mixed}; "
+          f"{args.seconds:g} s per row, batch {args.batch}, LoRA r8, {args.model}")
     print("# " + machine_line())
-    rows = [one_row(int(n), model, args) for n in args.clients.split(",")]
+    rows = [one_row(int(n), model, args, mixed) for n in args.clients.split(",") for mixed in modes]
     print_table(rows)
     print("# " + machine_line())
 

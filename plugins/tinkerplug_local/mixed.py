@@ -15,6 +15,7 @@ Everything here runs on the host's worker thread.
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Any, Hashable, Sequence
 
 Segments = list[tuple[Any, int]]  # (adapter name or None, length along the split dimension)
@@ -41,9 +42,21 @@ def grouped(indices: Sequence[int], adapters: Sequence[Any]) -> list[int]:
     return sorted(indices, key=lambda i: order[adapters[i]])
 
 
+_layers: "weakref.WeakKeyDictionary[Any, tuple[tuple[str, ...], list[Any] | None]]" = weakref.WeakKeyDictionary()
+
+
 def lora_layers(peft: Any) -> list[Any] | None:
     """The LoRA layers of ``peft`` if every one is a plain LoRA ``Linear`` this module can
-    dispatch (no DoRA or other variant, no dropout, not merged); None otherwise."""
+    dispatch (no DoRA or other variant, no dropout, not merged); None otherwise. Looked up
+    again only when the adapters change (walking the modules costs ~1 ms per batch)."""
+    names = tuple(peft.peft_config)
+    cached = _layers.get(peft)
+    if cached is None or cached[0] != names:
+        cached = _layers[peft] = (names, _plain_lora_layers(peft))
+    return cached[1]
+
+
+def _plain_lora_layers(peft: Any) -> list[Any] | None:
     import torch
     from peft.tuners.lora import LoraLayer
 
@@ -64,12 +77,33 @@ class MixedLora:
         self.layers = layers
         self.dim = 0
         self.segments: Segments = []
+        self._masks: dict[Any, Any] = {}
 
     def set(self, dim: int, segments: Segments) -> None:
         """The next forwards split their input along ``dim`` (0: batch rows; 1: the tokens of a
         packed row) into ``segments``. Kept until the next ``set``: a backward that recomputes
         layers (gradient checkpointing) runs before it."""
-        self.dim, self.segments = dim, segments
+        self.dim, self.segments, self._masks = dim, segments, {}
+
+    def mask(self, x: Any, adapters: tuple[str, ...], layer: Any) -> Any:
+        """``(.., sum of ranks)``, broadcastable against ``x``'s ``A x``: each position's adapter
+        scale in its adapter's block of rank columns, 0 elsewhere (built once per batch and set
+        of adapters)."""
+        import torch
+
+        key = (adapters, tuple(layer.lora_A[a].weight.shape[0] for a in adapters), x.dim(), x.device, x.dtype)
+        if key not in self._masks:
+            blocks = {a: (sum(key[1][:i]), key[1][i], layer.scaling[a]) for i, a in enumerate(adapters)}
+            rows = torch.zeros(len(self.segments), sum(key[1]), dtype=x.dtype)
+            for row, (adapter, _) in enumerate(self.segments):
+                if adapter in blocks:
+                    start, rank, scale = blocks[adapter]
+                    rows[row, start : start + rank] = scale
+            per_position = rows.repeat_interleave(torch.tensor([n for _, n in self.segments]), dim=0)
+            shape = [1] * (x.dim() - 1) + [per_position.shape[-1]]
+            shape[self.dim] = per_position.shape[0]
+            self._masks[key] = per_position.reshape(shape).to(x.device)
+        return self._masks[key]
 
     def __enter__(self) -> "MixedLora":
         for layer in self.layers:
@@ -82,21 +116,25 @@ class MixedLora:
 
 
 def _mixed_forward(layer: Any, mixer: MixedLora, x: Any, *args: Any, **kwargs: Any) -> Any:
+    """PEFT's LoRA forward with each segment's own adapter. One adapter: ``B(A x) * scale``
+    as PEFT computes it. Several: every adapter's A stacked (``A x`` for all of them in one
+    matmul), masked so that each position keeps only its own adapter's block (times its
+    scale), then every B stacked: three calls instead of three per adapter; the masked zeros
+    add nothing, and no adapter's weights get a gradient from another's positions."""
     import torch
 
     result = layer.base_layer(x, *args, **kwargs)
-    dim, segments = mixer.dim, mixer.segments
-    lengths = [n for _, n in segments]
-    if sum(lengths) != x.shape[dim]:
-        raise RuntimeError(f"mixed-adapter batch: segments cover {sum(lengths)} of {x.shape[dim]} positions (a bug)")
-    deltas = []
-    for (adapter, n), piece in zip(segments, x.split(lengths, dim)):
-        if adapter is None or adapter not in layer.lora_A:
-            shape = list(result.shape)
-            shape[dim] = n
-            deltas.append(result.new_zeros(shape))
-            continue
-        lora_a = layer.lora_A[adapter]
-        deltas.append(layer.lora_B[adapter](lora_a(piece.to(lora_a.weight.dtype))) * layer.scaling[adapter])
-    delta = deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim)
-    return (result + delta).to(result.dtype)
+    if sum(n for _, n in mixer.segments) != x.shape[mixer.dim]:
+        raise RuntimeError(f"mixed-adapter batch: segments do not cover the {x.shape[mixer.dim]} positions (a bug)")
+    adapters = tuple(dict.fromkeys(a for a, _ in mixer.segments if a is not None and a in layer.lora_A))
+    if not adapters:
+        return result
+    if len(mixer.segments) == 1:
+        lora_a = layer.lora_A[adapters[0]]
+        delta = layer.lora_B[adapters[0]](lora_a(x.to(lora_a.weight.dtype))) * layer.scaling[adapters[0]]
+        return (result + delta).to(result.dtype)
+    weight_a = torch.cat([layer.lora_A[a].weight for a in adapters])
+    weight_b = torch.cat([layer.lora_B[a].weight for a in adapters], dim=1)
+    x = x.to(weight_a.dtype)
+    down = torch.nn.functional.linear(x, weight_a) * mixer.mask(x, adapters, layer)
+    return (result + torch.nn.functional.linear(down, weight_b)).to(result.dtype)

@@ -156,7 +156,8 @@ class TrainingClient:
     def _run_optim(self, adam: types.AdamParams) -> types.OptimStepResponse:
         import torch
 
-        self._host.activate(self._adapter)
+        # No activate(): the step works on this adapter's tensors directly, and switching PEFT's
+        # active adapter walks every module (~20 % of a 4-client server's worker time, 2026-12-06).
         if self._optimizer is None:
             self._optimizer = self._make_optimizer()
         for group in self._optimizer.param_groups:
