@@ -73,7 +73,9 @@ def visible(principal: Principal, owner: str | None, listing: bool = False) -> b
 
 class ServerState:
     def __init__(self, checkpoint_dir: Path, device: str | None, dtype: str = "auto", clock_ms: float = 0.0, **backend: Any):
-        """``backend``: further ``ServiceClient`` options (gradient_checkpointing, microbatch_tokens)."""
+        """``backend``: further ``ServiceClient`` options (gradient_checkpointing, microbatch_tokens,
+        max_adapters, mixed_batches: on unless turned off, as ``tinkerplug serve`` has it)."""
+        backend.setdefault("mixed_batches", True)
         from tinkerplug_local.service import ServiceClient
 
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
