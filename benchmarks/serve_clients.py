@@ -260,14 +260,23 @@ def main() -> None:
     parser.add_argument("--sample-every", type=int, default=10, help="steps between sampler snapshots")
     parser.add_argument("--serve-arg", action="append", default=[], help="passed to tinkerplug serve (repeatable)")
     parser.add_argument("--mixed", default="off,on", help="off (serialized), on (mixed-adapter batches), or both: off,on")
+    parser.add_argument("--real-scale", action="store_true",
+                        help="a random-init Qwen3 at the real vocabulary (real_scale.py's shape: hidden 256, 4 layers, 151,936 tokens)")
     args = parser.parse_args()
     modes = [{"on": True, "off": False}[m.strip()] for m in args.mixed.split(",")]
     offline_env()
-    model = model_dir(args.model) if args.model != "tiny-chat" else args.model
-    print(f"# serve_clients: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; mixed-adapter batches {args.mixed}; "
-          f"{args.seconds:g} s per row, batch {args.batch}, LoRA r8, {args.model}")
-    print("# " + machine_line())
-    rows = [one_row(int(n), model, args, mixed) for n in args.clients.split(",") for mixed in modes]
+    with tempfile.TemporaryDirectory(prefix="serve-clients-model-") as tmp:
+        if args.real_scale:
+            from real_scale import VOCAB, build_model
+
+            build_model(Path(tmp), 256, 4, VOCAB)
+            model, args.model = tmp, "real-scale (random-init Qwen3, hidden 256, 4 layers, vocab 151,936)"
+        else:
+            model = model_dir(args.model) if args.model != "tiny-chat" else args.model
+        print(f"# serve_clients: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; mixed-adapter batches {args.mixed}; "
+              f"{args.seconds:g} s per row, batch {args.batch}, LoRA r8, {args.model}")
+        print("# " + machine_line())
+        rows = [one_row(int(n), model, args, mixed) for n in args.clients.split(",") for mixed in modes]
     print_table(rows)
     print("# " + machine_line())
 

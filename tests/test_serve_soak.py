@@ -154,7 +154,10 @@ def test_soak_eight_clients_abuse_and_a_server_kill(tmp_path, service):
     print(f"\nsoak: {CLIENTS} clients, requests sent by the abuser {counts.sent}, failed as intended "
           f"{counts.failed_as_intended}, lost {counts.lost}, leaks {counts.leaks}; clients killed mid-request {len(kills)}; "
           f"server SIGKILLed 1; checkpoints checked {checked}; server RSS {baseline / 1024:.0f} -> {end / 1024:.0f} MB")
-    assert [losses[i] for i in range(CLIENTS)] == expected  # resumed exactly where each left off
+    # Resumed exactly where each left off: to fp32 rounding, as clients queued together share
+    # mixed-adapter batches (their sums run in another order than alone; mixed.py).
+    for i in range(CLIENTS):
+        assert losses[i] == pytest.approx(expected[i], rel=1e-4), i
     assert counts.lost == 0 and counts.leaks == 0 and counts.sent > 0
     assert checked == CLIENTS
     assert end <= baseline * 1.10, (baseline, end)
