@@ -178,12 +178,17 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def mixed_requests(url: str) -> float:
-    """forward_backward requests run in mixed-adapter batches so far, from /metrics."""
+def server_counters(url: str) -> tuple[float, float]:
+    """From /metrics: forward_backward requests run in mixed-adapter batches, and seconds the
+    model's worker was busy, so far."""
     import httpx
 
     text = httpx.get(url + "/metrics", headers={"X-API-Key": ADMIN_KEY}, timeout=30).text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("tinkerplug_mixed_requests_total{"))
+
+    def total(name: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+    return total("tinkerplug_mixed_requests_total"), total("tinkerplug_worker_busy_seconds_total")
 
 
 def one_row(n: int, model: str, args: argparse.Namespace, mixed: bool) -> dict:
@@ -198,20 +203,23 @@ def one_row(n: int, model: str, args: argparse.Namespace, mixed: bool) -> dict:
             for client in clients:
                 client.start()
             barrier.wait()
-            cpu = (cpu_seconds(server.pid), cpu_seconds(), time.perf_counter(), mixed_requests(url))
+            cpu = (cpu_seconds(server.pid), cpu_seconds(), time.perf_counter(), *server_counters(url))
             for client in clients:
                 client.join(args.seconds + 600)
             errors = [c.error for c in clients if c.error is not None]
             if errors:
                 raise SystemExit(f"a client failed: {type(errors[0]).__name__}: {errors[0]}")
             wall = time.perf_counter() - cpu[2]
-            busy = ((cpu_seconds(server.pid) - cpu[0]) / wall, (cpu_seconds() - cpu[1]) / wall, mixed_requests(url) - cpu[3])
+            counters = server_counters(url)
+            busy = ((cpu_seconds(server.pid) - cpu[0]) / wall, (cpu_seconds() - cpu[1]) / wall, counters[0] - cpu[3],
+                    (counters[1] - cpu[4]) / wall)
             rss = peak_rss_mb(server.pid)
         finally:
             server.terminate()
             server.wait(60)
         row = summarize(n, clients, rss, load_before, os.getloadavg()[0], args.seconds)
-        row.update(mixed=mixed, server_cores=busy[0], bench_cores=busy[1], mixed_share=busy[2] / max(1, row["fb_requests"]))
+        row.update(mixed=mixed, server_cores=busy[0], bench_cores=busy[1], mixed_share=busy[2] / max(1, row["fb_requests"]),
+                   worker_busy=busy[3])
         return row
 
 
@@ -238,8 +246,9 @@ def summarize(n: int, clients: list[Client], rss: float, load_before: float, loa
 def print_table(rows: list[dict]) -> None:
     ones = {r["mixed"]: r["steps_per_s"] for r in rows if r["clients"] == 1}
     print("| clients | mixed batches | steps/s | x 1 client | tokens/s | fwd_bwd p50/p95 s | optim p50/p95 s "
-          "| sample p50/p95 s | share min/max | fwd_bwd merged | server / bench CPU cores | server peak RSS | load before/after |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| sample p50/p95 s | share min/max | fwd_bwd merged | worker busy | CPU cores: server / bench "
+          "| server peak RSS | load before/after |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         lat = r["latency"]
         one = ones.get(r["mixed"], float("nan"))
@@ -247,7 +256,7 @@ def print_table(rows: list[dict]) -> None:
               f"| {r['tokens_per_s']:.0f} | {lat['forward_backward'][0]:.2f} / {lat['forward_backward'][1]:.2f} "
               f"| {lat['optim_step'][0]:.2f} / {lat['optim_step'][1]:.2f} | {lat['sample'][0]:.2f} / {lat['sample'][1]:.2f} "
               f"| {r['share_min']:.2f} / {r['share_max']:.2f} | {r['mixed_share']:.0%} "
-              f"| {r['server_cores']:.2f} / {r['bench_cores']:.2f} | {r['peak_rss_mb']:.0f} MB "
+              f"| {r['worker_busy']:.0%} | {r['server_cores']:.2f} / {r['bench_cores']:.2f} | {r['peak_rss_mb']:.0f} MB "
               f"| {r['load'][0]:.1f} / {r['load'][1]:.1f} |")
 
 

@@ -231,5 +231,7 @@ def test_serve_merges_two_keys_and_counts_it_in_metrics(tmp_path, service):
         text = server.call("GET", "/metrics", ROOT).text
         assert 'tinkerplug_mixed_batches_total{base_model="tiny-chat"} 1' in text
         assert 'tinkerplug_mixed_requests_total{base_model="tiny-chat"} 2' in text
+        busy = [line for line in text.splitlines() if line.startswith('tinkerplug_worker_busy_seconds_total{base_model="tiny-chat"}')]
+        assert len(busy) == 1 and float(busy[0].split()[-1]) > 0
     finally:
         server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ class Worker:
         self.batch_most = 1  # jobs run as one batch at most (1: never merged; host.py sets it)
         self.batches = 0  # batches of several jobs run, and the jobs in them (``/metrics``)
         self.batched_jobs = 0
+        self.busy_seconds = 0.0  # wall time spent running jobs (``/metrics``: how loaded the model is)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         # A daemon thread still inside torch when the interpreter finalizes aborts the process
@@ -134,11 +136,13 @@ class Worker:
             if items[0] is None:
                 return
             live = [item for item in items if self._starts(item[0])]
+            started = time.perf_counter()
             if len(live) == 1:
                 _, fn, _ = live[0]
                 _deliver(live[0][0], fn)
             elif live:
                 self._run_together(live)
+            self.busy_seconds += time.perf_counter() - started
 
     def _starts(self, future: Future) -> bool:
         if self._exiting:
