@@ -9,15 +9,16 @@ prompts greedily. After
 ``--seconds`` of steady state, the script prints aggregate steps/s and trained tokens/s,
 p50/p95 latency per request kind (submission to result), each client's share of the steps
 (1.0 = a fair share), the server's peak RSS, where the CPU went (the server process's and the
-benchmark process's CPU seconds per wall second: its client threads share the cores), and how
-many forward_backward requests ran in mixed-adapter batches (from ``/metrics``); the load
-average before and after each row.
+benchmark process's CPU seconds per wall second: its client threads share the cores), how busy
+the model's worker was and how many forward_backward requests ran in mixed-adapter batches
+(both from ``/metrics``); the load average before and after each row. ``--real-scale`` runs
+on real_scale.py's random-init model at the real vocabulary.
 
 Each N runs twice, interleaved: with ``--no-mixed-batches`` (serialized: the worker runs one
 request at a time, each key's in order) and with ``--mixed-batches`` (the head requests of the
 keys queued at the same time run as one batch, each row with its own LoRA).
 
-    python benchmarks/serve_clients.py [--clients 1,2,4,8] [--seconds 20] [--model tiny-chat] [--mixed off,on]
+    python benchmarks/serve_clients.py [--clients 1,2,4,8] [--seconds 20] [--model tiny-chat] [--mixed off,on] [--real-scale]
 """
 
 from __future__ import annotations
