@@ -18,14 +18,39 @@ from common import machine_line, median, model_dir, offline_env
 from serve_clients import datum, examples
 
 
+def make_sides(clients: list, data: list) -> list:
+    """The timed variants: each runs once per round."""
+    from tinker import types
+
+    host = clients[0]._host
+
+    def one_adapter_32() -> None:
+        clients[0].forward_backward(data, "cross_entropy").result()
+
+    def mixed_4x8() -> None:
+        release = threading.Event()
+        host.worker.submit(lambda: release.wait(60))  # queue all four, then let them run together
+        futures = [c.forward_backward(data[i * 8 : i * 8 + 8], "cross_entropy") for i, c in enumerate(clients)]
+        release.set()
+        [f.result() for f in futures]
+
+    def one_by_one_4x8() -> None:
+        for i, c in enumerate(clients):
+            c.forward_backward(data[i * 8 : i * 8 + 8], "cross_entropy").result()
+
+    def step_of_8() -> None:
+        clients[0].forward_backward(data[:8], "cross_entropy")
+        clients[0].optim_step(types.AdamParams(learning_rate=0.0)).result()
+
+    return [one_adapter_32, mixed_4x8, one_by_one_4x8, step_of_8]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--model", default="tiny-chat")
     args = parser.parse_args()
     offline_env()
-    from tinker import types
-
     from tinkerplug_local import ServiceClient
 
     print(f"# mixed_batch_cost: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.model}, LoRA r8")
@@ -36,34 +61,14 @@ def main() -> None:
         for i, client in enumerate(clients):
             client.lane = f"key{i}"  # as serve gives each API key its lane
         data = [datum(*row) for row in examples(clients[0].get_tokenizer(), "train.jsonl", 32)]
-        host = clients[0]._host
-
-        def one_adapter_32() -> None:
-            clients[0].forward_backward(data, "cross_entropy").result()
-
-        def mixed_4x8() -> None:
-            release = threading.Event()
-            host.worker.submit(lambda: release.wait(60))  # queue all four, then let them run together
-            futures = [c.forward_backward(data[i * 8 : i * 8 + 8], "cross_entropy") for i, c in enumerate(clients)]
-            release.set()
-            [f.result() for f in futures]
-
-        def one_by_one_4x8() -> None:
-            for i, c in enumerate(clients):
-                c.forward_backward(data[i * 8 : i * 8 + 8], "cross_entropy").result()
-
-        def step_of_8() -> None:
-            clients[0].forward_backward(data[:8], "cross_entropy")
-            clients[0].optim_step(types.AdamParams(learning_rate=0.0)).result()
-
-        sides = [one_adapter_32, mixed_4x8, one_by_one_4x8, step_of_8]
+        sides = make_sides(clients, data)
         times: dict[str, list[float]] = {side.__name__: [] for side in sides}
         for _ in range(args.rounds):
             for side in sides:
                 start = time.perf_counter()
                 side()
                 times[side.__name__].append(time.perf_counter() - start)
-        merged = host.mixed_runs
+        merged = clients[0]._host.mixed_runs
         service.close()
     for name, values in times.items():
         print(f"{name}: {median(values) * 1e3:.1f} ms")

@@ -5,7 +5,7 @@ PEFT's own per-row selection (``adapter_names``) is refused in training mode and
 batch row only, while packed rows here hold several datums. ``MixedLora`` instead replaces, for
 the duration of a batch, the ``forward`` of every LoRA ``Linear`` layer: the base layer runs on
 the whole input, and each segment of the input (a run of batch rows, or a run of tokens of a
-packed row) gets ``B(A x) * scale`` of its own adapter, with PEFT's arithmetic. A segment whose
+packed row) gets ``B(A x) * scale`` of its own adapter (``_mixed_forward``). A segment whose
 adapter does not have the layer (another rank or other target modules) or that has no adapter
 (the base model) gets nothing added. Each adapter's weights see only its own segment's tokens,
 so its gradients, and every row's output, are those of running alone (to fp32 rounding).
