@@ -10,6 +10,7 @@ imports: plugins import these at start-up.
 from __future__ import annotations
 
 import threading
+from os import PathLike
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,7 +33,7 @@ class DataSource:
         return {"train": "training data", "heldout": "held-out data"}.get(self.role, f"{self.role} data")
 
 
-def is_spec(path: str) -> bool:
+def is_spec(path: str | PathLike[str]) -> bool:
     """``hf:NAME`` and the like: a scheme before the first ``/``, not a file path."""
     return ":" in str(path).split("/")[0]
 

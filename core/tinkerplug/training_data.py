@@ -305,7 +305,8 @@ def render_training_data(
             f"{config.data.train} has {len(records)} examples, fewer than batch_size={config.batch_size}",
             hint=f"add data or lower batch_size (e.g. --set batch_size={len(records)})",
         )
-    settings = render_settings(records, renderer, config, plugins) if hasattr(records, "fingerprint") else None
+    cached = hasattr(records, "fingerprint") and tokenizer is not None  # else a cache in memory only
+    settings = render_settings(records, renderer, config, plugins) if cached else None
     cache = open_render_cache(len(records), settings, tokenizer)
     data = TrainingData(records, renderer, config, plugins, cache)
     data.check = check
