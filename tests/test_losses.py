@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import math
+import threading
 
 import pytest
 import torch
@@ -219,7 +220,7 @@ def test_sampler_snapshot_is_frozen_and_named_saves_land_on_disk(tmp_path):
 
     from tinkerplug_local import ServiceClient
 
-    service = ServiceClient(checkpoint_dir=tmp_path)  # its own: no spare adapters left by other tests
+    service = ServiceClient(checkpoint_dir=tmp_path)  # its own host: only this test's adapters
     trainer = service.create_lora_training_client(MODEL, rank=4, seed=1).result()
     prompt = types.ModelInput.from_ints([5, 17, 23, 42, 9])
     sft = [types.Datum(model_input=prompt, loss_fn_inputs={"target_tokens": [17, 23, 42, 9, 11], "weights": [1.0] * 5})]
@@ -230,16 +231,47 @@ def test_sampler_snapshot_is_frozen_and_named_saves_land_on_disk(tmp_path):
         trainer.forward_backward(sft, "cross_entropy")
         trainer.optim_step(types.AdamParams(learning_rate=5e-2))
     assert sampler.compute_logprobs(prompt).result() == before  # training went on; the snapshot did not
-    spare = sampler._adapter
+    host = trainer._host
+    adapters = set(host.peft.peft_config)  # the trainer's and one sampler slot
     del sampler
-    gc.collect()  # its adapter becomes a spare that the next snapshot copies into
+    gc.collect()  # its tensors are dropped; the slot stays for the next snapshot
     after = trainer.save_weights_and_get_sampling_client("named").result()
-    assert after._adapter == spare
+    kept = [trainer.save_weights_and_get_sampling_client().result() for _ in range(5)]  # held, as serve holds them
+    assert [s.compute_logprobs(prompt).result() for s in kept[:1]] != [before]
+    assert set(host.peft.peft_config) == adapters  # snapshots are tensors; one slot serves them in turn
     assert Path(after.model_path, "adapter_config.json").is_file()
     changed = after.compute_logprobs(prompt).result()
     assert changed != before
     reloaded = service.create_sampling_client(model_path=after.model_path).result()
     assert reloaded.compute_logprobs(prompt).result() == pytest.approx(changed, abs=1e-5)
+    service.close()
+
+
+def test_held_snapshots_share_sampler_slots_exactly(tmp_path):
+    """Snapshots taken at three steps, each scored alone (one slot, copied into in turn) and
+    then all in one batch (three slots): every score is the one taken with the snapshot."""
+    from tinkerplug_local import ServiceClient
+
+    service = ServiceClient(checkpoint_dir=tmp_path)
+    trainer = service.create_lora_training_client(MODEL, rank=4, seed=2).result()
+    prompt = types.ModelInput.from_ints([5, 17, 23, 42, 9])
+    sft = [types.Datum(model_input=prompt, loss_fn_inputs={"target_tokens": [17, 23, 42, 9, 11], "weights": [1.0] * 5})]
+    samplers, taken = [], []
+    for _ in range(3):
+        samplers.append(trainer.save_weights_and_get_sampling_client().result())
+        taken.append(samplers[-1].compute_logprobs(prompt).result())
+        trainer.forward_backward(sft, "cross_entropy")
+        trainer.optim_step(types.AdamParams(learning_rate=5e-2)).result()
+    assert len({tuple(t[1:]) for t in taken}) == 3  # the steps moved the weights
+    host = trainer._host
+    assert [s.compute_logprobs(prompt).result() for s in reversed(samplers)] == taken[::-1]
+    loads = host.slot_loads
+    gate = threading.Event()
+    host.worker.submit(gate.wait)  # hold the worker: the three requests queue into one batch
+    together = [s.compute_logprobs(prompt) for s in samplers]
+    gate.set()
+    assert [f.result() for f in together] == taken
+    assert host.slot_loads > loads and len([a for a in host.peft.peft_config if a.startswith("slot")]) == 3
     service.close()
 
 

@@ -216,7 +216,7 @@ def test_serve_merges_two_keys_and_counts_it_in_metrics(tmp_path, service):
 
     want = [client(service, None, 4, seed).forward_backward(data, "cross_entropy").result()
             for seed, data in ((21, DATA_A), (22, DATA_B))]
-    server = TeamServer(tmp_path / "checkpoints", keyring(tmp_path), mixed_batches=True)
+    server = TeamServer(tmp_path / "checkpoints", keyring(tmp_path), mixed_batches=True, compute_threads=1)
     try:
         clients = [server.sdk(key).create_lora_training_client(MODEL, rank=4, seed=seed).result()
                    for key, seed in ((ALICE, 21), (BOB, 22))]
@@ -235,3 +235,75 @@ def test_serve_merges_two_keys_and_counts_it_in_metrics(tmp_path, service):
         assert len(busy) == 1 and float(busy[0].split()[-1]) > 0
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def side_by_side(tmp_path_factory):
+    from tinkerplug_local import ServiceClient
+
+    client = ServiceClient(checkpoint_dir=tmp_path_factory.mktemp("side"), device="cpu", mixed_batches=True,
+                           compute_threads=2)
+    yield client
+    client.close()
+
+
+def test_two_keys_run_side_by_side_as_if_alone(side_by_side, service):
+    """With two compute threads, two keys' pipelined steps run at the same time, one thread
+    each; losses, logprobs and weights equal solo runs, and each key's order is kept."""
+    want_a = [f.result() for f in steps(client(service, None, 4, 41), DATA_A, 3)]
+    want_b = [f.result() for f in steps(client(service, None, 8, 42), DATA_B, 3)]
+    a, b = client(side_by_side, "a", 4, 41), client(side_by_side, "b", 8, 42)
+    host = a._host
+    assert host.shared and host.worker.threads == 2
+    before = host.worker.side_by_side
+    release = gated(host)
+    got_a, got_b = steps(a, DATA_A, 3), steps(b, DATA_B, 3)
+    release.set()
+    for got, want in zip(got_a + got_b, want_a + want_b):
+        assert_same_results(got.result(), want)
+    assert host.worker.side_by_side > before
+    solo_a, solo_b = client(service, None, 4, 41), client(service, None, 8, 42)
+    for training, data in ((solo_a, DATA_A), (solo_b, DATA_B)):
+        [f.result() for f in steps(training, data, 3)]
+    assert_same_weights(weights(a), weights(solo_a), atol=1e-3)  # as in the merged test above
+    assert_same_weights(weights(b), weights(solo_b), atol=1e-3)
+
+
+def test_compute_threads_overlap_only_shared_jobs_of_different_lanes():
+    """The worker's schedule with two threads, on jobs that record when they ran: shared jobs of
+    different lanes overlap; one lane's jobs never overlap and keep their order; a job that is
+    not shared overlaps nothing, and a stream of shared jobs does not starve it."""
+    import time
+
+    from tinkerplug_local.worker import Worker
+
+    worker = Worker("test-threads", threads=2)
+    spans: dict[str, tuple[float, float]] = {}
+
+    def job(name: str, seconds: float = 0.05):
+        def run() -> None:
+            start = time.perf_counter()
+            time.sleep(seconds)
+            spans[name] = (start, time.perf_counter())
+        return run
+
+    release = threading.Event()
+    worker.submit(release.wait)  # hold one thread while everything queues
+    futures = [worker.submit(job(f"a{i}"), lane="a", shared=True) for i in range(3)]
+    futures += [worker.submit(job(f"b{i}"), lane="b", shared=True) for i in range(3)]
+    futures.append(worker.submit(job("solo"), lane="c"))
+    futures += [worker.submit(job(f"d{i}"), lane="d", shared=True) for i in range(3)]
+    release.set()
+    [f.result(timeout=30) for f in futures]
+    worker.close()
+
+    def overlap(x: str, y: str) -> bool:
+        return spans[x][0] < spans[y][1] and spans[y][0] < spans[x][1]
+
+    for lane in "abd":
+        names = [f"{lane}{i}" for i in range(3)]
+        assert [spans[n][0] for n in names] == sorted(spans[n][0] for n in names)
+        assert not any(overlap(x, y) for x in names for y in names if x < y)
+    assert any(overlap(f"a{i}", f"b{j}") for i in range(3) for j in range(3))
+    assert not any(overlap("solo", other) for other in spans if other != "solo")
+    assert spans["solo"][0] < max(spans[f"d{i}"][0] for i in range(3))  # its turn came before d's last

@@ -3,11 +3,14 @@ frozen adapter per sampler snapshot. Every method runs on the host's worker thre
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import warnings
+from collections import OrderedDict
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 from tinker.lib.public_interfaces.api_future import AwaitableConcurrentFuture
 
@@ -16,15 +19,17 @@ from tinkerplug_local.worker import Worker
 from tinkerplug_local.loading import ModelSource, load_model_and_tokenizer
 
 LORA_ALPHA = 32  # fixed, as on the service: with alpha/r scaling the best LR barely depends on rank
-SPARE_SNAPSHOTS = 2  # released sampler adapters kept for the next snapshots to copy into
 MAX_MERGED_REQUESTS = 16  # requests of different lanes (keys) in one mixed-adapter batch at most
 
 
 class ModelHost:
     def __init__(self, source: ModelSource, device: str, dtype: Any, forward_options: Any = None, max_adapters: int = 0,
-                 offload_dir: Any = None, mixed_batches: bool = False):
+                 offload_dir: Any = None, mixed_batches: bool = False, compute_threads: int = 1):
         """``max_adapters``: training adapters kept in memory (0: all); the others wait in ``offload_dir``.
-        ``mixed_batches``: requests of several clients (adapters) queued together run as one batch."""
+        ``mixed_batches``: requests of several clients (adapters) queued together run as one batch.
+        ``compute_threads``: with mixed batches, batches of different clients may run side by side
+        on this many threads (not with ``max_adapters`` or gradient checkpointing, which change
+        the model under a running batch)."""
         from pathlib import Path
 
         from tinkerplug_local.forward import ForwardOptions
@@ -33,7 +38,12 @@ class ModelHost:
         self.source = source
         self.device = device
         self.forward_options = forward_options or ForwardOptions()
-        self.worker = Worker(f"tinkerplug-local:{source.name}")
+        side_by_side = mixed_batches and max_adapters <= 0 and not self.forward_options.gradient_checkpointing
+        threads = max(1, compute_threads) if side_by_side else 1
+        self.shared = threads > 1  # training jobs of different keys may run at the same time
+        self.solo_lock = threading.Lock()
+        self._cores, self.worker_threads = _torch_threads(), threads
+        self.worker = Worker(f"tinkerplug-local:{source.name}", threads, self._size_torch_threads if self.shared else None)
         self.model, self.tokenizer = self.worker.submit(
             lambda: load_model_and_tokenizer(source, device, dtype)
         ).result()
@@ -42,13 +52,29 @@ class ModelHost:
         self.peft: Any = None  # the PeftModel, once the first adapter exists
         self._names = itertools.count()
         self._pending_samples: list[tuple[Any, Future]] = []
-        self._spares: list[str] = []  # sampler adapters whose clients are gone
+        self._snapshots: dict[str, Snapshot] = {}  # sampler snapshots, as tensors
+        self._slots: OrderedDict[str, str | None] = OrderedDict()  # sampler slot -> snapshot it holds, LRU first
+        self._slot_shapes: dict[str, tuple] = {}
+        self.slot_loads = 0  # snapshots copied into a slot
         self._lock = threading.Lock()
         self.residency = Residency(self, max_adapters, Path(offload_dir or ".") / ".offload" / source.name)
         self.mixed_batches = mixed_batches
         self.worker.batch_most = MAX_MERGED_REQUESTS if mixed_batches else 1
         self.mixed_runs = self.mixed_requests = 0  # training batches of several adapters, and their requests
         self.mixed_samples = 0  # sample batches that held several adapters
+
+    def _size_torch_threads(self) -> None:
+        """On each compute thread, before any job: torch's own threads split over the compute
+        threads (a thread's setting is its own). Set once: changing it while another thread
+        runs a matmul gave wrong results (torch 2.13, MKL)."""
+        import torch
+
+        torch.set_num_threads(max(1, self._cores // self.worker_threads))
+
+    def count_mixed(self, requests: int) -> None:
+        with self._lock:
+            self.mixed_runs += 1
+            self.mixed_requests += requests
 
     # -- adapters (worker thread) ------------------------------------------------------------
 
@@ -96,10 +122,8 @@ class ModelHost:
 
     def add_adapter_like(self, config: Any) -> str:
         """A new adapter with ``config`` (an offloaded one coming back: its tensors are copied in next)."""
-        import torch
-
         name = f"adapter{next(self._names)}"
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # its init must not disturb the global RNG
+        with torch_rng_kept(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.peft.add_adapter(name, config)
         return name
@@ -118,44 +142,69 @@ class ModelHost:
 
     def snapshot_adapter(self, source: str) -> str:
         """A frozen in-memory copy of adapter ``source``: what it is now, whatever training does
-        to ``source`` later. No disk round trip (an RL loop takes one every step), and a spare
-        adapter of the same shape is reused: a copy then costs ~1 ms instead of ~40 ms."""
+        to ``source`` later. No disk round trip (an RL loop takes one every step), and no PEFT
+        adapter either: the copy is plain tensors, put into a sampler slot when a batch samples
+        from it (``bind``). Adding an adapter walks every module of the model, and the walk
+        grows with the adapters, so a server whose clients keep their samplers would slow down
+        with every snapshot."""
+        from tinkerplug_local.residency import SLOT
+
+        config = self.peft.peft_config[source]
+        name = f"sampler{next(self._names)}"
+        tensors = {n.replace(f".{source}.", f".{SLOT}."): p.detach().clone() for n, p in self.adapter_params(source)}
+        self._snapshots[name] = Snapshot(_shape(config), config, tensors)
+        return name
+
+    def bind(self, names: set[Any]) -> dict[Any, Any]:
+        """The PEFT adapter that runs each of ``names`` in the next batch: a snapshot is copied
+        into a sampler slot of its shape (none if it still holds it), the least recently used
+        one that no other name of the batch needs, or a new slot; anything else is its own
+        adapter (None: the base model). Slots grow only to the most snapshots one batch holds."""
+        bound: dict[Any, Any] = {}
+        for name in names:
+            snapshot = self._snapshots.get(name)
+            bound[name] = name if snapshot is None else self._slot_for(name, snapshot, set(bound.values()))
+        return bound
+
+    def _slot_for(self, name: str, snapshot: "Snapshot", taken: set[Any]) -> str:
         import torch
 
-        name = self._take_spare(source) or self._add_snapshot_adapter(source)
-        copies = dict(self.adapter_params(name))
-        with torch.no_grad():
-            for param_name, tensor in self.adapter_params(source):
-                copies[param_name.replace(f".{source}.", f".{name}.")].copy_(tensor)
-        for tensor in copies.values():
-            tensor.requires_grad_(False)
-        return name
+        from tinkerplug_local.residency import SLOT
 
-    def _add_snapshot_adapter(self, source: str) -> str:
+        slot = next((s for s, held in self._slots.items() if held == name), None)
+        if slot is None:
+            slot = next((s for s in self._slots if s not in taken and self._slot_shapes[s] == snapshot.shape), None)
+            slot = slot or self._add_slot(snapshot)
+            params = dict(self.adapter_params(slot))
+            with torch.no_grad():
+                for param_name, tensor in snapshot.tensors.items():
+                    params[param_name.replace(f".{SLOT}.", f".{slot}.")].copy_(tensor)
+            self.slot_loads += 1
+        self._slots[slot] = name
+        self._slots.move_to_end(slot)
+        return slot
+
+    def _add_slot(self, snapshot: "Snapshot") -> str:
         import copy
 
-        name = f"sampler{next(self._names)}"
-        config = copy.deepcopy(self.peft.peft_config[source])
+        name = f"slot{next(self._names)}"
+        config = copy.deepcopy(snapshot.config)
         config.inference_mode = True
-        with warnings.catch_warnings():
+        with torch_rng_kept(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.peft.add_adapter(name, config)
+        for _, tensor in self.adapter_params(name):
+            tensor.requires_grad_(False)
+        self._slot_shapes[name] = snapshot.shape
         return name
 
-    def _take_spare(self, source: str) -> str | None:
-        want = self.peft.peft_config[source]
-        for name in self._spares:
-            have = self.peft.peft_config[name]
-            if (have.r, have.lora_alpha, set(have.target_modules)) == (want.r, want.lora_alpha, set(want.target_modules)):
-                self._spares.remove(name)
-                return name
-        return None
-
     def release_adapter(self, name: str) -> None:
-        """A sampler's adapter once its client is gone: kept as a spare for the next snapshot,
-        or deleted when there are enough spares."""
-        if self.peft is not None and name in self.peft.peft_config and len(self._spares) < SPARE_SNAPSHOTS:
-            self._spares.append(name)
+        """A sampler's weights once its client is gone: a snapshot's tensors are dropped (its
+        slot stays for the next ones); an adapter read from disk is deleted."""
+        if self._snapshots.pop(name, None) is not None:
+            for slot, held in self._slots.items():
+                if held == name:
+                    self._slots[slot] = None
         else:
             self.delete_adapter(name)
 
@@ -197,6 +246,34 @@ class ModelHost:
             batch, self._pending_samples = self._pending_samples, []
         if batch:
             run_sample_batch(self, batch)
+
+
+@dataclass
+class Snapshot:
+    """A sampler snapshot: an adapter's tensors (named with residency's ``SLOT``) and its config."""
+
+    shape: tuple  # what a slot must have to hold it
+    config: Any
+    tensors: dict[str, Any]
+
+
+def _shape(config: Any) -> tuple:
+    return config.r, config.lora_alpha, tuple(sorted(config.target_modules))
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def torch_rng_kept() -> Iterator[None]:
+    """A new adapter's random init must not disturb the global RNG."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        yield
 
 
 class _BaseOnly:

@@ -46,11 +46,14 @@ def _run_chunk(host: Any, jobs: list[TrainJob]) -> list[Any]:
 
     for job in jobs:
         host.residency.touch(job.client)
-    layers = lora_layers(host.peft) if len(jobs) > 1 else None
+    # Side by side with other threads (host.shared), even one job runs mixed: the solo path
+    # switches PEFT's active adapter, which every thread would see.
+    layers = lora_layers(host.peft) if len(jobs) > 1 or host.shared else None
     if layers is None or not can_mix(host.peft, host.device, host.forward_options):
-        return [_solo(job) for job in jobs]
-    host.mixed_runs += 1
-    host.mixed_requests += len(jobs)
+        with host.solo_lock:  # a model that cannot mix: shared jobs run one at a time after all
+            return [_solo(job) for job in jobs]
+    if len(jobs) > 1:
+        host.count_mixed(len(jobs))
     with MixedLora(host.peft, layers) as mixer:
         return _run_mixed(host, mixer, jobs)
 

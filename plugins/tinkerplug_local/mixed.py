@@ -9,12 +9,13 @@ packed row) gets ``B(A x) * scale`` of its own adapter (``_mixed_forward``). A s
 adapter does not have the layer (another rank or other target modules) or that has no adapter
 (the base model) gets nothing added. Each adapter's weights see only its own segment's tokens,
 so its gradients, and every row's output, are those of running alone (to fp32 rounding).
-Everything here runs on the host's worker thread.
+Everything here runs on the host's compute threads; each thread's batch has its own mixer.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 from typing import Any, Hashable, Sequence
 
@@ -106,13 +107,44 @@ class MixedLora:
         return self._masks[key]
 
     def __enter__(self) -> "MixedLora":
-        for layer in self.layers:
-            layer.forward = functools.partial(_mixed_forward, layer, self)
+        """This thread's forwards through the LoRA layers use this mixer; another compute
+        thread (worker.py) may run its own mixer on the same layers at the same time."""
+        _install(self.layers)
+        _current.mixer = self
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for layer in self.layers:
-            layer.__dict__.pop("forward", None)
+        _current.mixer = None
+        _uninstall(self.layers)
+
+
+_current = threading.local()  # the mixer of this thread's batch, if any
+_installs: dict[int, int] = {}  # id(layer) -> mixers using it, on any thread
+_install_lock = threading.Lock()
+
+
+def _install(layers: list[Any]) -> None:
+    with _install_lock:
+        for layer in layers:
+            if _installs.get(id(layer), 0) == 0:
+                layer.forward = functools.partial(_dispatch, layer)
+            _installs[id(layer)] = _installs.get(id(layer), 0) + 1
+
+
+def _uninstall(layers: list[Any]) -> None:
+    with _install_lock:
+        for layer in layers:
+            _installs[id(layer)] -= 1
+            if _installs[id(layer)] == 0:
+                del _installs[id(layer)]
+                layer.__dict__.pop("forward", None)
+
+
+def _dispatch(layer: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+    mixer = getattr(_current, "mixer", None)
+    if mixer is None:  # a thread without a mixer: PEFT's own forward (its active adapter)
+        return type(layer).forward(layer, x, *args, **kwargs)
+    return _mixed_forward(layer, mixer, x, *args, **kwargs)
 
 
 def _mixed_forward(layer: Any, mixer: MixedLora, x: Any, *args: Any, **kwargs: Any) -> Any:

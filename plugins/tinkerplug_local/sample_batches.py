@@ -5,6 +5,7 @@ future gets the SDK's ``SampleResponse``."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -55,21 +56,30 @@ class LogprobsRequest:
 
 def run_sample_batch(host: Any, batch: list[tuple[Any, Any]]) -> None:
     """Run every queued request: the ``compute_logprobs`` ones in one forward, the samples in
-    generation batches; grouped by adapter, or all adapters in one batch (``mixed_batches``)."""
+    generation batches; grouped by adapter, or all adapters in one batch (``mixed_batches``).
+    Each snapshot's weights go into a sampler slot first (``ModelHost.bind``)."""
+    batch = [(request, future) for request, future in batch if future.set_running_or_notify_cancel()]
+    try:
+        bound = host.bind({request.adapter for request, _ in batch})
+    except BaseException as exc:  # noqa: BLE001 - each caller gets the error
+        return _fail(batch, exc)
     groups: dict[tuple[Any, bool], list[tuple[Any, Any]]] = {}
     for request, future in batch:
-        if future.set_running_or_notify_cancel():
-            logprobs_only = isinstance(request, LogprobsRequest)
-            adapter = _MIXED if host.mixed_batches else request.adapter
-            groups.setdefault((adapter, logprobs_only), []).append((request, future))
+        request = dataclasses.replace(request, adapter=bound[request.adapter])
+        adapter = _MIXED if host.mixed_batches else request.adapter
+        groups.setdefault((adapter, isinstance(request, LogprobsRequest)), []).append((request, future))
     for (_, logprobs_only), items in groups.items():
         try:
             with _mixing(host, {r.adapter for r, _ in items}) as mixer:
                 (_deliver_logprobs if logprobs_only else _deliver_samples)(host, items, mixer)
         except BaseException as exc:  # noqa: BLE001 - each caller gets the error
-            for _, future in items:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(items, exc)
+
+
+def _fail(items: list[tuple[Any, Any]], exc: BaseException) -> None:
+    for _, future in items:
+        if not future.done():
+            future.set_exception(exc)
 
 
 _MIXED = object()  # the group key of every adapter's requests when they share a batch
@@ -129,7 +139,7 @@ def _deliver_samples(host: Any, items: list[tuple[SampleRequest, Any]], mixer: A
         _generate_all(host.peft.get_base_model(), host, [row for rows in rows_of for row in rows], mixer)
     for (request, future), rows in zip(items, rows_of):
         try:  # prompt logprobs, when asked for: per request, with its own adapter
-            future.set_result(_response(host.model_for(request.adapter), host, request, _sequences(request, rows)))
+            future.set_result(_response(host, request, _sequences(request, rows)))
         except BaseException as exc:  # noqa: BLE001 - delivered to the caller
             future.set_exception(exc)
 
@@ -185,14 +195,14 @@ def _sequences(request: SampleRequest, rows: list[Any]) -> list[types.SampledSeq
     ]
 
 
-def _response(model: Any, host: Any, request: SampleRequest, sequences: list[Any]) -> types.SampleResponse:
+def _response(host: Any, request: SampleRequest, sequences: list[Any]) -> types.SampleResponse:
     """The SDK's response type, with prompt logprobs (and their top-k) when asked for."""
     from tinkerplug_local.generate import prompt_scores
 
     if not (request.include_prompt_logprobs or request.topk_prompt_logprobs):
         return types.SampleResponse(sequences=sequences)
     values, topk = prompt_scores(
-        model, request.prompt, host.device, request.topk_prompt_logprobs, request.prompt_logprobs_last_n, host.forward_options
+        host.model_for(request.adapter), request.prompt, host.device, request.topk_prompt_logprobs, request.prompt_logprobs_last_n, host.forward_options
     )
     return types.SampleResponse(
         sequences=sequences,

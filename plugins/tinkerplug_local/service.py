@@ -39,7 +39,9 @@ class ServiceClient:
     ``max_adapters`` (default 0: no limit) keeps that many training adapters per base model in
     memory; the least recently used others wait on disk with their optimizer state, exactly.
     ``mixed_batches`` (default off) runs the requests of different lanes (``tinkerplug serve``'s
-    API keys) that are queued together as one mixed-adapter batch (``mixed.py``).
+    API keys) that are queued together as one mixed-adapter batch (``mixed.py``), and then
+    ``compute_threads`` (default 1; 0: 2 on a CPU with two cores or more, else 1) lets batches
+    of different lanes run side by side (``worker.py``).
     ``base_url``, ``api_key``
     and the SDK's other arguments are accepted and ignored, so scripts written for the
     service run unchanged; no API key is needed.
@@ -57,6 +59,7 @@ class ServiceClient:
         microbatch_tokens: int | None = None,
         max_adapters: int = 0,
         mixed_batches: bool = False,
+        compute_threads: int = 1,
         **sdk_kwargs: Any,
     ):
         from tinkerplug_local.forward import ForwardOptions
@@ -76,6 +79,11 @@ class ServiceClient:
             raise ValueError(f"max_adapters must be >= 0 (0: no limit), got {max_adapters}")
         self.max_adapters = max_adapters  # training adapters in memory per base model; the rest on disk
         self.mixed_batches = bool(mixed_batches)
+        if compute_threads < 0:
+            raise ValueError(f"compute_threads must be >= 0 (0: chosen for the device), got {compute_threads}")
+        if compute_threads == 0:  # GPU kernels queue on one stream anyway; CPU cores sit idle otherwise
+            compute_threads = 2 if self.device == "cpu" and (os.cpu_count() or 1) >= 2 else 1
+        self.compute_threads = compute_threads
         self._hosts: dict[str, Any] = {}
         self._lock = threading.Lock()
         from tinkerplug_local.stability import StabilityStore
@@ -109,7 +117,7 @@ class ServiceClient:
             if source.location not in self._hosts:
                 self._hosts[source.location] = ModelHost(
                     source, self.device, self.dtype, self.forward_options, self.max_adapters, self.store.root,
-                    self.mixed_batches)
+                    self.mixed_batches, self.compute_threads)
             return self._hosts[source.location]
 
     # -- training clients --------------------------------------------------------------------

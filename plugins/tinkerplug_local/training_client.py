@@ -29,16 +29,18 @@ class TrainingClient:
         self.session: str | None = None  # the serve session that owns this model (None in-process)
         self.lane: str | None = None  # the worker lane of its jobs: serve gives each API key one (fair turns)
 
-    def _job(self, fn: Any, wrapper: Any = None, batch: Any = None) -> Any:
+    def _job(self, fn: Any, wrapper: Any = None, batch: Any = None, shared: bool = False) -> Any:
         """Queue ``fn`` on the worker, with this client's adapter in memory when it runs
-        (``--max-adapters``); ``batch``: how it may run with other clients' requests (worker.py)."""
+        (``--max-adapters``); ``batch``: how it may run with other clients' requests, ``shared``:
+        whether it may run beside them (it touches only this client's adapter; worker.py)."""
         def run() -> Any:
             self._host.residency.touch(self)
             return fn()
 
+        shared = shared and self._host.shared
         if wrapper is not None:
-            return self._host.worker.submit(run, wrapper, lane=self.lane, batch=batch)
-        return self._host.worker.submit(run, lane=self.lane, batch=batch)
+            return self._host.worker.submit(run, wrapper, lane=self.lane, batch=batch, shared=shared)
+        return self._host.worker.submit(run, lane=self.lane, batch=batch, shared=shared)
 
     def release(self) -> None:
         """Free this client's adapter (or its offloaded file) on the host, after the jobs already
@@ -69,7 +71,7 @@ class TrainingClient:
             return self._run_forward(data, loss_of, backward)
 
         job = TrainJob(self, data, loss_of, backward, solo)
-        return self._job(solo, batch=Batchable(merge_key(self, backward), job, run_jobs))
+        return self._job(solo, batch=Batchable(merge_key(self, backward), job, run_jobs), shared=True)
 
     def _uploaded(self, data: list[types.Datum], loss_fn_config: Mapping[str, Any] | None, backward: bool) -> Any:
         """A loss made with ``create_custom_loss``, named by ``loss_fn_config["loss_id"]``."""
@@ -98,7 +100,7 @@ class TrainingClient:
         params = optim_params or adam_params or types.AdamParams()
         if not isinstance(params, types.AdamParams):
             raise NotImplementedError("the local backend implements the Adam optimizer only")
-        return self._job(lambda: self._run_optim(params))
+        return self._job(lambda: self._run_optim(params), shared=True)
 
     def _loss_of_datum(self, data: list[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None) -> Any:
         """Check the request now (not later on the worker); return ``loss_of(index, logprobs)``."""

@@ -40,13 +40,21 @@ class Batchable:
 class LaneQueue:
     """Jobs by lane (``tinkerplug serve`` gives each API key one), taken round-robin across lanes
     and in submission order within a lane: one key's long queue does not hold up another key's
-    next request. Jobs put ``last`` come after every lane's (closing sentinels)."""
+    next request. Jobs put ``last`` come after every lane's (closing sentinels).
 
-    def __init__(self) -> None:
+    With several compute threads, a lane's next job waits until its running one is done (the
+    order is kept), and only ``shared`` jobs (each touching its own adapter only) run side by
+    side; any other job waits until nothing runs and starts before anything else does."""
+
+    def __init__(self, threads: int = 1) -> None:
         self._lanes: dict[Any, deque] = {}
         self._turns: deque = deque()  # lanes with jobs; the first takes the next turn
         self._last: deque = deque()
         self._cond = threading.Condition()
+        self.threads = threads
+        self._busy: set[Any] = set()  # lanes with a job running
+        self._running = 0  # batches running
+        self._alone = False  # the running batch is not shared
 
     def put(self, item: Any, lane: Any = None, last: bool = False) -> None:
         with self._cond:
@@ -57,35 +65,66 @@ class LaneQueue:
                     self._lanes[lane] = deque()
                     self._turns.append(lane)
                 self._lanes[lane].append(item)
-            self._cond.notify()
+            self._cond.notify_all()
 
-    def get(self) -> Any:
-        return self.get_batch(0)[0]
-
-    def get_batch(self, most: int) -> list[Any]:
-        """The next lane's head job and, when it is mergeable (a ``Batchable`` last in the
-        tuple) and ``most`` > 1, the head jobs of other lanes with the same key, up to ``most``
-        in all; each lane that gave one goes to the back of the line. Only heads are taken, so
-        every lane keeps its order."""
+    def get_batch(self, most: int) -> tuple[list[Any], list[Any]]:
+        """The next lane's head job and, when it is mergeable (a ``Batchable``) and ``most`` > 1,
+        the head jobs of other lanes with the same key, up to ``most`` in all (with several
+        threads, a share of those waiting that leaves the other threads some); each lane that
+        gave one goes to the back of the line. Only heads are taken, so every lane keeps its
+        order. Returns the jobs and their lanes; call ``done(lanes)`` once they have run."""
         with self._cond:
-            while not self._turns and not self._last:
+            while True:
+                taken = self._take(most)
+                if taken is not None:
+                    return taken
                 self._cond.wait()
-            if not self._turns:
-                return [self._last.popleft()]
-            taken = [self._pop(self._turns.popleft())]
-            key = _merge_key(taken[0])
-            if key is not None and most > 1:
-                for lane in list(self._turns):
-                    if len(taken) >= most:
-                        break
-                    if _merge_key(self._lanes[lane][0]) == key:
-                        self._turns.remove(lane)
-                        taken.append(self._pop(lane))
-            return taken
+
+    def running(self) -> int:
+        """Batches running now, on all threads."""
+        return self._running
+
+    def done(self, lanes: list[Any]) -> None:
+        with self._cond:
+            self._busy.difference_update(lanes)
+            self._running -= 1
+            self._alone = False
+            self._cond.notify_all()
+
+    def _take(self, most: int) -> tuple[list[Any], list[Any]] | None:
+        if self._alone:
+            return None
+        ready = [lane for lane in self._turns if lane not in self._busy]
+        if not ready:
+            if self._turns or not self._last or self._running:
+                return None
+            return self._start([self._last.popleft()], [], alone=True)
+        head = self._lanes[ready[0]][0]
+        if not _shared(head) and self._running:
+            return None  # it waits for the running batches, and nothing starts before it
+        key = _merge_key(head)
+        lanes = [ready[0]]
+        if key is not None and most > 1:
+            same = [lane for lane in ready[1:] if _merge_key(self._lanes[lane][0]) == key]
+            lanes += same[: self._share(most, 1 + len(same)) - 1]
+        return self._start([self._pop(lane) for lane in lanes], lanes, alone=not _shared(head))
+
+    def _share(self, most: int, waiting: int) -> int:
+        """How many of ``waiting`` mergeable jobs one batch takes: all (up to ``most``) with one
+        thread; with several, an even split over the threads that are free."""
+        free = max(1, self.threads - self._running)
+        return min(most, -(-waiting // free))
+
+    def _start(self, items: list[Any], lanes: list[Any], alone: bool) -> tuple[list[Any], list[Any]]:
+        self._busy.update(lanes)
+        self._running += 1
+        self._alone = alone
+        return items, lanes
 
     def _pop(self, lane: Any) -> Any:
         jobs = self._lanes[lane]
         item = jobs.popleft()
+        self._turns.remove(lane)
         if jobs:
             self._turns.append(lane)  # to the back of the line
         else:
@@ -94,55 +133,90 @@ class LaneQueue:
 
 
 def _merge_key(item: Any) -> Hashable | None:
-    batch = item[-1] if isinstance(item, tuple) else None
+    batch = item[2] if isinstance(item, tuple) else None
     return batch.key if isinstance(batch, Batchable) else None
 
 
+def _shared(item: Any) -> bool:
+    return isinstance(item, tuple) and item[3]
+
+
 class Worker:
-    """One thread that runs jobs in submission order per lane, like the service runs a client's
-    requests (one lane unless the caller names lanes: then round-robin across them).
+    """Threads that run a model's jobs in submission order per lane, like the service runs a
+    client's requests (one lane unless the caller names lanes: then round-robin across them).
 
     Ordering is what makes pipelining correct: ``forward_backward`` for step n+1 may be submitted
     before step n's ``optim_step`` has run, and a ``save_state`` captures exactly the updates
     submitted before it.
+
+    ``threads`` > 1: jobs of different lanes submitted ``shared`` may run at the same time, on
+    as many threads (the CPU's cores otherwise sit idle while one thread runs a small model's
+    many small ops); ``on_start()`` runs on each of them before any of them takes a job (to
+    size torch's own threads). Everything else runs alone.
     """
 
-    def __init__(self, name: str = "tinkerplug-local"):
-        self._jobs = LaneQueue()
+    def __init__(self, name: str = "tinkerplug-local", threads: int = 1, on_start: Callable[[], None] | None = None):
+        self._jobs = LaneQueue(threads)
         self._exiting = False
         self._refusal: BaseException | None = None  # set by refuse(): every later job fails with it
+        self._on_start = on_start
+        self._started = threading.Barrier(threads)
+        self._stats = threading.Lock()
         self.batch_most = 1  # jobs run as one batch at most (1: never merged; host.py sets it)
         self.batches = 0  # batches of several jobs run, and the jobs in them (``/metrics``)
         self.batched_jobs = 0
-        self.busy_seconds = 0.0  # wall time spent running jobs (``/metrics``: how loaded the model is)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self.side_by_side = 0  # batches that started while another one ran (``/metrics``)
+        self.busy_seconds = 0.0  # time spent running jobs, summed over threads (``/metrics``)
+        self._threads = [threading.Thread(target=self._run, name=name if i == 0 else f"{name}:{i}", daemon=True)
+                         for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
         # A daemon thread still inside torch when the interpreter finalizes aborts the process
         # ("terminate called without an active exception"): at exit, let the job that is
         # running finish, drop the queued ones, and wait for the thread.
         atexit.register(self._stop_at_exit)
 
+    @property
+    def threads(self) -> int:
+        return len(self._threads)
+
     def submit(self, fn: Callable[[], T], wrapper: type[AwaitableConcurrentFuture] = AwaitableConcurrentFuture,
-               lane: Any = None, batch: Batchable | None = None) -> AwaitableConcurrentFuture[T]:
+               lane: Any = None, batch: Batchable | None = None, shared: bool = False) -> AwaitableConcurrentFuture[T]:
         """Queue ``fn``; jobs of one ``lane`` run in order, lanes take turns. With ``batch`` the
-        job may run together with other lanes' head jobs of the same key (``fn`` alone otherwise)."""
+        job may run together with other lanes' head jobs of the same key (``fn`` alone otherwise).
+        ``shared``: it touches only its own lane's state, so it may run beside other lanes' shared
+        jobs; a shared ``batch`` always runs through ``run_together`` (a batch of one then)."""
         future: Future[T] = Future()
-        self._jobs.put((future, fn, batch), lane)
+        self._jobs.put((future, fn, batch, shared and self.threads > 1), lane)
         return wrapper(future)
 
     def _run(self) -> None:
+        if self._on_start is not None:
+            self._on_start()
+        self._started.wait()
         while True:
-            items = self._jobs.get_batch(self.batch_most)
+            items, lanes = self._jobs.get_batch(self.batch_most)
             if items[0] is None:
+                self._jobs.done(lanes)
                 return
-            live = [item for item in items if self._starts(item[0])]
             started = time.perf_counter()
-            if len(live) == 1:
-                _, fn, _ = live[0]
-                _deliver(live[0][0], fn)
-            elif live:
-                self._run_together(live)
-            self.busy_seconds += time.perf_counter() - started
+            try:
+                self._run_batch(items)
+            finally:
+                elapsed = time.perf_counter() - started
+                with self._stats:
+                    self.busy_seconds += elapsed
+                self._jobs.done(lanes)
+
+    def _run_batch(self, items: list[Any]) -> None:
+        if self._jobs.running() > 1:
+            with self._stats:
+                self.side_by_side += 1
+        live = [item for item in items if self._starts(item[0])]
+        if len(live) == 1 and not (live[0][2] is not None and live[0][3]):
+            _deliver(live[0][0], live[0][1])
+        elif live:
+            self._run_together(live)
 
     def _starts(self, future: Future) -> bool:
         if self._exiting:
@@ -155,25 +229,27 @@ class Worker:
         return True
 
     def _run_together(self, items: list[Any]) -> None:
-        self.batches += 1
-        self.batched_jobs += len(items)
+        if len(items) > 1:
+            with self._stats:
+                self.batches += 1
+                self.batched_jobs += len(items)
         try:
-            results = items[0][2].run_together([batch.payload for _, _, batch in items])
+            results = items[0][2].run_together([item[2].payload for item in items])
         except BaseException as exc:  # noqa: BLE001 - a failure of the whole batch reaches each caller
             results = [exc] * len(items)
-        for (future, _, _), result in zip(items, results):
+        for item, result in zip(items, results):
             if isinstance(result, BaseException):
-                future.set_exception(result)
+                item[0].set_exception(result)
             else:
-                future.set_result(result)
+                item[0].set_result(result)
 
     def refuse(self, error: BaseException) -> None:
-        """Fail every job not yet started with ``error`` (a server shutting down); the job that
-        is running finishes. Returns once it has."""
+        """Fail every job not yet started with ``error`` (a server shutting down); the jobs that
+        are running finish. Returns once they have."""
         self._refusal = error
         done: Future = Future()
-        self._jobs.put((done, lambda: None, None), last=True)
-        if threading.current_thread() is not self._thread:
+        self._jobs.put((done, lambda: None, None, False), last=True)
+        if threading.current_thread() not in self._threads:
             try:
                 done.exception(timeout=600)
             except TimeoutError:
@@ -181,13 +257,15 @@ class Worker:
 
     def close(self) -> None:
         """Stop after the jobs already submitted."""
-        self._jobs.put(None, last=True)
+        for _ in self._threads:
+            self._jobs.put(None, last=True)
 
     def _stop_at_exit(self) -> None:
         self._exiting = True
-        self._jobs.put(None, last=True)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=60)
+        self.close()
+        if threading.current_thread() not in self._threads:
+            for thread in self._threads:
+                thread.join(timeout=60)
 
 
 def _deliver(future: Future, fn: Callable[[], Any]) -> None:

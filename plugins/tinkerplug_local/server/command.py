@@ -69,6 +69,10 @@ def _banner(host: str, port: int, tls: bool, state: Any, keys: Any, clock_ms: fl
               help="Training adapters kept in memory per base model (0: all); idle ones wait on disk with their optimizer state.")
 @click.option("--mixed-batches/--no-mixed-batches", default=True, show_default=True,
               help="Run requests of different keys queued together as one batch, each row with its own LoRA.")
+@click.option("--compute-threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With mixed batches: threads that run different keys' batches side by side, sharing "
+                   "torch's threads (0: 2 on a CPU with two cores or more, 1 on a GPU; always 1 with "
+                   "--max-adapters or --gradient-checkpointing).")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="On SIGTERM: seconds queued requests may take to finish before they are failed with a clear status.")
 @click.option("--ssl-certfile", type=click.Path(dir_okay=False, exists=True), default=None, help="Serve HTTPS with this certificate (PEM).")
@@ -82,7 +86,7 @@ def _banner(host: str, port: int, tls: bool, state: Any, keys: Any, clock_ms: fl
               help="Tokens run through the model at once; 0 picks it from the device's memory.")
 def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, dtype: str,
           api_key: tuple[str, ...], keys_file: str | None, max_sessions_per_key: int, max_models_per_key: int,
-          max_queued_per_key: int, max_adapters: int, mixed_batches: bool, shutdown_timeout: float, ssl_certfile: str | None, ssl_keyfile: str | None, clock_ms: float,
+          max_queued_per_key: int, max_adapters: int, mixed_batches: bool, compute_threads: int, shutdown_timeout: float, ssl_certfile: str | None, ssl_keyfile: str | None, clock_ms: float,
           max_body_mb: float, gradient_checkpointing: bool, microbatch_tokens: int) -> None:
     """Serve the local backend over the Tinker HTTP API, for the unmodified tinker SDK.
 
@@ -110,7 +114,7 @@ def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, 
     state = ServerState(
         root, device=device, dtype=dtype, clock_ms=clock_ms,
         gradient_checkpointing=gradient_checkpointing, microbatch_tokens=microbatch_tokens, max_adapters=max_adapters,
-        mixed_batches=mixed_batches,
+        mixed_batches=mixed_batches, compute_threads=compute_threads,
     )
     app = create_app(state, keys, max_body=int(max_body_mb * 1024 * 1024))
     _banner(host, port, bool(ssl_certfile), state, keys, clock_ms)

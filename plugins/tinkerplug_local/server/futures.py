@@ -51,6 +51,8 @@ class FutureTable:
         self._pending: dict[str, Pending] = {}
         self._lock = threading.Lock()
         self._observe = observe
+        self._unfinished: dict[str, int] = {}  # per owner: kept as futures finish, not counted per request
+        self._swept = 0.0  # monotonic time of the last sweep
 
     def add(self, future: Any, encode: Callable[[Any], Any], release_at: float | None = None, owner: str = "local",
             kind: str = "request") -> str:
@@ -59,8 +61,11 @@ class FutureTable:
             future = future.future()
         request_id = f"req-{uuid.uuid4().hex}"  # random: never guessed, never one of an earlier process
         with self._lock:
-            self._sweep()
+            if time.monotonic() - self._swept >= 1.0:  # it walks every request kept: tens of thousands when busy
+                self._sweep()
             self._pending[request_id] = Pending(future, encode, release_at, owner, kind)
+            self._unfinished[owner] = self._unfinished.get(owner, 0) + 1
+        future.add_done_callback(lambda _: self._finished(owner))
         if self._observe is not None:
             start, observe = time.monotonic(), self._observe
             future.add_done_callback(lambda f: observe(kind, f.cancelled() or f.exception() is not None, time.monotonic() - start))
@@ -75,11 +80,11 @@ class FutureTable:
     def queued(self) -> dict[str, int]:
         """Requests not yet done, per owner."""
         with self._lock:
-            counts: dict[str, int] = {}
-            for pending in self._pending.values():
-                if not pending.future.done():
-                    counts[pending.owner] = counts.get(pending.owner, 0) + 1
-            return counts
+            return {owner: n for owner, n in self._unfinished.items() if n}
+
+    def _finished(self, owner: str) -> None:
+        with self._lock:
+            self._unfinished[owner] -= 1
 
     def uncollected(self) -> list[Pending]:
         """Requests done whose result no client has fetched yet."""
@@ -117,7 +122,8 @@ class FutureTable:
         pending.retrieved = time.monotonic()
 
     def _sweep(self) -> None:
-        now = time.monotonic()
+        """Forget results kept long enough."""
+        now = self._swept = time.monotonic()
         stale = [
             rid for rid, p in self._pending.items()
             if (p.retrieved is not None and now - p.retrieved > KEEP_RETRIEVED_S)

@@ -71,7 +71,11 @@ _MIXED = (  # mixed-adapter batches (--mixed-batches), per base model: (metric, 
     ("tinkerplug_mixed_batches_total", "Training batches that ran several keys' requests at once", "mixed_runs"),
     ("tinkerplug_mixed_requests_total", "Training requests that ran in a mixed-adapter batch", "mixed_requests"),
     ("tinkerplug_mixed_sample_batches_total", "Sampling batches that held several adapters", "mixed_samples"),
-    ("tinkerplug_worker_busy_seconds_total", "Seconds the model's worker spent running requests", "worker_busy_seconds"),
+    ("tinkerplug_side_by_side_batches_total", "Batches that started while another key's batch ran (--compute-threads)",
+     "worker.side_by_side"),
+    ("tinkerplug_sampler_slot_loads_total", "Sampler snapshots copied into a sampler slot to sample from", "slot_loads"),
+    ("tinkerplug_worker_busy_seconds_total", "Seconds the model's compute threads spent running requests, summed",
+     "worker.busy_seconds"),
 )
 
 
@@ -91,7 +95,9 @@ def _gauges(lines: list[str], state: Any) -> None:
     for name, doc, attribute in _MIXED:
         lines += [f"# HELP {name} {doc}", f"# TYPE {name} counter"]
         for host in state.service.hosts():
-            value = host.worker.busy_seconds if attribute == "worker_busy_seconds" else getattr(host, attribute)
+            value = host
+            for part in attribute.split("."):
+                value = getattr(value, part)
             lines.append(f"{name}{_labels((('base_model', host.source.name),))} {value:g}")
     lines += ["# HELP tinkerplug_draining 1 while the server shuts down", "# TYPE tinkerplug_draining gauge",
               f"tinkerplug_draining {int(state.draining)}"]

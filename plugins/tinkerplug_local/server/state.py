@@ -74,8 +74,10 @@ def visible(principal: Principal, owner: str | None, listing: bool = False) -> b
 class ServerState:
     def __init__(self, checkpoint_dir: Path, device: str | None, dtype: str = "auto", clock_ms: float = 0.0, **backend: Any):
         """``backend``: further ``ServiceClient`` options (gradient_checkpointing, microbatch_tokens,
-        max_adapters, mixed_batches: on unless turned off, as ``tinkerplug serve`` has it)."""
+        max_adapters, mixed_batches: on unless turned off, and compute_threads: chosen for the
+        device unless given, as ``tinkerplug serve`` has them)."""
         backend.setdefault("mixed_batches", True)
+        backend.setdefault("compute_threads", 0)
         from tinkerplug_local.service import ServiceClient
 
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
