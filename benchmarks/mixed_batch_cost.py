@@ -4,12 +4,13 @@ chats as one adapter's single request, and against the four requests run one aft
 Also one adapter's ``forward_backward`` + ``optim_step`` of 8 chats. Medians of interleaved
 rounds, with the date and load.
 
-    python benchmarks/mixed_batch_cost.py [--rounds 9] [--model tiny-chat]
+    python benchmarks/mixed_batch_cost.py [--rounds 9] [--model tiny-chat] [--torch-threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import threading
 import time
@@ -49,7 +50,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--model", default="tiny-chat")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch's threads on every thread (OMP_NUM_THREADS; 0: torch's default)")
     args = parser.parse_args()
+    if args.torch_threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)  # read when torch loads, below
     offline_env()
     from tinkerplug_local import ServiceClient
 

@@ -3,9 +3,10 @@
 For each N (default 1, 2, 4, 8) a fresh ``tinkerplug serve`` subprocess starts on loopback
 with a keys file of N keys; N threads each run an unmodified ``tinker.ServiceClient`` with its
 own key and its own LoRA, and train on the quickstart's chat data (the last assistant message
-trained; ``forward_backward`` and ``optim_step`` submitted together, the result awaited before
-the next step), and every ``--sample-every`` steps take a sampler snapshot and answer held-out
-prompts greedily. After
+trained) as ``tinkerplug run`` does: ``forward_backward`` and ``optim_step`` submitted
+together, and ``--submit-ahead`` more steps kept in flight (the pipelined executor's default,
+2; 0 awaits each step before sending the next); every ``--sample-every`` steps a client waits
+for its steps, takes a sampler snapshot and answers held-out prompts greedily. After
 ``--seconds`` of steady state, the script prints aggregate steps/s and trained tokens/s,
 p50/p95 latency per request kind (submission to result), each client's share of the steps
 (1.0 = a fair share), the server's peak RSS, where the CPU went (the server process's and the
@@ -18,7 +19,7 @@ Each N runs twice, interleaved: with ``--no-mixed-batches`` (serialized: the wor
 request at a time, each key's in order) and with ``--mixed-batches`` (the head requests of the
 keys queued at the same time run as one batch, each row with its own LoRA).
 
-    python benchmarks/serve_clients.py [--clients 1,2,4,8] [--seconds 20] [--model tiny-chat] [--mixed off,on] [--real-scale]
+    python benchmarks/serve_clients.py [--clients 1,2,4,8] [--seconds 20] [--submit-ahead 2] [--mixed off,on] [--real-scale]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from common import machine_line, model_dir, offline_env
@@ -72,6 +74,7 @@ class Client(threading.Thread):
         self.latency: dict[str, list[float]] = {"forward_backward": [], "optim_step": [], "sample": [], "snapshot": []}
         self.steps = self.tokens = 0
         self.fb_sent = 0  # forward_backward requests sent after the start line
+        self.in_flight: deque = deque()  # steps sent, not yet finished, oldest first
         self.error: BaseException | None = None
         self.deadline = 0.0
 
@@ -92,22 +95,36 @@ class Client(threading.Thread):
         train = examples(tokenizer, "train.jsonl", 512)
         heldout = examples(tokenizer, "heldout.jsonl", 4)
         batch = self.args.batch
-        self._step(training, [datum(*r) for r in train[:batch]], types)  # warm up: not counted
+        self._send(training, [datum(*r) for r in train[:batch]], types)  # warm up: not counted
+        self._drain()
         self.start_line.wait()
         self.deadline = time.perf_counter() + self.args.seconds
         step = 0
         while time.perf_counter() < self.deadline:
             rows = [train[(step * batch + i + self.index * 97) % len(train)] for i in range(batch)]
-            self._step(training, [datum(*r) for r in rows], types)
+            self._send(training, [datum(*r) for r in rows], types)
+            while len(self.in_flight) > self.args.submit_ahead:
+                self._finish(self.in_flight.popleft())
             step += 1
             if step % self.args.sample_every == 0:
+                self._drain()  # as an eval does: the sampler sees every step sent before it
                 self._sample(training, heldout, types)
+        self._drain()
 
-    def _step(self, training, data, types) -> None:
+    def _send(self, training, data, types) -> None:
+        """A step's forward_backward and optim_step, sent together (tinkerplug's pipelined executor)."""
         t0 = time.perf_counter()
         fb = training.forward_backward(data, "cross_entropy")
         self.fb_sent += bool(self.deadline)
         optim = training.optim_step(types.AdamParams(learning_rate=1e-3))
+        self.in_flight.append((t0, fb, optim, sum(d.model_input.length for d in data)))
+
+    def _drain(self) -> None:
+        while self.in_flight:
+            self._finish(self.in_flight.popleft())
+
+    def _finish(self, sent) -> None:
+        t0, fb, optim, tokens = sent
         fb.result()
         t1 = time.perf_counter()
         optim.result()
@@ -116,7 +133,7 @@ class Client(threading.Thread):
             self.latency["forward_backward"].append(t1 - t0)
             self.latency["optim_step"].append(t2 - t0)
             self.steps += 1
-            self.tokens += sum(d.model_input.length for d in data)
+            self.tokens += tokens
 
     def _sample(self, training, heldout, types) -> None:
         t0 = time.perf_counter()
@@ -268,6 +285,9 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-chat")
     parser.add_argument("--batch", type=int, default=8, help="chats per forward_backward (the quickstart's batch)")
     parser.add_argument("--sample-every", type=int, default=10, help="steps between sampler snapshots")
+    parser.add_argument("--submit-ahead", type=int, default=2,
+                        help="steps each client keeps in flight beyond the one it awaits, as tinkerplug's "
+                             "pipelined executor does (its default: 2); 0: each step awaited before the next")
     parser.add_argument("--serve-arg", action="append", default=[], help="passed to tinkerplug serve (repeatable)")
     parser.add_argument("--mixed", default="off,on", help="off (serialized), on (mixed-adapter batches), or both: off,on")
     parser.add_argument("--real-scale", action="store_true",
@@ -284,7 +304,8 @@ def main() -> None:
         else:
             model = model_dir(args.model) if args.model != "tiny-chat" else args.model
         print(f"# serve_clients: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; mixed-adapter batches {args.mixed}; "
-              f"{args.seconds:g} s per row, batch {args.batch}, LoRA r8, {args.model}")
+              f"{args.seconds:g} s per row, batch {args.batch}, submit-ahead {args.submit_ahead}, LoRA r8, {args.model}"
+              + (f"; serve {' '.join(args.serve_arg)}" if args.serve_arg else ""))
         print("# " + machine_line())
         rows = [one_row(int(n), model, args, mixed) for n in args.clients.split(",") for mixed in modes]
     print_table(rows)

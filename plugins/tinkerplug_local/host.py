@@ -1,5 +1,6 @@
-"""One loaded base model with its LoRA adapters: a training adapter per training client and a
-frozen adapter per sampler snapshot. Every method runs on the host's worker thread."""
+"""One loaded base model with its LoRA adapters: a training adapter per training client, a
+frozen adapter per sampler read from disk, and sampler slots that in-memory snapshots are
+copied into to sample. Every method runs on one of the host's worker threads."""
 
 from __future__ import annotations
 

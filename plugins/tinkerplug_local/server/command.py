@@ -50,6 +50,12 @@ def _banner(host: str, port: int, tls: bool, state: Any, keys: Any, clock_ms: fl
     )
 
 
+def _compute_threads(keys: Any) -> int:
+    """``--compute-threads 0``: the device's choice (0) for a team; 1 for a single key, whose
+    requests run in order anyway (side by side needs two keys), so torch keeps all its threads."""
+    return 0 if len(keys) > 1 else 1
+
+
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; a non-loopback one needs --api-key.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
@@ -71,8 +77,8 @@ def _banner(host: str, port: int, tls: bool, state: Any, keys: Any, clock_ms: fl
               help="Run requests of different keys queued together as one batch, each row with its own LoRA.")
 @click.option("--compute-threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="With mixed batches: threads that run different keys' batches side by side, sharing "
-                   "torch's threads (0: 2 on a CPU with two cores or more, 1 on a GPU; always 1 with "
-                   "--max-adapters or --gradient-checkpointing).")
+                   "torch's threads (0: 2 on a CPU with two cores or more when two keys or more are "
+                   "accepted, else 1; always 1 with --max-adapters or --gradient-checkpointing).")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="On SIGTERM: seconds queued requests may take to finish before they are failed with a clear status.")
 @click.option("--ssl-certfile", type=click.Path(dir_okay=False, exists=True), default=None, help="Serve HTTPS with this certificate (PEM).")
@@ -114,7 +120,7 @@ def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, 
     state = ServerState(
         root, device=device, dtype=dtype, clock_ms=clock_ms,
         gradient_checkpointing=gradient_checkpointing, microbatch_tokens=microbatch_tokens, max_adapters=max_adapters,
-        mixed_batches=mixed_batches, compute_threads=compute_threads,
+        mixed_batches=mixed_batches, compute_threads=compute_threads or _compute_threads(keys),
     )
     app = create_app(state, keys, max_body=int(max_body_mb * 1024 * 1024))
     _banner(host, port, bool(ssl_certfile), state, keys, clock_ms)
