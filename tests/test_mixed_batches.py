@@ -307,3 +307,21 @@ def test_compute_threads_overlap_only_shared_jobs_of_different_lanes():
     assert any(overlap(f"a{i}", f"b{j}") for i in range(3) for j in range(3))
     assert not any(overlap("solo", other) for other in spans if other != "solo")
     assert spans["solo"][0] < max(spans[f"d{i}"][0] for i in range(3))  # its turn came before d's last
+
+
+def test_compute_threads_leave_other_threads_torch_threads_alone(side_by_side):
+    """The compute threads' share of torch's threads is theirs: a thread started later (another
+    client's worker, a test's in-process run) still gets the process's count."""
+    import torch
+
+    from tinkerplug_local.host import _torch_threads
+
+    host = client(side_by_side, "a", 4, 51)._host
+    assert host.worker.threads == 2
+    inside = host.worker.submit(torch.get_num_threads, lane="x").result()
+    seen = []
+    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    later.start()
+    later.join()
+    assert seen == [_torch_threads()] == [host._cores]
+    assert inside == max(1, host._cores // 2)

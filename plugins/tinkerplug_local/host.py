@@ -66,11 +66,18 @@ class ModelHost:
 
     def _size_torch_threads(self) -> None:
         """On each compute thread, before any job: torch's own threads split over the compute
-        threads (a thread's setting is its own). Set once: changing it while another thread
-        runs a matmul gave wrong results (torch 2.13, MKL)."""
+        threads. Set once: changing it while another thread ran a matmul gave wrong results
+        (torch 2.13, MKL). ``set_num_threads`` also stores the count that every thread started
+        later takes at its first torch call, so that count is put back from a passing thread;
+        this thread's own count is settled first (``get_num_threads`` does that), or its first
+        operation would take the stored count over the one set here."""
         import torch
 
+        torch.get_num_threads()
         torch.set_num_threads(max(1, self._cores // self.worker_threads))
+        restore = threading.Thread(target=torch.set_num_threads, args=(self._cores,))
+        restore.start()
+        restore.join()
 
     def count_mixed(self, requests: int) -> None:
         with self._lock:
