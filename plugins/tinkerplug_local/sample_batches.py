@@ -202,7 +202,8 @@ def _response(host: Any, request: SampleRequest, sequences: list[Any]) -> types.
     if not (request.include_prompt_logprobs or request.topk_prompt_logprobs):
         return types.SampleResponse(sequences=sequences)
     values, topk = prompt_scores(
-        host.model_for(request.adapter), request.prompt, host.device, request.topk_prompt_logprobs, request.prompt_logprobs_last_n, host.forward_options
+        host.model_for(request.adapter), request.prompt, host.device, request.topk_prompt_logprobs,
+        request.prompt_logprobs_last_n, host.forward_options,
     )
     return types.SampleResponse(
         sequences=sequences,

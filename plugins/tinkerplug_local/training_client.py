@@ -37,7 +37,6 @@ class TrainingClient:
             self._host.residency.touch(self)
             return fn()
 
-        shared = shared and self._host.shared
         if wrapper is not None:
             return self._host.worker.submit(run, wrapper, lane=self.lane, batch=batch, shared=shared)
         return self._host.worker.submit(run, lane=self.lane, batch=batch, shared=shared)

@@ -9,7 +9,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, TypeVar
+from typing import Any, Callable, Hashable, NamedTuple, TypeVar
 
 from tinker.lib.public_interfaces.api_future import AwaitableConcurrentFuture
 
@@ -100,14 +100,15 @@ class LaneQueue:
                 return None
             return self._start([self._last.popleft()], [], alone=True)
         head = self._lanes[ready[0]][0]
-        if not _shared(head) and self._running:
+        alone = not _shared(head)
+        if alone and self._running:
             return None  # it waits for the running batches, and nothing starts before it
         key = _merge_key(head)
         lanes = [ready[0]]
         if key is not None and most > 1:
             same = [lane for lane in ready[1:] if _merge_key(self._lanes[lane][0]) == key]
             lanes += same[: self._share(most, 1 + len(same)) - 1]
-        return self._start([self._pop(lane) for lane in lanes], lanes, alone=not _shared(head))
+        return self._start([self._pop(lane) for lane in lanes], lanes, alone)
 
     def _share(self, most: int, waiting: int) -> int:
         """How many of ``waiting`` mergeable jobs one batch takes: all (up to ``most``) with one
@@ -132,13 +133,19 @@ class LaneQueue:
         return item
 
 
-def _merge_key(item: Any) -> Hashable | None:
-    batch = item[2] if isinstance(item, tuple) else None
-    return batch.key if isinstance(batch, Batchable) else None
+class Job(NamedTuple):
+    future: Future
+    fn: Callable[[], Any]
+    batch: Batchable | None = None
+    shared: bool = False  # may run beside other lanes' shared jobs (``Worker.submit``)
 
 
-def _shared(item: Any) -> bool:
-    return isinstance(item, tuple) and item[3]
+def _merge_key(job: Job | None) -> Hashable | None:
+    return job.batch.key if job is not None and job.batch is not None else None
+
+
+def _shared(job: Job | None) -> bool:
+    return job is not None and job.shared
 
 
 class Worker:
@@ -187,7 +194,7 @@ class Worker:
         ``shared``: it touches only its own lane's state, so it may run beside other lanes' shared
         jobs; a shared ``batch`` always runs through ``run_together`` (a batch of one then)."""
         future: Future[T] = Future()
-        self._jobs.put((future, fn, batch, shared and self.threads > 1), lane)
+        self._jobs.put(Job(future, fn, batch, shared and self.threads > 1), lane)
         return wrapper(future)
 
     def _run(self) -> None:
@@ -208,13 +215,13 @@ class Worker:
                     self.busy_seconds += elapsed
                 self._jobs.done(lanes)
 
-    def _run_batch(self, items: list[Any]) -> None:
+    def _run_batch(self, items: list[Job]) -> None:
         if self._jobs.running() > 1:
             with self._stats:
                 self.side_by_side += 1
-        live = [item for item in items if self._starts(item[0])]
-        if len(live) == 1 and not (live[0][2] is not None and live[0][3]):
-            _deliver(live[0][0], live[0][1])
+        live = [job for job in items if self._starts(job.future)]
+        if len(live) == 1 and not (live[0].batch is not None and live[0].shared):
+            _deliver(live[0].future, live[0].fn)
         elif live:
             self._run_together(live)
 
@@ -228,27 +235,27 @@ class Worker:
             return False
         return True
 
-    def _run_together(self, items: list[Any]) -> None:
+    def _run_together(self, items: list[Job]) -> None:
         if len(items) > 1:
             with self._stats:
                 self.batches += 1
                 self.batched_jobs += len(items)
         try:
-            results = items[0][2].run_together([item[2].payload for item in items])
+            results = items[0].batch.run_together([job.batch.payload for job in items])
         except BaseException as exc:  # noqa: BLE001 - a failure of the whole batch reaches each caller
             results = [exc] * len(items)
-        for item, result in zip(items, results):
+        for job, result in zip(items, results):
             if isinstance(result, BaseException):
-                item[0].set_exception(result)
+                job.future.set_exception(result)
             else:
-                item[0].set_result(result)
+                job.future.set_result(result)
 
     def refuse(self, error: BaseException) -> None:
         """Fail every job not yet started with ``error`` (a server shutting down); the jobs that
         are running finish. Returns once they have."""
         self._refusal = error
         done: Future = Future()
-        self._jobs.put((done, lambda: None, None, False), last=True)
+        self._jobs.put(Job(done, lambda: None), last=True)
         if threading.current_thread() not in self._threads:
             try:
                 done.exception(timeout=600)

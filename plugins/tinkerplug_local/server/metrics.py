@@ -9,6 +9,7 @@ appear by name only, never the key itself.
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections import Counter, deque
 from typing import Any
@@ -95,9 +96,7 @@ def _gauges(lines: list[str], state: Any) -> None:
     for name, doc, attribute in _MIXED:
         lines += [f"# HELP {name} {doc}", f"# TYPE {name} counter"]
         for host in state.service.hosts():
-            value = host
-            for part in attribute.split("."):
-                value = getattr(value, part)
+            value = operator.attrgetter(attribute)(host)
             lines.append(f"{name}{_labels((('base_model', host.source.name),))} {value:g}")
     lines += ["# HELP tinkerplug_draining 1 while the server shuts down", "# TYPE tinkerplug_draining gauge",
               f"tinkerplug_draining {int(state.draining)}"]
