@@ -10,7 +10,9 @@ for its steps, takes a sampler snapshot and answers held-out prompts greedily. A
 ``--seconds`` of steady state, the script prints aggregate steps/s and trained tokens/s,
 p50/p95 latency per request kind (submission to result), each client's share of the steps
 (1.0 = a fair share), the server's peak RSS, where the CPU went (the server process's and the
-benchmark process's CPU seconds per wall second: its client threads share the cores), how busy
+benchmark process's CPU seconds per wall second: its client threads share the cores), the CPU
+seconds both spent per step and the ceiling they set (the steps/s that CPU per step allows with
+every core busy, over the 1-client row's steps/s: the most a row's "x 1 client" can be), how busy
 the model's worker was and how many forward_backward requests ran in mixed-adapter batches
 (both from ``/metrics``); the load average before and after each row. ``--real-scale`` runs
 on real_scale.py's random-init model at the real vocabulary.
@@ -261,12 +263,23 @@ def summarize(n: int, clients: list[Client], rss: float, load_before: float, loa
     }
 
 
+def cpu_per_step(row: dict) -> float:
+    """CPU seconds the server and the clients (this process) spent per step, sampling included."""
+    return (row["server_cores"] + row["bench_cores"]) / row["steps_per_s"]
+
+
+def ceiling(row: dict) -> float:
+    """The most steps/s this row's CPU per step allows with every core busy on it: a server and
+    clients sharing the cores cannot go faster without cheaper steps."""
+    return (os.cpu_count() or 1) / cpu_per_step(row)
+
+
 def print_table(rows: list[dict]) -> None:
     ones = {r["mixed"]: r["steps_per_s"] for r in rows if r["clients"] == 1}
     print("| clients | mixed batches | steps/s | x 1 client | tokens/s | fwd_bwd p50/p95 s | optim p50/p95 s "
           "| sample p50/p95 s | share min/max | fwd_bwd merged | worker busy | CPU cores: server / bench "
-          "| server peak RSS | load before/after |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| CPU ms per step | ceiling x 1 client | server peak RSS | load before/after |")
+    print("| --- " * 16 + "|")
     for r in rows:
         lat = r["latency"]
         one = ones.get(r["mixed"], float("nan"))
@@ -274,7 +287,8 @@ def print_table(rows: list[dict]) -> None:
               f"| {r['tokens_per_s']:.0f} | {lat['forward_backward'][0]:.2f} / {lat['forward_backward'][1]:.2f} "
               f"| {lat['optim_step'][0]:.2f} / {lat['optim_step'][1]:.2f} | {lat['sample'][0]:.2f} / {lat['sample'][1]:.2f} "
               f"| {r['share_min']:.2f} / {r['share_max']:.2f} | {r['mixed_share']:.0%} "
-              f"| {r['worker_busy']:.0%} | {r['server_cores']:.2f} / {r['bench_cores']:.2f} | {r['peak_rss_mb']:.0f} MB "
+              f"| {r['worker_busy']:.0%} | {r['server_cores']:.2f} / {r['bench_cores']:.2f} "
+              f"| {cpu_per_step(r) * 1000:.1f} | {ceiling(r) / one:.2f} | {r['peak_rss_mb']:.0f} MB "
               f"| {r['load'][0]:.1f} / {r['load'][1]:.1f} |")
 
 
@@ -309,6 +323,9 @@ def main() -> None:
         print("# " + machine_line())
         rows = [one_row(int(n), model, args, mixed) for n in args.clients.split(",") for mixed in modes]
     print_table(rows)
+    print(f"# CPU ms per step: the server's and the clients' CPU seconds per step (sampling included). ceiling x 1 client: "
+          f"the steps/s that CPU per step allows on all {os.cpu_count()} cores, over the 1-client row's steps/s; "
+          "a row cannot beat it without cheaper steps (other processes' load would lower it further)")
     print("# " + machine_line())
 
 
