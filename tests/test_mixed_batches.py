@@ -249,7 +249,8 @@ def side_by_side(tmp_path_factory):
 
 def test_two_keys_run_side_by_side_as_if_alone(side_by_side, service):
     """With two compute threads, two keys' pipelined steps run at the same time, one thread
-    each; losses, logprobs and weights equal solo runs, and each key's order is kept."""
+    each; losses, logprobs and weights equal solo runs, and each key's order is kept: a sampler
+    snapshot (which may run beside the other key's steps) holds the weights of the steps before it."""
     want_a = [f.result() for f in steps(client(service, None, 4, 41), DATA_A, 3)]
     want_b = [f.result() for f in steps(client(service, None, 8, 42), DATA_B, 3)]
     a, b = client(side_by_side, "a", 4, 41), client(side_by_side, "b", 8, 42)
@@ -258,6 +259,8 @@ def test_two_keys_run_side_by_side_as_if_alone(side_by_side, service):
     before = host.worker.side_by_side
     release = gated(host)
     got_a, got_b = steps(a, DATA_A, 3), steps(b, DATA_B, 3)
+    snapshots = [a.save_weights_and_get_sampling_client(), b.save_weights_and_get_sampling_client()]
+    steps(a, DATA_A, 1)  # after the snapshot (which runs beside b's steps): it must not see this one
     release.set()
     for got, want in zip(got_a + got_b, want_a + want_b):
         assert_same_results(got.result(), want)
@@ -265,8 +268,18 @@ def test_two_keys_run_side_by_side_as_if_alone(side_by_side, service):
     solo_a, solo_b = client(service, None, 4, 41), client(service, None, 8, 42)
     for training, data in ((solo_a, DATA_A), (solo_b, DATA_B)):
         [f.result() for f in steps(training, data, 3)]
-    assert_same_weights(weights(a), weights(solo_a), atol=1e-3)  # as in the merged test above
+    for snapshot, solo in zip(snapshots, (solo_a, solo_b)):
+        assert_same_weights(snapshot_tensors(snapshot.result()), weights(solo), atol=1e-3)  # as in the merged test above
     assert_same_weights(weights(b), weights(solo_b), atol=1e-3)
+    [f.result() for f in steps(solo_a, DATA_A, 1)]
+    assert_same_weights(weights(a), weights(solo_a), atol=1e-3)
+
+
+def snapshot_tensors(sampler) -> dict:
+    """A sampler snapshot's tensors, named as ``weights`` names them."""
+    from tinkerplug_local.residency import SLOT
+
+    return {n.replace(f".{SLOT}.", "."): t for n, t in sampler._host._snapshots[sampler._adapter].tensors.items()}
 
 
 def test_compute_threads_overlap_only_shared_jobs_of_different_lanes():

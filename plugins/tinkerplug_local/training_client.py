@@ -249,7 +249,9 @@ class TrainingClient:
             client = SamplingClient.from_snapshot(self._host, self._adapter, saved.result().path if saved else None)
             return client.recording(stability, record_stability_info, self.session)
 
-        return self._job(snapshot, wrapper=ClientFuture)
+        # A snapshot only copies this adapter's tensors, so it may run beside other keys' batches
+        # (without a name: saving to disk waits for nothing to run, as every checkpoint does).
+        return self._job(snapshot, wrapper=ClientFuture, shared=not name)
 
     def create_sampling_client(self, model_path: str, retry_config: Any = None, record_stability_info: bool = False) -> Any:
         return self._service.create_sampling_client(model_path=model_path, record_stability_info=record_stability_info)
