@@ -19,9 +19,11 @@ on real_scale.py's random-init model at the real vocabulary.
 
 Each N runs twice, interleaved: with ``--no-mixed-batches`` (serialized: the worker runs one
 request at a time, each key's in order) and with ``--mixed-batches`` (the head requests of the
-keys queued at the same time run as one batch, each row with its own LoRA).
+keys queued at the same time run as one batch, each row with its own LoRA). ``--rounds R``
+repeats the whole sequence R times (the machine's load drifts) and shows each row's median round.
 
-    python benchmarks/serve_clients.py [--clients 1,2,4,8] [--seconds 20] [--submit-ahead 2] [--mixed off,on] [--real-scale]
+    python benchmarks/serve_clients.py [--clients 1,2,4,8] [--seconds 20] [--submit-ahead 2] [--mixed off,on]
+        [--rounds 1] [--real-scale]
 """
 
 from __future__ import annotations
@@ -263,6 +265,11 @@ def summarize(n: int, clients: list[Client], rss: float, load_before: float, loa
     }
 
 
+def median_row(same: tuple[dict, ...]) -> dict:
+    """Of one row's rounds, the one with the median steps/s (its other columns come with it)."""
+    return sorted(same, key=lambda r: r["steps_per_s"])[len(same) // 2]
+
+
 def cpu_per_step(row: dict) -> float:
     """CPU seconds the server and the clients (this process) spent per step, sampling included."""
     return (row["server_cores"] + row["bench_cores"]) / row["steps_per_s"]
@@ -302,6 +309,8 @@ def main() -> None:
     parser.add_argument("--submit-ahead", type=int, default=2,
                         help="steps each client keeps in flight beyond the one it awaits, as tinkerplug's "
                              "pipelined executor does (its default: 2); 0: each step awaited before the next")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every row this many times, interleaved; each row shows its median round")
     parser.add_argument("--serve-arg", action="append", default=[], help="passed to tinkerplug serve (repeatable)")
     parser.add_argument("--mixed", default="off,on", help="off (serialized), on (mixed-adapter batches), or both: off,on")
     parser.add_argument("--real-scale", action="store_true",
@@ -321,8 +330,13 @@ def main() -> None:
               f"{args.seconds:g} s per row, batch {args.batch}, submit-ahead {args.submit_ahead}, LoRA r8, {args.model}"
               + (f"; serve {' '.join(args.serve_arg)}" if args.serve_arg else ""))
         print("# " + machine_line())
-        rows = [one_row(int(n), model, args, mixed) for n in args.clients.split(",") for mixed in modes]
-    print_table(rows)
+        rounds = [[one_row(int(n), model, args, mixed) for n in args.clients.split(",") for mixed in modes]
+                  for _ in range(args.rounds)]
+    print_table([median_row(same) for same in zip(*rounds)])
+    if args.rounds > 1:
+        print("# steps/s of each round: " + "; ".join(
+            f"{same[0]['clients']} {'on' if same[0]['mixed'] else 'off'}: " + " ".join(f"{r['steps_per_s']:.2f}" for r in same)
+            for same in zip(*rounds)))
     print(f"# CPU ms per step: the server's and the clients' CPU seconds per step (sampling included). ceiling x 1 client: "
           f"the steps/s that CPU per step allows on all {os.cpu_count()} cores, over the 1-client row's steps/s; "
           "a row cannot beat it without cheaper steps (other processes' load would lower it further)")
