@@ -127,6 +127,51 @@ def test_each_adapter_gets_exactly_its_own_gradient(mixed, service):
         assert_same_weights(got, want, atol=1e-6 * scale)
 
 
+def test_a_request_failing_mid_batch_leaves_other_keys_adapters_alone(tmp_path, service):
+    """A merged batch that fails part way (here b's loss raises after b's first microbatch has
+    run its backward, adding to every adapter's gradients): a's request still gets its solo
+    result and exactly its solo gradients, b gets the error and keeps no partial gradient."""
+    from tinkerplug_local import ServiceClient
+
+    alone = client(service, None, 4, 51)
+    want = alone.forward_backward(DATA_A, "cross_entropy").result()
+    small = ServiceClient(checkpoint_dir=tmp_path, device="cpu", mixed_batches=True, microbatch_tokens=8)
+    try:
+        a, b = client(small, "a", 4, 51), client(small, "b", 4, 52)
+        b._loss_of_datum = failing_after_first(b._loss_of_datum)
+        runs = a._host.mixed_runs
+        release = gated(a._host)
+        futures = [a.forward_backward(DATA_A, "cross_entropy"), b.forward_backward(DATA_B, "cross_entropy")]
+        release.set()
+        assert_same_results(futures[0].result(), want)
+        with pytest.raises(RuntimeError, match="b's loss failed"):
+            futures[1].result()
+        assert a._host.mixed_runs == runs + 1
+        got, solo = weights(a, grads=True), weights(alone, grads=True)
+        assert_same_weights(got, solo, atol=1e-6 * max(float(g.abs().max()) for g in solo.values()))
+        assert a._host.worker.submit(lambda: [p.grad for p in b._params()]).result() == [None] * len(b._params())
+    finally:
+        small.close()
+
+
+def failing_after_first(loss_of_datum):
+    """``TrainingClient._loss_of_datum`` whose losses raise from their second datum on."""
+    calls = []
+
+    def make(data, loss_fn, config):
+        loss_of = loss_of_datum(data, loss_fn, config)
+
+        def failing(index, logprobs):
+            calls.append(index)
+            if len(calls) > 1:
+                raise RuntimeError("b's loss failed")
+            return loss_of(index, logprobs)
+
+        return failing
+
+    return make
+
+
 def test_forward_only_merges_and_touches_no_weights(mixed, service):
     a, b = client(mixed, "a", 4, 3), client(mixed, "b", 4, 4)
     before_a, before_b, runs = weights(a), weights(b), a._host.mixed_runs
@@ -338,3 +383,43 @@ def test_compute_threads_leave_other_threads_torch_threads_alone(side_by_side):
     later.join()
     assert seen == [_torch_threads()] == [host._cores]
     assert inside == max(1, host._cores // 2)
+
+
+def test_a_job_settled_from_outside_while_it_runs_leaves_its_thread_alive():
+    """A server shutting down fails the futures it gave up waiting for, running jobs' too; when
+    such a job then finishes, its compute thread must go on to the next job."""
+    from tinkerplug_local.worker import Worker
+
+    worker = Worker("test-settled", threads=1)
+    started, release = threading.Event(), threading.Event()
+    running = worker.submit(lambda: (started.set(), release.wait(30)))
+    assert started.wait(30)
+    running.future().set_exception(RuntimeError("shut down"))
+    release.set()
+    assert worker.submit(lambda: 42).result(timeout=30) == 42
+    worker.close()
+
+
+def test_a_sampler_dropped_inside_the_queue_code_is_freed_afterwards(mixed):
+    """Garbage collection may finalize a sampling client on a thread that is inside the
+    worker's queue code (its lock is reentrant): the finalizer must queue nothing from there
+    (that corrupted the lanes and killed the compute threads), and the snapshot is freed after."""
+    import gc
+    import time
+    import weakref
+
+    a = client(mixed, "a", 4, 61)
+    sampler = a.save_weights_and_get_sampling_client().result()
+    host, name, gone = a._host, sampler._adapter, weakref.ref(sampler)
+    assert name in host._snapshots
+    jobs = host.worker._jobs
+    with jobs._cond:  # as if the finalizer ran inside LaneQueue.put on this thread
+        lanes = {lane: list(queued) for lane, queued in jobs._lanes.items()}
+        del sampler
+        gc.collect()
+        assert gone() is None
+        assert {lane: list(queued) for lane, queued in jobs._lanes.items()} == lanes
+    deadline = time.monotonic() + 30
+    while name in host._snapshots and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert name not in host._snapshots

@@ -346,6 +346,24 @@ def test_per_key_limits_answer_429_with_retry_after_and_spare_other_keys(limited
     assert limited.call("POST", "/api/v1/optim_step", ALICE, json=step).status_code == 200  # the queue drained
 
 
+def test_a_model_made_after_its_session_finished_is_freed_and_not_counted(limited):
+    """A session finished while its model was still being made (queued on the worker): the
+    model is freed instead of being registered to a session that no longer exists, so it does
+    not count against the key's model limit."""
+    _model(limited, BOB, _session(limited, BOB))  # the base model is loaded
+    session = _session(limited, ALICE)
+    release = _blocked_worker(limited)
+    answer = limited.call("POST", "/api/v1/create_model", ALICE, json={"session_id": session, "model_seq_id": 0,
+                                                                      "base_model": MODEL, "lora_config": {"rank": 4}})
+    assert answer.status_code == 200, answer.text
+    assert limited.call("POST", f"/api/v1/sessions/{session}/finish", ALICE, json={}).status_code == 200
+    release.set()
+    done = limited.call("POST", "/api/v1/retrieve_future", ALICE, json={"request_id": answer.json()["request_id"]})
+    assert "finished before model" in done.json()["error"], done.text
+    assert [m.owner for m in limited.state.models.values()] == ["bob"]
+    _model(limited, ALICE, _session(limited, ALICE))  # alice's limit of one model is free
+
+
 def test_healthz_needs_no_key_and_metrics_an_admin_key(team, alice):
     assert team.call("GET", "/healthz", None).json() == {"status": "ok"}
     assert team.call("GET", "/metrics", BOB).status_code == 404

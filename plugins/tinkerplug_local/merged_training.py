@@ -55,7 +55,30 @@ def _run_chunk(host: Any, jobs: list[TrainJob]) -> list[Any]:
     if len(jobs) > 1:
         host.count_mixed(len(jobs))
     with MixedLora(host.peft, layers) as mixer:
+        return _run_isolated(host, mixer, jobs)
+
+
+def _run_isolated(host: Any, mixer: Any, jobs: list[TrainJob]) -> list[Any]:
+    """The jobs as one batch. If it fails part way (a loss raising, memory running out), the
+    microbatches before have already added to every adapter's gradients: those go back to what
+    they were, and each job runs again alone, so one key's failing request leaves nothing in
+    another key's adapter (nor in its own)."""
+    kept = [_gradients(job) for job in jobs]
+    try:
         return _run_mixed(host, mixer, jobs)
+    except Exception as exc:  # noqa: BLE001 - delivered to that request's future
+        for grads in kept:
+            for param, grad in grads:
+                param.grad = grad
+        if len(jobs) == 1:
+            return [exc]
+        return [result for job in jobs for result in _run_isolated(host, mixer, [job])]
+
+
+def _gradients(job: TrainJob) -> list[tuple[Any, Any]]:
+    """Each of the job's adapter tensors with a copy of its gradient (None: none yet, the usual
+    case after an ``optim_step``, so nothing is copied)."""
+    return [(p, None if p.grad is None else p.grad.clone()) for p in job.client._params()] if job.backward else []
 
 
 def _solo(job: TrainJob) -> Any:

@@ -4,6 +4,8 @@ snapshot) and what the SDK asks of them: samples, prompt logprobs. Generation ru
 
 from __future__ import annotations
 
+import queue
+import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +30,9 @@ class SamplingClient:
         self._record = False  # record_stability_info given when the client was made
         self.session: str | None = None  # the serve session that owns it (None in-process)
         if adapter is not None:  # free the adapter when the client goes away
+            _start_releasing()
             # ... but not at interpreter exit: torch work on a daemon thread then aborts Python.
-            weakref.finalize(self, _release, host, adapter).atexit = False
+            weakref.finalize(self, _releases.put, (host, adapter)).atexit = False
 
     @classmethod
     def from_saved(cls, host: ModelHost, model_path: str) -> "SamplingClient":
@@ -124,8 +127,28 @@ class SamplingClient:
         return self._base_model
 
 
+# A finalizer runs wherever garbage collection does, possibly inside the worker's own queue
+# code on the same thread (its lock is reentrant), so it must not submit there: it puts the
+# adapter here (SimpleQueue.put is safe in finalizers) and a thread of its own submits it.
+_releases: "queue.SimpleQueue[tuple[Any, str]]" = queue.SimpleQueue()
+_releasing: list[threading.Thread] = []
+_releasing_lock = threading.Lock()
+
+
+def _start_releasing() -> None:
+    with _releasing_lock:
+        if not _releasing:
+            _releasing.append(threading.Thread(target=_release_forever, name="tinkerplug-sampler-release", daemon=True))
+            _releasing[0].start()
+
+
+def _release_forever() -> None:
+    while True:
+        _release(*_releases.get())
+
+
 def _release(host: Any, adapter: str) -> None:
     try:
         host.worker.submit(lambda: host.release_adapter(adapter))
-    except Exception:  # noqa: BLE001 - interpreter shutdown
+    except Exception:  # noqa: BLE001 - a worker already closed
         pass

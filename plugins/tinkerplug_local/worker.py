@@ -7,7 +7,7 @@ import atexit
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, NamedTuple, TypeVar
 
@@ -214,6 +214,7 @@ class Worker:
                 with self._stats:
                     self.busy_seconds += elapsed
                 self._jobs.done(lanes)
+                del items  # its futures hold results (a sampler): not kept while this thread waits
 
     def _run_batch(self, items: list[Job]) -> None:
         if self._jobs.running() > 1:
@@ -245,10 +246,7 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - a failure of the whole batch reaches each caller
             results = [exc] * len(items)
         for job, result in zip(items, results):
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
+            _settle(job.future, result, failed=isinstance(result, BaseException))
 
     def refuse(self, error: BaseException) -> None:
         """Fail every job not yet started with ``error`` (a server shutting down); the jobs that
@@ -277,9 +275,23 @@ class Worker:
 
 def _deliver(future: Future, fn: Callable[[], Any]) -> None:
     try:
-        future.set_result(fn())
+        result = fn()
     except BaseException as exc:  # noqa: BLE001 - delivered to the caller's future
-        future.set_exception(exc)
+        _settle(future, exc, failed=True)
+    else:
+        _settle(future, result)
+
+
+def _settle(future: Future, result: Any, failed: bool = False) -> None:
+    """The job's result (its exception if ``failed``) on its future, unless that is settled
+    already (a server shutting down gave up on it): the compute thread must live on."""
+    try:
+        if failed:
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 def completed(value: T) -> AwaitableConcurrentFuture[T]:

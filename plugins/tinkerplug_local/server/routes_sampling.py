@@ -49,7 +49,10 @@ async def create_sampling_session(request: Request) -> Any:
         raise HTTPError(404, f"{endpoint(request)}: {exc.args[0]}") from None
     sampler = await _open_sampler(request, body.model_path, body.base_model)
     sampler_id = f"{body.session_id}:sample:{body.sampling_session_seq_id}"
-    state.add_sampler(sampler_id, sampler)
+    try:
+        state.add_sampler(sampler_id, sampler)
+    except KeyError as exc:
+        raise HTTPError(404, f"{endpoint(request)}: {exc.args[0]}") from None
     return json_response(types.CreateSamplingSessionResponse(sampling_session_id=sampler_id))
 
 

@@ -160,7 +160,12 @@ class ServerState:
         model = Model(client, base_model, rank, dict(user_metadata or {}), clock, owner)
         self.write_owner(model_id, owner)
         with self._lock:
-            self.models[model_id] = model
+            open_session = session_of(model_id) in self.sessions
+            if open_session:
+                self.models[model_id] = model
+        if not open_session:  # finished while the model was made: nothing would ever free it
+            client.release()
+            raise KeyError(f"session {session_of(model_id)!r} finished before model {model_id!r} was made")
         return model
 
     def model(self, model_id: str, principal: Principal) -> Model:
@@ -174,6 +179,8 @@ class ServerState:
     def add_sampler(self, sampler_id: str, sampler: Sampler) -> None:
         sampler.client.recording(self.service.stability, sampler.client._record, session_of(sampler_id))
         with self._lock:
+            if session_of(sampler_id) not in self.sessions:  # finished while the sampler was made
+                raise KeyError(f"session {session_of(sampler_id)!r} finished before sampler {sampler_id!r} was made")
             self.samplers[sampler_id] = sampler
 
     def sampler(self, sampler_id: str, principal: Principal) -> Sampler:
