@@ -400,6 +400,35 @@ def test_a_job_settled_from_outside_while_it_runs_leaves_its_thread_alive():
     worker.close()
 
 
+def test_a_sample_failing_in_a_shared_batch_fails_only_itself(mixed, monkeypatch):
+    """Two keys' samples in one generation batch, one of which fails while generating (past
+    the checks at submission): the batch runs again request by request, so the other key
+    gets its tokens, those of sampling alone."""
+    from tinker import types
+
+    from tinkerplug_local import sample_batches
+
+    params = types.SamplingParams(max_tokens=6, temperature=0.0)
+    good, bad = types.ModelInput.from_ints([5, 17, 23]), types.ModelInput.from_ints([7, 7, 7])
+    samplers = [client(mixed, lane, 4, seed).save_weights_and_get_sampling_client().result()
+                for lane, seed in (("a", 71), ("b", 72))]
+    want = samplers[0].sample(good, 1, params).result()
+    real = sample_batches._deliver_samples
+
+    def failing(host, items, mixer):
+        if any(request.prompt == [7, 7, 7] for request, _ in items):
+            raise RuntimeError("generation failed")
+        return real(host, items, mixer)
+
+    monkeypatch.setattr(sample_batches, "_deliver_samples", failing)
+    release = gated(samplers[0]._host)
+    got = [samplers[0].sample(good, 1, params), samplers[1].sample(bad, 1, params)]
+    release.set()
+    assert [s.tokens for s in got[0].result().sequences] == [s.tokens for s in want.sequences]
+    with pytest.raises(RuntimeError, match="generation failed"):
+        got[1].result()
+
+
 def test_a_sampler_dropped_inside_the_queue_code_is_freed_afterwards(mixed):
     """Garbage collection may finalize a sampling client on a thread that is inside the
     worker's queue code (its lock is reentrant): the finalizer must queue nothing from there

@@ -250,6 +250,68 @@ def test_ids_and_paths_are_not_guessable(team, alice):
     assert alice["state"].startswith(f"tinker://{alice['session']}:train:")
 
 
+def _sample(a: dict, tokens: list[int], num_samples: int = 1, **params) -> dict:
+    return {"json": {"sampling_session_id": a["sampling_session"], "num_samples": num_samples,
+                     "prompt": {"chunks": [{"type": "encoded_text", "tokens": tokens}]},
+                     "sampling_params": {"max_tokens": 2, **params}}}
+
+
+def _odd_tokens(a: dict) -> dict:
+    message = __import__("tinker.proto.tinker_public_pb2", fromlist=["pb"]).ForwardBackwardRequest(
+        model_id=a["model"], seq_id=1, loss_fn="cross_entropy")
+    message.data.add().model_input.add().encoded_text.tokens = b"\x05\x00\x00"  # 3 bytes: no whole int32
+    return {"content": message.SerializeToString(), "headers": {"Content-Type": "application/x-protobuf"}}
+
+
+BAD_REQUESTS = {  # name: (method, path, request of alice's things, what the 400 says)
+    "token outside the vocabulary": ("POST", "/api/v1/asample", lambda a: _sample(a, [5, 10**9]), "outside the model's vocabulary"),
+    "empty prompt": ("POST", "/api/v1/asample", lambda a: _sample(a, []), "the prompt is empty"),
+    "seed past torch's range": ("POST", "/api/v1/asample", lambda a: _sample(a, [5], seed=2**70), "seed must be between"),
+    "a billion samples": ("POST", "/api/v1/asample", lambda a: _sample(a, [5], 10**9), "num_samples must be between 1 and 256"),
+    "max_tokens past the context": ("POST", "/api/v1/asample", lambda a: _sample(a, [5], max_tokens=10**6), "does not fit the model's context"),
+    "limit not a number": ("GET", "/api/v1/training_runs?limit=abc", lambda a: {}, "limit must be a whole number"),
+    "negative offset": ("GET", "/api/v1/training_runs?offset=-5", lambda a: {}, "offset must be a whole number"),
+    "token bytes not int32": ("POST", "/api/v1/forward_backward", _odd_tokens, "not a whole number of int32 tokens"),
+    "external path not a name": ("POST", "/api/v1/save_weights_external", lambda a: {"json": {"model_id": a["model"], "path": "../x"}}, "x"),
+    "no such base model": ("POST", "/api/v1/create_sampling_session", lambda a: {"json": {
+        "session_id": a["session"], "sampling_session_seq_id": 11, "base_model": "no-such-model"}}, "no-such-model"),
+    "chat text not a string": ("POST", "/oai/api/v1/chat/completions", lambda a: {"json": {
+        "model": a["sampler_path"], "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}}, "messages.0.content"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_REQUESTS)
+def test_a_bad_request_gets_its_own_400_and_the_server_serves_on(team, alice, name):
+    """Requests that once answered 500 (or, for samples, failed every key's requests batched
+    with them): each is a 400 naming what is wrong, and a good request works right after."""
+    method, path, make, message = BAD_REQUESTS[name]
+    request = make(alice)
+    headers = {"X-API-Key": ALICE, **request.pop("headers", {})}
+    answer = httpx.request(method, team.url + path, headers=headers, timeout=60, **request)
+    assert answer.status_code == 400, answer.text
+    assert message in answer.text
+    good = team.call("POST", "/api/v1/asample", ALICE, **_sample(alice, [5, 17]))
+    assert good.status_code == 200, good.text
+    done = team.call("POST", "/api/v1/retrieve_future", ALICE, json={"request_id": good.json()["request_id"]})
+    assert done.status_code == 200 and done.headers["content-type"] == "application/x-protobuf", done.text  # errors are JSON
+
+
+def test_a_finished_session_leaves_every_listing_working(team):
+    """A session finished with a model never saved (its run dir holds only its owner), and with
+    a detail that is no string: the runs and sessions listings still answer, the admin's too."""
+    session = _session(team, BOB)
+    _model(team, BOB, session)
+    finish = team.call("POST", f"/api/v1/sessions/{session}/finish", BOB,
+                       json={"reason": {"type": "errored"}, "detail": {"x": 1}})
+    assert finish.status_code == 200, finish.text
+    for key in (BOB, ROOT):
+        runs = team.call("GET", "/api/v1/training_runs", key)
+        assert runs.status_code == 200, runs.text
+        assert not any(r["training_run_id"].startswith(session) for r in runs.json()["training_runs"])
+        found = team.call("POST", "/api/v1/sessions/search", key, json={})
+        assert found.status_code == 200, found.text
+
+
 # -- keys files ---------------------------------------------------------------------------------
 
 

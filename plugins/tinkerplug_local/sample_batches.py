@@ -69,11 +69,24 @@ def run_sample_batch(host: Any, batch: list[tuple[Any, Any]]) -> None:
         adapter = _MIXED if host.mixed_batches else request.adapter
         groups.setdefault((adapter, isinstance(request, LogprobsRequest)), []).append((request, future))
     for (_, logprobs_only), items in groups.items():
-        try:
-            with _mixing(host, {r.adapter for r, _ in items}) as mixer:
-                (_deliver_logprobs if logprobs_only else _deliver_samples)(host, items, mixer)
-        except BaseException as exc:  # noqa: BLE001 - each caller gets the error
-            _fail(items, exc)
+        _run_group(host, items, logprobs_only)
+
+
+def _run_group(host: Any, items: list[tuple[Any, Any]], logprobs_only: bool) -> None:
+    """One generation (or logprobs) batch. If it fails, each request not yet answered runs
+    again alone: one client's request that the checks at submission let through and that then
+    fails (memory, a bug) fails only itself, not every key's request batched with it."""
+    try:
+        with _mixing(host, {r.adapter for r, _ in items}) as mixer:
+            (_deliver_logprobs if logprobs_only else _deliver_samples)(host, items, mixer)
+    except Exception as exc:  # noqa: BLE001 - each caller gets the error
+        if len(items) == 1:
+            return _fail(items, exc)
+        for item in items:
+            if not item[1].done():
+                _run_group(host, [item], logprobs_only)
+    except BaseException as exc:  # noqa: BLE001 - interrupted: each caller gets it
+        _fail(items, exc)
 
 
 def _fail(items: list[tuple[Any, Any]], exc: BaseException) -> None:

@@ -79,8 +79,10 @@ class SamplingClient:
                 f"the local backend does not support {', '.join(names)}; it supports include_prompt_logprobs, "
                 "topk_prompt_logprobs and prompt_logprobs_last_n"
             )
-        if num_samples < 1:
-            raise ValueError("num_samples must be >= 1")
+        if not 1 <= num_samples <= MAX_SAMPLES:
+            raise ValueError(f"num_samples must be between 1 and {MAX_SAMPLES} (a larger group is several requests)")
+        check_prompt(self._host, prompt.to_ints())
+        check_params(self._host, prompt.length, sampling_params)
         if topk_prompt_logprobs < 0 or (prompt_logprobs_last_n is not None and prompt_logprobs_last_n < 0):
             raise ValueError("topk_prompt_logprobs and prompt_logprobs_last_n must be >= 0")
         if sequence_ids is not None and len(sequence_ids) != num_samples:
@@ -112,6 +114,7 @@ class SamplingClient:
 
     def compute_logprobs(self, prompt: types.ModelInput, prompt_logprobs_last_n: int | None = None) -> Any:
         """Queued with the samples: requests sent together share one forward."""
+        check_prompt(self._host, prompt.to_ints())
         return self._host.submit_sample(LogprobsRequest(self._adapter, prompt.to_ints(), prompt_logprobs_last_n))
 
     async def compute_logprobs_async(self, prompt: types.ModelInput, prompt_logprobs_last_n: int | None = None) -> list[float | None]:
@@ -120,11 +123,40 @@ class SamplingClient:
     def get_tokenizer(self) -> Any:
         return self._host.tokenizer
 
+    def context_length(self) -> int | None:
+        """The most tokens a prompt and its answer hold together (None: the model names none)."""
+        return getattr(self._host.model.config, "max_position_embeddings", None)
+
     def get_base_model(self) -> str:
         return self._base_model
 
     async def get_base_model_async(self) -> str:
         return self._base_model
+
+
+MAX_SAMPLES = 256  # per request: the cookbook's groups are 4 to 64; more is several requests
+MAX_SEED = 2**63  # torch.Generator().manual_seed takes less than 2**64; sample k is seeded seed + k
+
+
+def check_prompt(host: Any, tokens: list[int]) -> None:
+    """A prompt the model can run: checked when a request is submitted, because requests of
+    several clients share a batch and one bad token id would fail all of them."""
+    if not tokens:
+        raise ValueError("the prompt is empty: it needs at least one token")
+    low, high = min(tokens), max(tokens)
+    if low < 0 or high >= host.vocab_size:
+        raise ValueError(f"prompt token {low if low < 0 else high} is outside the model's vocabulary (0 to {host.vocab_size - 1})")
+
+
+def check_params(host: Any, prompt_length: int, params: types.SamplingParams) -> None:
+    """``max_tokens`` that fits the model's context after the prompt, and a seed torch takes."""
+    context = getattr(host.model.config, "max_position_embeddings", None)
+    max_tokens = params.max_tokens
+    if max_tokens is not None and (max_tokens < 0 or (context and prompt_length + max_tokens > context)):
+        raise ValueError(f"max_tokens {max_tokens} with a prompt of {prompt_length} tokens does not fit the model's "
+                         f"context of {context} tokens: ask for at most {max(0, (context or 0) - prompt_length)}")
+    if params.seed is not None and not -MAX_SEED <= params.seed < MAX_SEED - MAX_SAMPLES:
+        raise ValueError(f"seed must be between {-MAX_SEED} and {MAX_SEED - MAX_SAMPLES - 1}")
 
 
 # A finalizer runs wherever garbage collection does, possibly inside the worker's own queue

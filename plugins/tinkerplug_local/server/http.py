@@ -68,6 +68,17 @@ def principal(request: Request) -> Any:
     return request.scope[PRINCIPAL]
 
 
+def query_int(request: Request, name: str, default: int) -> int:
+    """A whole number >= 0 from the query string (400 for anything else)."""
+    try:
+        value = int(request.query_params.get(name, default))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise HTTPError(400, f"{endpoint(request)}: {name} must be a whole number >= 0")
+    return value
+
+
 def admit(request: Request) -> Any:
     """The caller's principal, once it is under its limit of queued requests (LimitError, 429)."""
     from tinkerplug_local.server.state import LimitError

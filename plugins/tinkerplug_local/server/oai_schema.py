@@ -57,9 +57,11 @@ class ChatRequest(Sampling):
     top_logprobs: int = Field(default=0, ge=0, le=0)
     tools: list[Any] | None = None
 
-    def token_limit(self) -> int:
+    def token_limit(self, room: int | None = None) -> int:
+        """The answer's most tokens: as given, else the default, cut to ``room`` (what the
+        model's context leaves after the prompt), as OpenAI's default is."""
         given = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        return DEFAULT_MAX_TOKENS if given is None else given
+        return _limit(given, room)
 
 
 class CompletionRequest(Sampling):
@@ -69,8 +71,8 @@ class CompletionRequest(Sampling):
     echo: bool = False
     suffix: str | None = None
 
-    def token_limit(self) -> int:
-        return DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens
+    def token_limit(self, room: int | None = None) -> int:
+        return _limit(self.max_tokens, room)
 
     def prompts(self) -> list[str | list[int]]:
         prompt = self.prompt
@@ -125,10 +127,16 @@ def chat_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
         if role not in Role.__args__:  # type: ignore[attr-defined]
             raise OAIError(400, f"messages.{i}.role: one of {', '.join(Role.__args__)}", f"messages.{i}.role")  # type: ignore[attr-defined]
         if isinstance(content, list):
-            if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
+            if any(not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text", ""), str) for p in content):
                 raise OAIError(400, f"messages.{i}.content: only text parts are served", f"messages.{i}.content")
             content = "".join(p.get("text", "") for p in content)
         if not isinstance(content, str):
             raise OAIError(400, f"messages.{i}.content: a string or a list of text parts", f"messages.{i}.content")
         out.append({"role": "system" if role == "developer" else role, "content": content})
     return out
+
+
+def _limit(given: int | None, room: int | None) -> int:
+    if given is not None:
+        return given  # too long for the context: the sampler answers 400 with the most it takes
+    return DEFAULT_MAX_TOKENS if room is None else min(DEFAULT_MAX_TOKENS, room)

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from tinkerplug_local.server.http import principal, read_json
+from tinkerplug_local.server.http import admit, principal, read_json
 from tinkerplug_local.server.oai_models import OAIError, OAIModel, OAIModels, base_models
 from tinkerplug_local.server.oai_schema import ChatRequest, CompletionRequest, chat_messages, parse_body
 
@@ -70,6 +70,7 @@ def _sampler_paths(state: Any, who: Any) -> list[str]:
 
 
 async def chat_completions(request: Request) -> Any:
+    admit(request)  # as every route that queues work: not while draining, not over the key's queue limit
     body: ChatRequest = parse_body(await read_json(request), ChatRequest)
     model = await run_in_threadpool(oai_models(request).get, body.model, principal(request))
     prompt = render_chat(model, chat_messages(body.messages))
@@ -82,6 +83,7 @@ async def completions(request: Request) -> Any:
     """One set of ``n`` answers per prompt; choice ``p * n + j`` is answer ``j`` of prompt ``p``."""
     import asyncio
 
+    admit(request)
     body: CompletionRequest = parse_body(await read_json(request), CompletionRequest)
     model = await run_in_threadpool(oai_models(request).get, body.model, principal(request))
     prompts = [_prompt_tokens(model, p) for p in body.prompts()]
@@ -126,12 +128,13 @@ async def _sample(model: OAIModel, prompt: list[int], body: Any) -> Any:
         stop = model.renderer.get_stop_sequences()
     if user_stops:  # strings and token ids do not mix: the renderer's as text, beside the user's
         stop = user_stops + [s if isinstance(s, str) else model.tokenizer.decode([s]) for s in (stop or [])]
-    limit = body.token_limit()
+    context = model.client.context_length()
+    limit = body.token_limit(None if context is None else max(1, context - len(prompt)))
     params = types.SamplingParams(max_tokens=max(1, limit), temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stop)
     echo = isinstance(body, CompletionRequest) and body.echo and body.logprobs is not None
     options = {"include_prompt_logprobs": True, "topk_prompt_logprobs": body.logprobs} if echo else {}
-    future = model.client.sample(types.ModelInput.from_ints(prompt), body.n, params, **options)
     try:
+        future = model.client.sample(types.ModelInput.from_ints(prompt), body.n, params, **options)
         response = await asyncio.wrap_future(future.future())
     except (ValueError, NotImplementedError) as exc:
         raise OAIError(400, str(exc)) from None

@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from tinker import types
 
-from tinkerplug_local.server.http import HTTPError, endpoint, json_response, principal, read_json
+from tinkerplug_local.server.http import HTTPError, endpoint, json_response, principal, query_int, read_json
 from tinkerplug_local.server.paths import KINDS, PathError, check_segment
 from tinkerplug_local.server.routes_checkpoints import remove_checkpoint
 from tinkerplug_local.store import STATE_META
@@ -97,14 +97,18 @@ def _runs(state: Any, who: Any) -> list[str]:
     """The runs ``who`` may list: its own (every run for an admin key)."""
     from tinkerplug_local.server.state import visible
 
-    on_disk = {p.name for p in state.paths.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    # A run dir with no checkpoint is no run once its model is gone (a session finished unsaved).
+    on_disk = {p.name for p in state.paths.root.iterdir() if p.is_dir() and not p.name.startswith(".") and _saved(p)}
     return sorted(run for run in on_disk | set(state.models) if visible(who, state.run_owner(run), listing=True))
+
+
+def _saved(run_dir: Any) -> bool:
+    return any(kind.is_dir() and any(kind.iterdir()) for kind in run_dir.iterdir())
 
 
 async def list_training_runs(request: Request) -> Any:
     state = request.app.state.server
-    limit = int(request.query_params.get("limit", 20))
-    offset = int(request.query_params.get("offset", 0))
+    limit, offset = query_int(request, "limit", 20), query_int(request, "offset", 0)
     runs = _runs(state, principal(request))
     page = [_checked(request, _training_run, state, run, principal(request)) for run in runs[offset : offset + limit]]
     cursor = types.Cursor(offset=offset, limit=limit, total_count=len(runs))

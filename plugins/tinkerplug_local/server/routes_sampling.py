@@ -13,7 +13,10 @@ from starlette.routing import Route
 
 from tinker import types
 
-from tinkerplug_local.server.http import HTTPError, admit, call, endpoint, json_response, parse, principal, submitted
+from tinkerplug.errors import TinkerplugError
+
+from tinkerplug_local.sampling import MAX_SAMPLES
+from tinkerplug_local.server.http import HTTPError, admit, endpoint, json_response, parse, principal, submitted
 from tinkerplug_local.server.state import Sampler
 from tinkerplug_local.server.wire import encode_sample_response
 
@@ -35,7 +38,7 @@ async def _open_sampler(request: Request, model_path: str | None, base_model: st
     try:
         future = await run_in_threadpool(state.service.create_sampling_client, model_path=local, base_model=base_model)
         client = await asyncio.wrap_future(future.future())
-    except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as exc:
+    except (ValueError, FileNotFoundError, KeyError, NotImplementedError, TinkerplugError) as exc:  # e.g. no such base model
         raise HTTPError(400, f"{endpoint(request)}: {exc}") from None
     return Sampler(client, base_model or client.get_base_model(), model_path, principal(request).name)
 
@@ -70,12 +73,17 @@ async def asample(request: Request) -> Any:
     options: dict[str, Any] = {name: getattr(body, name) for name in OPTIONS if getattr(body, name)}
     if body.target_prompt_logprobs is not None:
         options["target_prompt_logprobs"] = types.TensorData(**body.target_prompt_logprobs.model_dump())
+    if not 1 <= body.num_samples <= MAX_SAMPLES:  # before making its ids
+        raise HTTPError(400, f"{endpoint(request)}: num_samples must be between 1 and {MAX_SAMPLES}")
     ids = [uuid.uuid4().hex for _ in range(body.num_samples)]  # fixed at submission, as the SDK expects
-    future = call(
-        sampler.client.sample, body.prompt, body.num_samples, body.sampling_params,
-        include_prompt_logprobs=bool(body.prompt_logprobs), record_stability_info=bool(body.record_stability_info),
-        sequence_ids=ids, **options,
-    )
+    try:  # the request's own checks (prompt tokens, max_tokens, seed) run here: its own 400, not its batch's failure
+        future = sampler.client.sample(
+            body.prompt, body.num_samples, body.sampling_params,
+            include_prompt_logprobs=bool(body.prompt_logprobs), record_stability_info=bool(body.record_stability_info),
+            sequence_ids=ids, **options,
+        )
+    except (ValueError, NotImplementedError) as exc:
+        raise HTTPError(400, f"{endpoint(request)}: {exc}") from None
     return submitted(request, future, encode_sample_response, sample_sequence_ids=ids)
 
 

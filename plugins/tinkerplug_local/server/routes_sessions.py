@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from tinker import types
 
-from tinkerplug_local.server.http import HTTPError, endpoint, json_response, parse, principal
+from tinkerplug_local.server.http import HTTPError, endpoint, json_response, parse, principal, query_int
 
 MAX_FINISHED = 1000  # finished sessions remembered, newest kept
 
@@ -31,6 +31,9 @@ def record_created(state: Any, session_id: str, body: Any, owner: str) -> None:
     }
 
 
+MAX_DETAIL = 4000  # characters of a finished session's detail kept
+
+
 def record_finished(state: Any, session_id: str, body: Any) -> None:
     info = state.session_info.get(session_id)
     if info is None:
@@ -38,7 +41,9 @@ def record_finished(state: Any, session_id: str, body: Any) -> None:
     reason = body.get("reason") if isinstance(body, dict) else None
     kind = reason.get("type") if isinstance(reason, dict) else None
     if kind in ("success", "errored", "interrupted"):
-        info["status"] = {"type": "client_finished", "reason": {"type": kind}, "detail": body.get("detail")}
+        detail = body.get("detail")  # the SDK sends a string; anything else is kept as its text
+        info["status"] = {"type": "client_finished", "reason": {"type": kind},
+                          "detail": None if detail is None else str(detail)[:MAX_DETAIL]}
     else:
         info["status"] = {"type": "client_finished", "reason": {"type": "success"}}
     finished = [s for s, i in state.session_info.items() if i["status"]["type"] != "active"]
@@ -80,19 +85,9 @@ async def get_session(request: Request) -> Any:
     ))
 
 
-def _int(request: Request, name: str, default: int) -> int:
-    try:
-        value = int(request.query_params.get(name, default))
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise HTTPError(400, f"{endpoint(request)}: {name} must be a whole number >= 0")
-    return value
-
-
 async def list_sessions(request: Request) -> Any:
     state = request.app.state.server
-    limit, offset = _int(request, "limit", 20), _int(request, "offset", 0)
+    limit, offset = query_int(request, "limit", 20), query_int(request, "offset", 0)
     mine = {s: i for s, i in list(state.session_info.items()) if _visible(request, i)}
     newest = sorted(mine, key=lambda s: mine[s]["created"], reverse=True)
     return json_response(types.ListSessionsResponse(sessions=newest[offset : offset + limit]))

@@ -184,7 +184,10 @@ async def save_weights_external(request: Request) -> Any:
     model = _model(state, body.model_id, request)
     if body.age_encryption_recipients:
         raise HTTPError(400, f"{endpoint(request)}: age encryption is not served by tinkerplug serve")
-    destination = state.paths.local(body.model_id, "external_weights", body.path, must_exist=False)
+    try:
+        destination = state.paths.local(body.model_id, "external_weights", body.path, must_exist=False)
+    except ValueError as exc:  # PathError: a name that is no plain path segment
+        raise HTTPError(400, f"{endpoint(request)}: {exc}") from None
     saved = _saved(request, state, body.ttl_seconds)
     future = call(model.client.save_weights_for_sampler, f"export-{uuid.uuid4().hex[:12]}")
 

@@ -54,7 +54,10 @@ def _datum(message: Any, index: int) -> types.Datum:
     for chunk in message.model_input:
         if not chunk.HasField("encoded_text"):
             raise WireError(f"datum {index}: only token chunks are served (no images or audio)")
-        tokens.extend(np.frombuffer(chunk.encoded_text.tokens, dtype="<i4").tolist())
+        raw = chunk.encoded_text.tokens
+        if len(raw) % 4:
+            raise WireError(f"datum {index}: encoded_text.tokens is {len(raw)} bytes, not a whole number of int32 tokens")
+        tokens.extend(np.frombuffer(raw, dtype="<i4").tolist())
     try:
         inputs = {name: _tensor_data_from_proto(t) for name, t in message.loss_fn_inputs.items()}
     except ValueError as exc:
