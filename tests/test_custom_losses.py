@@ -190,7 +190,7 @@ def _hostile_over_http(server, service, handle, root) -> None:
     assert _files(root) == before  # nothing written, nothing read into a checkpoint
 
 
-def test_the_number_of_kept_losses_is_bounded(monkeypatch):
+def test_the_number_of_kept_losses_is_bounded_per_key(monkeypatch):
     import tinkerplug_local.uploaded as uploaded
 
     monkeypatch.setattr(uploaded, "MAX_LOSSES", 2)
@@ -204,3 +204,10 @@ def test_the_number_of_kept_losses_is_bounded(monkeypatch):
         store.get("a", "another-session")
     store.drop(None)  # its session finished
     assert len(store) == 0
+    for i in range(2):  # over serve the limit is per API key: one key cannot use up another's
+        store.create(f"s{i}", f"alice-{i}", "ok", INPUTS, nodes, key="alice")
+    with pytest.raises(ValueError, match="key 'alice' keeps 2 custom losses"):
+        store.create("s9", "alice-9", "ok", INPUTS, nodes, key="alice")
+    store.create("s3", "bob-0", "ok", INPUTS, nodes, key="bob")
+    store.drop("s0")
+    store.create("s0", "alice-again", "ok", INPUTS, nodes, key="alice")

@@ -272,6 +272,8 @@ BAD_REQUESTS = {  # name: (method, path, request of alice's things, what the 400
     "limit not a number": ("GET", "/api/v1/training_runs?limit=abc", lambda a: {}, "limit must be a whole number"),
     "negative offset": ("GET", "/api/v1/training_runs?offset=-5", lambda a: {}, "offset must be a whole number"),
     "token bytes not int32": ("POST", "/api/v1/forward_backward", _odd_tokens, "not a whole number of int32 tokens"),
+    "checkpoint name that could not be loaded": ("POST", "/api/v1/save_weights", lambda a: {"json": {
+        "model_id": a["model"], "path": "-odd name"}}, "invalid checkpoint name"),
     "external path not a name": ("POST", "/api/v1/save_weights_external", lambda a: {"json": {"model_id": a["model"], "path": "../x"}}, "x"),
     "no such base model": ("POST", "/api/v1/create_sampling_session", lambda a: {"json": {
         "session_id": a["session"], "sampling_session_seq_id": 11, "base_model": "no-such-model"}}, "no-such-model"),

@@ -20,7 +20,7 @@ from tinkerplug_local.loss_graph import GraphError, GraphLoss, GraphRunError, co
 from tinkerplug_local.losses import LossSpec, check_datums
 
 TRIAL_TOKENS, TRIAL_K = 5, 3  # the shapes a new loss is tried on
-MAX_LOSSES = 1000  # kept per service (a serve process): each is up to loss_graph.MAX_NODES nodes
+MAX_LOSSES = 1000  # kept per API key of a serve process (all of them in process): each up to loss_graph.MAX_NODES nodes
 _TARGETS_ONLY = LossSpec(fn=lambda *args: None, inputs=(), config={})
 
 
@@ -29,18 +29,23 @@ class UploadedLosses:
 
     def __init__(self) -> None:
         self._losses: dict[str, tuple[str | None, GraphLoss]] = {}
+        self._keys: dict[str, str | None] = {}  # loss_id -> the API key's name that made it (serve)
         self._lock = threading.Lock()
 
-    def create(self, owner: str | None, loss_id: str, name: str, inputs: list[Any], nodes: list[Any]) -> str:
-        """Check the graph (``GraphError`` naming the operation) and its outputs' shapes."""
+    def create(self, owner: str | None, loss_id: str, name: str, inputs: list[Any], nodes: list[Any],
+               key: str | None = None) -> str:
+        """Check the graph (``GraphError`` naming the operation) and its outputs' shapes.
+        ``key``: the API key's name; each key may keep ``MAX_LOSSES``, so one cannot use up another's."""
         graph = compile_graph(name, inputs, nodes)
         _trial(graph)
         with self._lock:
             if loss_id in self._losses:
                 raise ValueError(f"loss_id {loss_id!r} exists already")
-            if len(self._losses) >= MAX_LOSSES:
-                raise ValueError(f"this server keeps {MAX_LOSSES} custom losses, its limit; reuse a LossHandle")
+            if sum(k == key for k in self._keys.values()) >= MAX_LOSSES:
+                raise ValueError(f"{'key ' + repr(key) if key else 'this service'} keeps {MAX_LOSSES} custom losses, "
+                                 "its limit; reuse a LossHandle, or finish sessions that made some")
             self._losses[loss_id] = (owner, graph)
+            self._keys[loss_id] = key
         return loss_id
 
     def get(self, loss_id: Any, owner: str | None) -> GraphLoss:
@@ -54,7 +59,7 @@ class UploadedLosses:
         """Forget every loss of ``owner`` (its session finished)."""
         with self._lock:
             for loss_id in [i for i, (o, _) in self._losses.items() if o == owner]:
-                del self._losses[loss_id]
+                del self._losses[loss_id], self._keys[loss_id]
 
     def __len__(self) -> int:
         return len(self._losses)

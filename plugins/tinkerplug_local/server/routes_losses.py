@@ -29,7 +29,8 @@ async def create_custom_loss(request: Request) -> Any:
         raise HTTPError(404, f"{endpoint(request)}: unknown session {body.session_id!r}") from None
     loss_id = f"{body.session_id}:loss:{body.custom_loss_seq_id}"
     try:
-        state.service.uploaded_losses.create(body.session_id, loss_id, body.name, body.inputs, body.graph.nodes)
+        state.service.uploaded_losses.create(body.session_id, loss_id, body.name, body.inputs, body.graph.nodes,
+                                             key=principal(request).name)
     except ValueError as exc:  # GraphError included
         raise HTTPError(400, f"{endpoint(request)}: loss {body.name!r}: {exc}") from None
     answer = then(completed(loss_id), lambda i: types.CreateCustomLossResponse(loss_id=i))

@@ -130,11 +130,21 @@ async def save_weights(request: Request) -> Any:
     state = _state(request)
     body = await parse(request, types.SaveWeightsRequest)
     model = _model(state, body.model_id, request)
-    name = body.path or f"state-{uuid.uuid4().hex[:8]}"
+    name = _checkpoint_name(request, body.path) or f"state-{uuid.uuid4().hex[:8]}"
     saved = _saved(request, state, body.ttl_seconds)
     future = call(model.client.save_state, name, ttl_seconds=body.ttl_seconds, user_metadata=body.user_metadata)
     answer = then(future, lambda r: types.SaveWeightsResponse(path=saved(r.path)))
     return submitted(request, answer, dump, body.model_id, state.release_time(model, "save_weights"))
+
+
+def _checkpoint_name(request: Request, name: str | None) -> str | None:
+    """A name its ``tinker://`` path can later load, publish and delete by (400 otherwise)."""
+    from tinkerplug_local.server.paths import PathError, check_segment
+
+    try:
+        return None if name is None else check_segment(name, "checkpoint name")
+    except PathError as exc:
+        raise HTTPError(400, f"{endpoint(request)}: {exc}") from None
 
 
 def _saved(request: Request, state: Any, ttl_seconds: int | None) -> Any:
@@ -160,7 +170,7 @@ async def save_weights_for_sampler(request: Request) -> Any:
     release = state.release_time(model, "save_weights_for_sampler")
     if body.path is not None:
         saved = _saved(request, state, body.ttl_seconds)
-        future = call(model.client.save_weights_for_sampler, body.path, ttl_seconds=body.ttl_seconds)
+        future = call(model.client.save_weights_for_sampler, _checkpoint_name(request, body.path), ttl_seconds=body.ttl_seconds)
         answer = then(future, lambda r: types.SaveWeightsForSamplerResponseInternal(path=saved(r.path)))
         return submitted(request, answer, dump, body.model_id, release)
     # save_weights_and_get_sampling_client: a snapshot and a sampling session on it.
