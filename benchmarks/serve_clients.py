@@ -217,7 +217,7 @@ def one_row(n: int, model: str, args: argparse.Namespace, mixed: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="serve-clients-") as tmp:
         keys = [f"tml-bench-{i}-{os.urandom(8).hex()}" for i in range(n)]
         flag = "--mixed-batches" if mixed else "--no-mixed-batches"
-        server, url = start_server(Path(tmp), keys, [flag, *args.serve_arg])
+        server, url = start_server(Path(tmp), keys, [flag, "--base-model", model, *args.serve_arg])
         load_before = os.getloadavg()[0]
         try:
             barrier = threading.Barrier(n + 1)  # this thread too: CPU is counted from the start line

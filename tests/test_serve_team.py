@@ -314,6 +314,37 @@ def test_a_finished_session_leaves_every_listing_working(team):
         assert found.status_code == 200, found.text
 
 
+def test_keys_load_only_the_base_models_the_operator_allows(tmp_path):
+    """Every base model costs its size in memory and a path names whatever is on the server's
+    disk: with keys, a model dir loads only when the operator lists it (``--base-model``), and
+    with ``--base-model`` given, nothing else loads at all."""
+    import shutil
+
+    from tinkerplug.models import shipped_model_dir
+
+    other = tmp_path / "other-model"
+    shutil.copytree(shipped_model_dir(MODEL), other)
+    default = TeamServer(tmp_path / "a", keyring(tmp_path), disk_models=False)
+    listed = TeamServer(tmp_path / "b", keyring(tmp_path), base_models=(str(other),))
+    try:
+        cases = [(default, MODEL, 200), (default, str(shipped_model_dir(MODEL)), 200), (default, str(other), 400),
+                 (default, "/etc", 400), (listed, str(other), 200), (listed, MODEL, 400)]
+        for server, base, status in cases:
+            session = _session(server, ALICE)
+            for path, body in (("/api/v1/create_model", {"session_id": session, "model_seq_id": 0, "base_model": base}),
+                               ("/api/v1/create_sampling_session", {"session_id": session, "sampling_session_seq_id": 0,
+                                                                    "base_model": base})):
+                answer = server.call("POST", path, ALICE, json=body)
+                assert answer.status_code == status, (base, path, answer.text)
+            if status == 400:
+                assert "tinkerplug serve --base-model" in answer.text or "is not served here" in answer.text
+            chat = server.call("POST", "/oai/api/v1/completions", ALICE, json={"model": base, "prompt": [5, 17], "max_tokens": 1})
+            assert chat.status_code == (200 if status == 200 else 404), (base, chat.text)
+    finally:
+        default.stop()
+        listed.stop()
+
+
 # -- keys files ---------------------------------------------------------------------------------
 
 

@@ -67,6 +67,9 @@ def _compute_threads(keys: Any) -> int:
               help=f"Accept only clients sending this key (repeatable; NAME=KEY names it; also ${KEYS_ENV}).")
 @click.option("--keys-file", type=click.Path(dir_okay=False), default=None,
               help="TOML keys file: one [name] table per person with key = \"tml-...\", optional admin = true and limits.")
+@click.option("--base-model", "base_models", multiple=True, metavar="NAME",
+              help="Serve only this base model (repeatable): a shipped name, hub id or model dir. Without it, keys may "
+                   "name any shipped model or hub id, and, on a server without API keys, any model dir.")
 @click.option("--max-sessions-per-key", type=click.IntRange(min=0), default=0, show_default=True, help="Open sessions per key (0: no limit); beyond it HTTP 429.")
 @click.option("--max-models-per-key", type=click.IntRange(min=0), default=0, show_default=True, help="Training models per key (0: no limit); beyond it HTTP 429.")
 @click.option("--max-queued-per-key", type=click.IntRange(min=0), default=0, show_default=True,
@@ -91,7 +94,7 @@ def _compute_threads(keys: Any) -> int:
 @click.option("--microbatch-tokens", type=click.IntRange(min=0), default=0, show_default=True,
               help="Tokens run through the model at once; 0 picks it from the device's memory.")
 def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, dtype: str,
-          api_key: tuple[str, ...], keys_file: str | None, max_sessions_per_key: int, max_models_per_key: int,
+          api_key: tuple[str, ...], keys_file: str | None, base_models: tuple[str, ...], max_sessions_per_key: int, max_models_per_key: int,
           max_queued_per_key: int, max_adapters: int, mixed_batches: bool, compute_threads: int, shutdown_timeout: float, ssl_certfile: str | None, ssl_keyfile: str | None, clock_ms: float,
           max_body_mb: float, gradient_checkpointing: bool, microbatch_tokens: int) -> None:
     """Serve the local backend over the Tinker HTTP API, for the unmodified tinker SDK.
@@ -118,7 +121,7 @@ def serve(host: str, port: int, checkpoint_dir: str | None, device: str | None, 
     from tinkerplug_local.server.state import ServerState
 
     state = ServerState(
-        root, device=device, dtype=dtype, clock_ms=clock_ms,
+        root, device=device, dtype=dtype, clock_ms=clock_ms, base_models=base_models, disk_models=not keys,
         gradient_checkpointing=gradient_checkpointing, microbatch_tokens=microbatch_tokens, max_adapters=max_adapters,
         mixed_batches=mixed_batches, compute_threads=compute_threads or _compute_threads(keys),
     )

@@ -106,6 +106,8 @@ class OAIModels:
         from tinkerplug.errors import TinkerplugError
 
         try:
+            if not local:
+                self.state.check_base_model(base)
             future = self.state.service.create_sampling_client(model_path=local, base_model=None if local else base)
             client = future.result()
         except (TinkerplugError, ValueError, FileNotFoundError, KeyError, OSError, NotImplementedError) as exc:

@@ -35,6 +35,11 @@ async def _open_sampler(request: Request, model_path: str | None, base_model: st
             raise HTTPError(400 if isinstance(exc, ValueError) else 404, f"{endpoint(request)}: {exc}") from None
     elif base_model is None:
         raise HTTPError(400, f"{endpoint(request)}: needs model_path (tinker://...) or base_model")
+    else:
+        try:
+            state.check_base_model(base_model)
+        except ValueError as exc:
+            raise HTTPError(400, f"{endpoint(request)}: {exc}") from None
     try:
         future = await run_in_threadpool(state.service.create_sampling_client, model_path=local, base_model=base_model)
         client = await asyncio.wrap_future(future.future())

@@ -32,6 +32,7 @@ async def create_model(request: Request) -> Any:
     state = _state(request)
     body = await parse(request, types.CreateModelRequest)
     who = _new_model_allowed(request, state, body.session_id)
+    _check_base_model(request, state, body.base_model)
     lora = body.lora_config or types.LoraConfig(rank=32)
     model_id = f"{body.session_id}:train:{body.model_seq_id}"
     meta = {k: str(v) for k, v in (body.user_metadata or {}).items()}
@@ -48,6 +49,14 @@ async def create_model(request: Request) -> Any:
         return types.CreateModelResponse(model_id=model_id)
 
     return await _create_once(request, model_id, submit, created)
+
+
+def _check_base_model(request: Request, state: Any, name: str | None) -> None:
+    try:
+        if name is not None:
+            state.check_base_model(name)
+    except ValueError as exc:
+        raise HTTPError(400, f"{endpoint(request)}: {exc}") from None
 
 
 def _new_model_allowed(request: Request, state: Any, session_id: str) -> Any:
@@ -232,6 +241,7 @@ async def load_weights(request: Request) -> Any:
 async def _create_from_state(request: Request, state: Any, body: Any, local: str) -> Any:
     """``create_training_client_from_state[_with_optimizer]``: a new model from a checkpoint."""
     who = _new_model_allowed(request, state, body.session_id)
+    _check_base_model(request, state, body.base_model)
     model_id = f"{body.session_id}:train:{body.model_seq_id}"
     meta = {k: str(v) for k, v in (body.user_metadata or {}).items()} if body.user_metadata is not None else None
     method = (

@@ -72,10 +72,14 @@ def visible(principal: Principal, owner: str | None, listing: bool = False) -> b
 
 
 class ServerState:
-    def __init__(self, checkpoint_dir: Path, device: str | None, dtype: str = "auto", clock_ms: float = 0.0, **backend: Any):
-        """``backend``: further ``ServiceClient`` options (gradient_checkpointing, microbatch_tokens,
-        max_adapters, mixed_batches: on unless turned off, and compute_threads: chosen for the
-        device unless given, as ``tinkerplug serve`` has them)."""
+    def __init__(self, checkpoint_dir: Path, device: str | None, dtype: str = "auto", clock_ms: float = 0.0,
+                 base_models: tuple[str, ...] = (), disk_models: bool = True, **backend: Any):
+        """``base_models``: the only base models keys may name (empty: any shipped name or hub
+        id, and a model dir on this machine's disk when ``disk_models``). ``backend``: further
+        ``ServiceClient`` options (gradient_checkpointing, microbatch_tokens, max_adapters,
+        mixed_batches: on unless turned off, and compute_threads: chosen for the device unless
+        given, as ``tinkerplug serve`` has them)."""
+        self.base_models, self.disk_models = tuple(base_models), disk_models
         backend.setdefault("mixed_batches", True)
         backend.setdefault("compute_threads", 0)
         from tinkerplug_local.service import ServiceClient
@@ -224,12 +228,33 @@ class ServerState:
     def is_public(self, run: str, kind: str, name: str) -> bool:
         return bool(self.checkpoint_meta.get(f"{run}/{kind}/{name}").get("public"))
 
+    def check_base_model(self, name: str) -> None:
+        """ValueError (400) unless keys may have ``name`` loaded: every base model costs its
+        size in memory, and a path names whatever is on this machine's disk."""
+        if self.base_models:
+            if name not in self.base_models:
+                raise ValueError(f"base_model {name!r} is not served here; this server serves {', '.join(self.base_models)}")
+        elif not self.disk_models and _on_disk(name):
+            raise ValueError(f"base_model {name!r} is a path on the server's disk, which a server with API keys loads only "
+                             "when its operator lists it (tinkerplug serve --base-model DIR)")
+
     def release_time(self, model: Model, request: str) -> float | None:
         return model.clock.release_time(request) if model.clock is not None else None
 
     def close(self) -> None:
         self.checkpoint_meta.close()
         self.service.close()
+
+
+def _on_disk(name: str) -> bool:
+    """Whether the local backend would read ``name`` as a directory of this machine other than a
+    shipped model's (by name or by its directory), rather than a hub id."""
+    from tinkerplug.models import shipped_model_dir, shipped_models
+
+    path = Path(name).expanduser()
+    if shipped_model_dir(name) is not None or not (name.startswith((".", "/", "~")) or path.exists()):
+        return False
+    return path.resolve() not in {directory.resolve() for directory in shipped_models().values()}
 
 
 def session_of(client_id: str) -> str:
