@@ -95,6 +95,38 @@ def test_rl_samples_groups_scores_them_and_logs_per_reward_metrics(tmp_path):
     assert "rl/kl_reference" in rows[0]  # kl_every = 10: step 0
 
 
+@pytest.mark.parametrize("loss", ["ppo", "cispo", "dro", "gspo"])  # importance_sampling and stable_reinforce: above and below
+def test_every_rl_loss_the_settings_offer_trains(tmp_path, loss):
+    """Each loss ``[rl] loss`` accepts gets the inputs it needs (gspo: ``sequence_ratio_mask``
+    over the sampled tokens) and trains: a finite loss at every step, over the sampled tokens."""
+    from tinkerplug_rl.settings import RL_LOSSES
+
+    assert loss in RL_LOSSES
+    config = write_config(tmp_path, RL_TABLE + f'loss = "{loss}"\n', num_steps=2, batch_size=4, objective="rl")
+    main(["run", str(config), "-q"])
+    rows = _rows(tmp_path / "run")
+    assert [r["step"] for r in rows] == [0, 1] and all(math.isfinite(r["train/loss_sum"]) for r in rows)
+    for r in rows:  # the tokens trained are the sampled ones (4 prompts x 4 samples), not the prompts too
+        assert r["train/trained_tokens"] == pytest.approx(r["rl/completion_tokens"] * 16)
+        assert r["train/trained_tokens"] < r["train/input_tokens"]
+
+
+@pytest.mark.parametrize("objective", ["rl", "distill"])
+def test_text_records_for_a_sampling_objective_are_refused_naming_the_row(tmp_path, capsys, objective):
+    """RL and distillation sample answers to chat prompts: a text record is refused with its
+    file and row, before the run dir exists (not a KeyError to report)."""
+    rows = tmp_path / "text.jsonl"
+    rows.write_text('{"text": "hello there"}\n' * 40)
+    extra = RL_TABLE if objective == "rl" else '[distill]\nteacher = "tiny-chat"\n'
+    config = _with_train(write_config(tmp_path, extra, num_steps=2, batch_size=4, objective=objective), rows)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(config), "-q"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "text.jsonl" in err and f"objective {objective!r} answers the prompts of chat records" in err, err
+    assert "Traceback" not in err and "KeyError" not in err and not (tmp_path / "run").exists()
+
+
 def test_eval_chat_and_plot_work_on_an_rl_run(tmp_path, capsys):
     config = write_config(tmp_path, RL_TABLE, num_steps=2, batch_size=4, objective="rl")
     main(["run", str(config), "-q"])
@@ -261,6 +293,32 @@ def test_dpo_trains_on_preference_pairs_against_the_reference(tmp_path):
     assert abs(rows[0]["dpo/margin"]) < 1e-4 and rows[0]["dpo/loss"] == pytest.approx(math.log(2), abs=1e-4)
 
 
+def test_a_reference_to_a_run_dir_stays_the_checkpoint_it_was_when_the_run_started(tmp_path):
+    """``init_from = RUN_DIR`` (no step) means that run's last checkpoint when this run starts;
+    if that run trains on, a resume of this one must keep the same reference (DPO's, RL's KL,
+    a teacher), or its results are not an uninterrupted run's."""
+    from types import SimpleNamespace
+
+    from tinkerplug.checkpoint_refs import reference_sampler_path, resolve_checkpoint
+
+    first = write_config(tmp_path, num_steps=4, save_every=2)
+    main(["run", str(first), "-q"])
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    source = str(tmp_path / "run")
+    config = _with_train(write_config(second_dir, num_steps=2, batch_size=4, objective="dpo", init_from=source), _pairs(second_dir))
+    main(["run", str(config), "-q"])
+    pinned = json.loads((second_dir / "run" / "config.json").read_text())["references"]["init_from"]
+    rows = read_jsonl(tmp_path / "run" / "checkpoints.jsonl")
+    assert pinned["sampler_path"] == rows[-1]["sampler_path"] and pinned["spec"] == source
+    moved_on = {**rows[0], "step": rows[-1]["step"] + 2}  # the first run's newest checkpoint is now another one
+    with open(tmp_path / "run" / "checkpoints.jsonl", "a") as out:
+        out.write(json.dumps(moved_on) + "\n")
+    assert resolve_checkpoint(source, "init_from").sampler_path == rows[0]["sampler_path"]
+    resumed = SimpleNamespace(run_dir=str(second_dir / "run"), init_from=source)
+    assert reference_sampler_path(resumed) == pinned["sampler_path"]
+
+
 def test_dpo_loss_matches_the_formula():
     import torch
     from tinker import types
@@ -305,6 +363,21 @@ def test_preference_records_missing_a_reply_are_refused(name, tmp_path, capsys):
     assert exit_info.value.code == 2 and "pairs.jsonl:1" in err, err
     assert all(part in err for part in expected) and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("empty", ["rejected", "chosen"])
+def test_preference_records_with_an_empty_reply_are_refused(empty, tmp_path, capsys):
+    """An empty reply has no token to train or compare: DPO would log a 0 margin and go on."""
+    pairs = _pairs(tmp_path)
+    rows = read_jsonl(pairs)
+    rows[2][empty] = []
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = _with_train(write_config(tmp_path, num_steps=2, batch_size=4, objective="dpo"), pairs)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(config), "-q"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "pairs.jsonl:3" in err and f'"{empty}" has no assistant reply' in err, err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
 
 
 def test_dpo_on_chat_records_without_pairs_is_refused(tmp_path, capsys):

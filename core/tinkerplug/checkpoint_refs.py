@@ -4,12 +4,16 @@ A reference is a run dir (its last checkpoint), ``RUN_DIR:STEP``, a ``save_state
 local directory or ``tinker://.../weights/NAME``) or a sampler path
 (``.../sampler_weights/NAME``). Run dirs say their base model in ``config.json``, so another
 base model is refused before any weights load.
+
+A run dir without a step means its last checkpoint *when the run starts*: what each reference
+resolved to is pinned in the run's ``config.json`` (``references``), and a resumed run uses
+that, however far the other run has trained since (``resolve_pinned``).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,49 @@ def resolve_checkpoint(spec: str, key: str) -> CheckpointRef:
         f"{key} = {spec!r}: no such run dir or checkpoint",
         hint="give a run dir (its last checkpoint), RUN_DIR:STEP, a save_state path or a tinker:// path",
     )
+
+
+REFERENCES = "references"  # in config.json: config key -> the CheckpointRef its spec resolved to
+_pending: dict[Path, dict[str, dict[str, Any]]] = {}  # pins made before the run dir exists
+
+
+def resolve_pinned(config: Any, spec: str, key: str) -> CheckpointRef:
+    """``resolve_checkpoint`` for run ``config``, the same on every resume: the first answer is
+    pinned (a run dir's "last checkpoint" moves on if that run trains on)."""
+    run_dir = Path(config.run_dir).expanduser().resolve()
+    pinned = _pins(run_dir).get(key)
+    if pinned is not None and pinned.get("spec") == spec:
+        return CheckpointRef(**pinned)
+    ref = resolve_checkpoint(spec, key)
+    _pin(run_dir, key, ref)
+    return ref
+
+
+def pending_pins(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The pins made while the run was prepared, for the ``config.json`` about to be written."""
+    return _pending.pop(run_dir.resolve(), {})
+
+
+def _pins(run_dir: Path) -> dict[str, dict[str, Any]]:
+    saved = _read_config(run_dir)
+    return {**(saved.get(REFERENCES) or {}), **_pending.get(run_dir, {})}
+
+
+def _pin(run_dir: Path, key: str, ref: CheckpointRef) -> None:
+    config_file = run_dir / rundir.CONFIG_JSON
+    if not config_file.is_file():  # prepared, not yet written: open_run_dir writes it with these
+        _pending.setdefault(run_dir, {})[key] = asdict(ref)
+        return
+    saved = _read_config(run_dir)
+    saved.setdefault(REFERENCES, {})[key] = asdict(ref)
+    rundir.atomic_write_text(config_file, json.dumps(saved, indent=2) + "\n")
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / rundir.CONFIG_JSON).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def _split_step(spec: str) -> tuple[Path, int | None]:
@@ -98,7 +145,7 @@ def reference_sampler_path(config: Any) -> str | None:
     the reference of DPO and of RL's KL penalty."""
     if not config.init_from:
         return None
-    ref = resolve_checkpoint(config.init_from, "init_from")
+    ref = resolve_pinned(config, config.init_from, "init_from")
     if ref.sampler_path is None:
         raise ConfigError(
             f"init_from = {config.init_from!r}: no sampler weights beside that state, for the reference logprobs",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tinkerplug import rundir, training_data
 from tinkerplug.backend_calls import backend_call
 from tinkerplug.config import RunConfig
-from tinkerplug.checkpoint_refs import CheckpointRef, check_base, check_same_base, resolve_checkpoint
+from tinkerplug.checkpoint_refs import CheckpointRef, check_base, check_same_base, pending_pins, resolve_pinned
 from tinkerplug.data import BackgroundCheck, Records, check_records
 from tinkerplug.errors import ConfigError
 from tinkerplug.hook_types import CheckpointRecord, RunContext, StepExecutor
@@ -53,6 +53,7 @@ async def prepare(config: RunConfig, plugins: Plugins, command: str, held: ExitS
     checkpoint to resume from, backend, training client, renderer, rendered examples,
     executor. A resume's lock on the run dir goes on ``held``. ``command`` resumes the run."""
     run_dir = Path(config.run_dir).resolve()
+    pending_pins(run_dir)  # none left from an earlier run of this dir in this process that failed here
     rundir.check_run_dir(run_dir, config.resume, command)
     resuming = config.resume and (run_dir / rundir.CONFIG_JSON).is_file()
     records, counts = open_data(config, plugins)  # indexed, not parsed: fast
@@ -171,7 +172,7 @@ def init_from_ref(config: RunConfig) -> CheckpointRef | None:
     on another base model (before anything loads)."""
     if not config.init_from:
         return None
-    source = resolve_checkpoint(config.init_from, "init_from")
+    source = resolve_pinned(config, config.init_from, "init_from")
     check_base(source, config.base_model, "init_from")
     return source
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from tinkerplug.backend_calls import await_result
+from tinkerplug.errors import DataError
 
 
 @dataclass
@@ -28,6 +29,19 @@ def prompt_messages(record: Mapping[str, Any]) -> list[Any]:
     messages = list(record["messages"])
     last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
     return messages[:last]
+
+
+def record_prompt(data: Any, index: int, objective: str) -> list[Any]:
+    """``prompt_messages`` of record ``index`` of ``data``; a record that is no chat record
+    (a text row in a mixture, any step) is refused naming its file and row."""
+    record = data.records[index]
+    if not isinstance(record.get("messages"), list):
+        raise DataError(
+            f"{data.where(index)}: objective {objective!r} answers the prompts of chat records (messages); "
+            f"this record has {', '.join(sorted(record)) or 'no keys'}",
+            hint="give the objective chat data (a messages list per record); text rows suit objective 'sft'",
+        )
+    return prompt_messages(record)
 
 
 def reference_reply(record: Mapping[str, Any]) -> str | None:
@@ -77,11 +91,13 @@ def reply_text(renderer: Any, tokens: Sequence[int]) -> str:
     return content.strip()
 
 
-def sampled_datum(sample: Sample, advantages: Sequence[float], provenance: bool = False) -> Any:
+def sampled_datum(sample: Sample, advantages: Sequence[float], provenance: bool = False, sequence_mask: bool = False) -> Any:
     """An RL datum: prompt + sampled tokens, shifted; the sampler's logprobs and per-token
     advantages on the sampled positions, zero on the prompt's (as the cookbook builds them).
     With ``provenance`` it names the sampled sequence behind every position (stable_reinforce
-    needs it; the layout of cookbook 0.6.1's ``with_sampled_provenance``)."""
+    needs it; the layout of cookbook 0.6.1's ``with_sampled_provenance``); with
+    ``sequence_mask``, ``sequence_ratio_mask`` marks the sampled positions (GSPO's sequence
+    ratio is over them)."""
     from tinker import types
 
     tokens = sample.prompt.to_ints() + sample.tokens
@@ -92,6 +108,7 @@ def sampled_datum(sample: Sample, advantages: Sequence[float], provenance: bool 
             "target_tokens": tokens[1:],
             "logprobs": [0.0] * n_prompt + list(sample.logprobs),
             "advantages": [0.0] * n_prompt + list(advantages),
+            **({"sequence_ratio_mask": [0.0] * n_prompt + [1.0] * len(sample.tokens)} if sequence_mask else {}),
         },
     )
     return _with_provenance(datum, sample) if provenance else datum

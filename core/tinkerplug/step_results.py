@@ -9,6 +9,19 @@ from typing import Any
 from tinkerplug.hook_types import StepBatch, StepResult, as_step_batch
 
 
+def sampled_positions(datum: Any) -> int:
+    """The positions an RL datum trains: those the sampler produced. The cookbook's layout puts
+    a logprob and an advantage there and zeros on the prompt (a sampled token whose logprob
+    rounds to 0 in a group whose advantages are 0 is missed: it changes nothing either)."""
+    import numpy as np
+
+    inputs = datum.loss_fn_inputs
+    if "sequence_ratio_mask" in inputs:
+        return int((inputs["sequence_ratio_mask"].to_numpy() != 0).sum())
+    marks = [inputs[key].to_numpy() != 0 for key in ("logprobs", "advantages") if key in inputs]
+    return int(np.logical_or.reduce(marks).sum()) if marks else datum.model_input.length
+
+
 def step_result(
     step: int,
     batch: StepBatch | list[Any],
@@ -28,13 +41,14 @@ def step_result(
     trained_tokens = 0
     for datum, output in zip(data, fwd_bwd_output.loss_fn_outputs, strict=True):
         if "weights" not in datum.loss_fn_inputs:
-            trained_tokens += datum.model_input.length
+            trained_tokens += sampled_positions(datum)
             continue
         logprobs = output["logprobs"].to_numpy()
         weights = datum.loss_fn_inputs["weights"].to_numpy()
         loss_sum += float(-(logprobs * weights).sum())
         weight_sum += float(weights.sum())
-        trained_tokens += int((weights > 0).sum())
+        # (T, k) soft targets (top-k distillation): a position counts once, not once per candidate
+        trained_tokens += int((weights > 0).any(axis=-1).sum() if weights.ndim > 1 else (weights > 0).sum())
     if not weight_sum and trained_tokens:
         loss_sum = float((getattr(fwd_bwd_output, "metrics", None) or {}).get("loss:sum", float("nan")))
         weight_sum = float(trained_tokens)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tinkerplug import rundir
+from tinkerplug import checkpoint_refs, rundir
 from tinkerplug.backend_calls import wait_result
 from tinkerplug.config import RunConfig
 from tinkerplug.errors import TinkerplugError
@@ -47,8 +47,10 @@ def open_run_dir(prepared: Prepared, command: str, held: contextlib.ExitStack) -
     if not prepared.resuming:
         held.callback(rundir.create_run_dir(run_dir, prepared.run.config.resume, command).release)
     config_file = run_dir / rundir.CONFIG_JSON
+    pins = checkpoint_refs.pending_pins(run_dir)
     if not config_file.exists():
-        rundir.atomic_write_text(config_file, json.dumps(prepared.run_json, indent=2) + "\n")
+        saved = {**prepared.run_json, **({checkpoint_refs.REFERENCES: pins} if pins else {})}
+        rundir.atomic_write_text(config_file, json.dumps(saved, indent=2) + "\n")
 
 
 async def steps_and_finish(prepared: Prepared, command: str) -> dict[str, Any]:

@@ -145,7 +145,12 @@ def _preference(row: Mapping[str, Any], where: str) -> dict[str, Any]:
         return {"messages": chosen, "rejected": rejected} if shared else _no_prompt(where)
     prompt = _maybe_json(prompt, "prompt", where, allow_str=True)
     prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _plain(prompt)
-    return {"messages": [*prompt, *_plain(_as_replies(chosen))], "rejected": [*prompt, *_plain(_as_replies(rejected))]}
+    replies = {"chosen": _plain(_as_replies(chosen)), "rejected": _plain(_as_replies(rejected))}
+    for key, reply in replies.items():
+        if not isinstance(reply, list) or not any(isinstance(m, Mapping) and m.get("role") == "assistant" for m in reply):  # nothing to train or compare: a silent 0 margin
+            raise DataError(f'{where}: preference record\'s "{key}" has no assistant reply',
+                            hint=f'give "{key}" as the reply text, an assistant message or a list of messages ending in one')
+    return {"messages": [*prompt, *replies["chosen"]], "rejected": [*prompt, *replies["rejected"]]}
 
 
 def _as_replies(value: Any) -> list[Any]:

@@ -26,7 +26,7 @@ class DistillObjective:
             return await soft_target_batch(self.teacher, self.data.batch(step), self.settings.top_k, started)
         self.data.batch(step)  # keeps the render-ahead thread in step
         indices = self.data.batch_indices(step)
-        prompts = [self.run.renderer.build_generation_prompt(rollouts.prompt_messages(self.data.records[i])) for i in indices]
+        prompts = [self.run.renderer.build_generation_prompt(rollouts.record_prompt(self.data, i, "distill")) for i in indices]
         on_policy = self.settings.mode == "on_policy"
         what = "policy" if on_policy else "teacher"
         seeds = [rollouts.sampling_seed(self.run.config.seed, step, slot, what) for slot in range(len(indices))]

@@ -56,4 +56,8 @@ def make_objective(config: Any, run: Any, data: Any) -> Any:
             "objective 'distill' needs a teacher: [distill] teacher is not set",
             hint='e.g. [distill] teacher = "runs/quickstart" (a run dir), a checkpoint path or a base model name',
         )
+    from tinkerplug import rollouts
+
+    for index in data.batch_indices(run.start_step):  # before the run dir exists; later steps' as they come
+        rollouts.record_prompt(data, index, "distill")
     return DistillObjective(run, data, settings, open_teacher(settings.teacher, run))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tinkerplug.backend_calls import wait_result
-from tinkerplug.checkpoint_refs import resolve_checkpoint
+from tinkerplug.checkpoint_refs import resolve_pinned
 from tinkerplug.errors import ConfigError
 
 KEY = "[distill] teacher"
@@ -15,7 +15,7 @@ KEY = "[distill] teacher"
 
 def open_teacher(spec: str, run: Any) -> Any:
     """A sampling client of ``spec`` that shares the student's tokenizer."""
-    ref = None if is_model_dir(spec) else try_checkpoint(spec)
+    ref = None if is_model_dir(spec) else try_checkpoint(spec, run.config)
     if ref is not None and ref.sampler_path is None:
         raise ConfigError(f"{KEY} = {spec!r}: no sampler weights there", hint="give the run dir, RUN_DIR:STEP or a sampler_weights path")
     base = spec if ref is None else ref.base_model
@@ -40,9 +40,9 @@ def is_model_dir(spec: str) -> bool:
     return (path / "config.json").is_file() and not (path / "checkpoints.jsonl").is_file()
 
 
-def try_checkpoint(spec: str) -> Any:
+def try_checkpoint(spec: str, config: Any) -> Any:
     try:
-        return resolve_checkpoint(spec, KEY)
+        return resolve_pinned(config, spec, KEY)
     except ConfigError:
         return None  # not a path: a base model name
 

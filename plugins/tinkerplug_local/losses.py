@@ -56,6 +56,8 @@ def gspo(lp: Any, inputs: Mapping[str, Any], config: Mapping[str, float]) -> Any
     the token ratios over ``sequence_ratio_mask``) and the gradient of its own logprob; then
     PPO's clipped objective."""
     in_ratio = inputs["sequence_ratio_mask"] != 0
+    if not bool(in_ratio.any()):  # nothing sampled (an empty completion): no ratio, no loss
+        return (lp * 0).sum()
     log_ratio = (lp.detach() - inputs["logprobs"])[in_ratio].mean()
     ratio = (log_ratio + lp - lp.detach()).exp()
     return -_clipped_objective(ratio, inputs, config)

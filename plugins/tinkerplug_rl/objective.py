@@ -67,7 +67,7 @@ class RLObjective:
         self.data.batch(step)  # keeps the render-ahead thread in step
         indices = self.data.batch_indices(step)
         sampler = await self.policy_sampler(step)
-        prompts = [self.run.renderer.build_generation_prompt(rollouts.prompt_messages(self.data.records[i])) for i in indices]
+        prompts = [self.run.renderer.build_generation_prompt(rollouts.record_prompt(self.data, i, "rl")) for i in indices]
         seeds = [rollouts.sampling_seed(self.run.config.seed, step, slot) for slot in range(len(indices))]
         s = self.settings
         groups = await rollouts.sample_groups(sampler, self.run.renderer, prompts, s.group_size, s.max_tokens, s.temperature, seeds)
@@ -85,7 +85,8 @@ class RLObjective:
             "time/objective_s": time.perf_counter() - started,
         })
         provenance = s.loss == "stable_reinforce"
-        datums = [rollouts.sampled_datum(x, adv, provenance) for x, adv in zip(samples, token_advantages)]
+        gspo = s.loss == "gspo"  # its sequence ratio is over the sampled tokens
+        datums = [rollouts.sampled_datum(x, adv, provenance, gspo) for x, adv in zip(samples, token_advantages)]
         summarize = lambda output: {"rl/sampler_learner_kl": sampler_learner_kl(output, samples)}  # noqa: E731
         return StepBatch(datums, s.loss, dict(s.loss_config) or None, metrics, summarize)
 
