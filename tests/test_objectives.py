@@ -380,6 +380,27 @@ def test_preference_records_with_an_empty_reply_are_refused(empty, tmp_path, cap
     assert "Traceback" not in err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("overlong", ["truncate", "drop"])
+def test_dpo_holds_both_replies_to_max_length(overlong, tmp_path, capsys):
+    """max_length and overlong apply to the rejected reply as to the chosen one: truncated, or
+    the record refused naming its row (the data's check sees the chosen reply only)."""
+    pairs = _pairs(tmp_path)
+    rows = read_jsonl(pairs)
+    for row in rows:
+        row["rejected"] = "z" * 300
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = _with_train(write_config(tmp_path, num_steps=2, batch_size=4, objective="dpo", max_length=40, overlong=overlong), pairs)
+    if overlong == "truncate":
+        main(["run", str(config), "-q"])
+        assert all(r["train/input_tokens"] <= 8 * 40 for r in _rows(tmp_path / "run"))
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(config), "-q"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "pairs.jsonl:" in err and "the rejected reply makes" in err, err
+    assert "more than max_length = 40" in err and "Traceback" not in err
+
+
 def test_dpo_on_chat_records_without_pairs_is_refused(tmp_path, capsys):
     config = write_config(tmp_path, num_steps=2, batch_size=4, objective="dpo")
     with pytest.raises(SystemExit) as exit_info:

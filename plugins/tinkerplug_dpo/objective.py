@@ -31,16 +31,27 @@ class DPOObjective:
         for index in indices:
             check_pair(self.data, index)
             record = self.data.records[index]
-            datums += [self.datum(record["messages"]), self.datum(record["rejected"])]
+            datums += [self.datum(record["messages"], index, "chosen"), self.datum(record["rejected"], index, "rejected")]
         references = await self.reference_logprob_sums(indices, datums)
         return StepBatch(datums, dpo_loss(self.beta, references, self.nll_coef), summarize=summarize)
 
-    def datum(self, messages: list[Any]) -> Any:
-        """A reply as a datum: its last assistant message weighted 1, the rest 0."""
+    def datum(self, messages: list[Any], index: int, which: str) -> Any:
+        """A reply as a datum: its last assistant message weighted 1, the rest 0; held to
+        ``max_length`` as SFT examples are (``overlong``: truncate it, or refuse the record:
+        the data's own check drops a pair only by its chosen reply)."""
         from tinker import types
 
         model_input, weights = self.run.renderer.build_supervised_example(messages)
         tokens, weights = model_input.to_ints(), [float(w) for w in weights]
+        limit, overlong = self.run.config.max_length, self.run.config.overlong
+        if len(tokens) - 1 > limit:
+            if overlong == "drop":
+                raise DataError(f"{self.data.where(index)}: the {which} reply makes {len(tokens) - 1} tokens, "
+                                f"more than max_length = {limit}", hint='raise max_length, set overlong = "truncate", or shorten it')
+            tokens, weights = tokens[: limit + 1], weights[: limit + 1]
+            if not any(weights[1:]):
+                raise DataError(f"{self.data.where(index)}: truncated to max_length = {limit}, the {which} reply keeps no token",
+                                hint="raise max_length, or shorten the prompt")
         return types.Datum(
             model_input=types.ModelInput.from_ints(tokens[:-1]),
             loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]},
