@@ -232,6 +232,7 @@ BROKEN_REWARDS = {
     "raises": "def broken(completion, record, config):\n    raise KeyError('answer')\n",
     "not a number": "def broken(completion, record, config):\n    return 'yes'\n",
     "nan": "def broken(completion, record, config):\n    return float('nan')\n",
+    "infinite": "def broken(completion, record, config):\n    return float('inf')\n",
 }
 RUN_END_SPY = '''
 import json, os
@@ -429,7 +430,15 @@ def _other_tokenizer_model(directory: Path) -> Path:
 TEACHER_BAD = {
     "missing": (lambda d: "/nowhere/teacher-run", ["[distill] teacher = '/nowhere/teacher-run'", "not a run dir, checkpoint or base model"]),
     "another tokenizer": (lambda d: str(_other_tokenizer_model(d)), ["has another tokenizer than the student"]),
+    "a step the run dir lacks": (lambda d: f"{_trained_run(d)}:999", ["has no checkpoint at step 999", "checkpoint steps: 2"]),
 }
+
+
+def _trained_run(directory: Path) -> Path:
+    teacher = directory / "teacher"
+    teacher.mkdir()
+    main(["run", str(write_config(teacher, num_steps=2)), "-q"])
+    return teacher / "run"
 
 
 @pytest.mark.parametrize("name", TEACHER_BAD)

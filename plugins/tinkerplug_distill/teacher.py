@@ -44,6 +44,9 @@ def try_checkpoint(spec: str, config: Any) -> Any:
     try:
         return resolve_pinned(config, spec, KEY)
     except ConfigError:
+        run_dir = spec.rpartition(":")[0] if ":" in spec and not spec.startswith("tinker://") else spec
+        if Path(run_dir).expanduser().exists():  # a run dir with no such step: its own message
+            raise
         return None  # not a path: a base model name
 
 

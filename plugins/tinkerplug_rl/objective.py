@@ -34,10 +34,10 @@ class RewardSet:
                     f"reward {name!r} (plugin {plugin!r}) raised on record {self.data.where(index)}: {type(exc).__name__}: {exc}",
                     hint="fix the reward function; the run stopped, its checkpoints are as they were (--resume goes on)",
                 ) from None
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise PluginError(
                     f"reward {name!r} (plugin {plugin!r}) returned {value!r} for record {self.data.where(index)}: "
-                    "a reward must be a number (not NaN)",
+                    "a reward must be a finite number (not NaN or infinite)",
                     hint="fix the reward function; the run stopped, its checkpoints are as they were (--resume goes on)",
                 )
             scores[name] = float(value)
