@@ -146,8 +146,8 @@ def _preference(row: Mapping[str, Any], where: str) -> dict[str, Any]:
     prompt = _maybe_json(prompt, "prompt", where, allow_str=True)
     prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _plain(prompt)
     replies = {"chosen": _plain(_as_replies(chosen)), "rejected": _plain(_as_replies(rejected))}
-    for key, reply in replies.items():
-        if not isinstance(reply, list) or not any(isinstance(m, Mapping) and m.get("role") == "assistant" for m in reply):  # nothing to train or compare: a silent 0 margin
+    for key, reply in replies.items():  # an empty reply has nothing to train or compare: a silent 0 margin
+        if not isinstance(reply, list) or not any(isinstance(m, Mapping) and m.get("role") == "assistant" for m in reply):
             raise DataError(f'{where}: preference record\'s "{key}" has no assistant reply',
                             hint=f'give "{key}" as the reply text, an assistant message or a list of messages ending in one')
     return {"messages": [*prompt, *replies["chosen"]], "rejected": [*prompt, *replies["rejected"]]}
