@@ -44,6 +44,13 @@ def record_prompt(data: Any, index: int, objective: str) -> list[Any]:
     return prompt_messages(record)
 
 
+def check_prompts(data: Any, start_step: int, objective: str) -> None:
+    """``record_prompt`` on the first step's records, before the run dir exists; the records of
+    later steps are checked as their steps come."""
+    for index in data.batch_indices(start_step):
+        record_prompt(data, index, objective)
+
+
 def reference_reply(record: Mapping[str, Any]) -> str | None:
     """The record's last assistant message (the reference reply), or ``None``."""
     replies = [m for m in record.get("messages", []) if m.get("role") == "assistant"]

@@ -58,6 +58,5 @@ def make_objective(config: Any, run: Any, data: Any) -> Any:
         )
     from tinkerplug import rollouts
 
-    for index in data.batch_indices(run.start_step):  # before the run dir exists; later steps' as they come
-        rollouts.record_prompt(data, index, "distill")
+    rollouts.check_prompts(data, run.start_step, "distill")
     return DistillObjective(run, data, settings, open_teacher(settings.teacher, run))

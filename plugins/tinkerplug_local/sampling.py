@@ -81,15 +81,16 @@ class SamplingClient:
             )
         if not 1 <= num_samples <= MAX_SAMPLES:
             raise ValueError(f"num_samples must be between 1 and {MAX_SAMPLES} (a larger group is several requests)")
-        check_prompt(self._host, prompt.to_ints())
-        check_params(self._host, prompt.length, sampling_params)
+        tokens = prompt.to_ints()
+        check_prompt(self._host, tokens)
+        check_params(self._host, len(tokens), sampling_params)
         if topk_prompt_logprobs < 0 or (prompt_logprobs_last_n is not None and prompt_logprobs_last_n < 0):
             raise ValueError("topk_prompt_logprobs and prompt_logprobs_last_n must be >= 0")
         if sequence_ids is not None and len(sequence_ids) != num_samples:
             raise ValueError(f"{len(sequence_ids)} sequence_ids for {num_samples} samples")
         record = self._record if record_stability_info is None else record_stability_info
         request = SampleRequest(
-            self._adapter, prompt.to_ints(), num_samples, sampling_params, include_prompt_logprobs,
+            self._adapter, tokens, num_samples, sampling_params, include_prompt_logprobs,
             topk_prompt_logprobs, prompt_logprobs_last_n, sequence_ids,
             (self._stability, self.session) if record and self._stability is not None else None,
         )
@@ -125,7 +126,7 @@ class SamplingClient:
 
     def context_length(self) -> int | None:
         """The most tokens a prompt and its answer hold together (None: the model names none)."""
-        return getattr(self._host.model.config, "max_position_embeddings", None)
+        return _context(self._host)
 
     def get_base_model(self) -> str:
         return self._base_model
@@ -150,13 +151,17 @@ def check_prompt(host: Any, tokens: list[int]) -> None:
 
 def check_params(host: Any, prompt_length: int, params: types.SamplingParams) -> None:
     """``max_tokens`` that fits the model's context after the prompt, and a seed torch takes."""
-    context = getattr(host.model.config, "max_position_embeddings", None)
+    context = _context(host)
     max_tokens = params.max_tokens
     if max_tokens is not None and (max_tokens < 0 or (context and prompt_length + max_tokens > context)):
         raise ValueError(f"max_tokens {max_tokens} with a prompt of {prompt_length} tokens does not fit the model's "
                          f"context of {context} tokens: ask for at most {max(0, (context or 0) - prompt_length)}")
     if params.seed is not None and not -MAX_SEED <= params.seed < MAX_SEED - MAX_SAMPLES:
         raise ValueError(f"seed must be between {-MAX_SEED} and {MAX_SEED - MAX_SAMPLES - 1}")
+
+
+def _context(host: Any) -> int | None:
+    return getattr(host.model.config, "max_position_embeddings", None)
 
 
 # A finalizer runs wherever garbage collection does, possibly inside the worker's own queue

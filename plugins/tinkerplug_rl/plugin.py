@@ -49,14 +49,8 @@ def make_objective(config: Any, run: Any, data: Any) -> Any:
                 f"[rl.rewards] {name!r} is not a registered reward" + (f"; did you mean {close[0]!r}?" if close else ""),
                 hint=f"rewards: {', '.join(sorted(registered))} (a plugin adds one with register_rewards)",
             )
-    check_prompts(data, run.start_step)
-    return RLObjective(run, data, settings, RewardSet(settings.rewards, registered, data))
-
-
-def check_prompts(data: Any, start_step: int) -> None:
-    """Every record must be a chat record with a user turn to answer: the first step's records
-    are checked now (before the run dir exists), the rest as their steps come (``record_prompt``)."""
     from tinkerplug import rollouts
 
-    for index in data.batch_indices(start_step):
-        rollouts.record_prompt(data, index, "rl")
+    rollouts.check_prompts(data, run.start_step, "rl")
+    return RLObjective(run, data, settings, RewardSet(settings.rewards, registered, data))
+
